@@ -1,0 +1,48 @@
+"""aiocache_secure: an asyncio cache and memory framework whose data is safe by construction."""
+
+from __future__ import annotations
+
+from .backend import Backend
+from .backends.memory import MemoryBackend
+from .cache import MISSING, Cache
+from .clock import ManualClock
+from .errors import (
+    BackendError,
+    BackendTimeout,
+    BackendUnavailable,
+    CacheError,
+    ClosedError,
+    ConfigurationError,
+    IntegrityError,
+    SerializationError,
+    ValueTooLarge,
+)
+from .keyring import Keyring
+from .manager import CacheManager, default_manager, get_cache, set_default_manager
+from .stats import Stats
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "MISSING",
+    "Backend",
+    "BackendError",
+    "BackendTimeout",
+    "BackendUnavailable",
+    "Cache",
+    "CacheError",
+    "CacheManager",
+    "ClosedError",
+    "ConfigurationError",
+    "IntegrityError",
+    "Keyring",
+    "ManualClock",
+    "MemoryBackend",
+    "SerializationError",
+    "Stats",
+    "ValueTooLarge",
+    "__version__",
+    "default_manager",
+    "get_cache",
+    "set_default_manager",
+]

@@ -1,0 +1,52 @@
+"""The Backend protocol: bytes in, bytes out, small on purpose.
+
+Every store (memory, file, Redis, MongoDB) implements it, and so does every layer (key hashing,
+encryption, size limits, timing padding), which wraps another Backend. Typing, cryptography and
+policy live in layers or in the :class:`~aiocache_secure.cache.Cache` facade, never here.
+
+Rules every implementation follows:
+
+* ``ttl`` is a relative lifetime in seconds (``None``: no expiry). A backend expires entries by
+  itself; the entry frame above also carries the absolute expiry, so a backend that keeps an entry
+  a little longer is never wrong, only wasteful.
+* ``get_many`` returns one slot per requested key, in order; ``None`` marks a miss.
+* ``set_many`` stores every item with the same ``ttl``.
+* ``delete`` returns whether something was deleted.
+* ``delete_prefix`` removes every key starting with ``prefix`` and nothing else; it is how one
+  namespace is cleared on a shared store, so it must never flush the whole store.
+* ``scan`` yields ``(key, value)`` pairs whose key starts with ``prefix``; it streams (no full
+  load into memory) and tolerates concurrent writes (an entry may be seen or missed, never torn).
+* ``aclose`` releases connections; it is idempotent.
+* Driver exceptions become :class:`~aiocache_secure.errors.BackendError` subclasses at this
+  boundary, raised ``from`` the original, with no key, value, password or URL in the message.
+
+A backend without a native batch form implements ``get_many``/``set_many`` with a loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from typing import Protocol, runtime_checkable
+
+__all__ = ["Backend"]
+
+
+@runtime_checkable
+class Backend(Protocol):
+    async def get(self, key: bytes) -> bytes | None: ...
+
+    async def get_many(self, keys: Sequence[bytes]) -> list[bytes | None]: ...
+
+    async def set(self, key: bytes, value: bytes, *, ttl: float | None) -> None: ...
+
+    async def set_many(
+        self, items: Sequence[tuple[bytes, bytes]], *, ttl: float | None
+    ) -> None: ...
+
+    async def delete(self, key: bytes) -> bool: ...
+
+    async def delete_prefix(self, prefix: bytes) -> int: ...
+
+    def scan(self, prefix: bytes) -> AsyncIterator[tuple[bytes, bytes]]: ...
+
+    async def aclose(self) -> None: ...

@@ -1,0 +1,469 @@
+"""The ``Cache`` facade: one namespace, typed values, ``str`` keys, the namespace's policy.
+
+The facade turns a call into the entry frame (:mod:`aiocache_secure.frame`) and hands it to the
+namespace's layer stack (:func:`aiocache_secure.layers.compose`). It owns what only it can do:
+key validation, (de)serialization, TTL resolution, the expiry check on read, statistics,
+``fail_open`` and timing padding (which must cover deserialization).
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import math
+import os
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any, Final, NoReturn, TypeVar
+
+import anyio
+
+from . import audit, frame
+from .backend import Backend
+from .clock import Clock
+from .errors import (
+    BackendError,
+    CacheError,
+    ClosedError,
+    IntegrityError,
+    SerializationError,
+)
+from .layers.encryption import Encryption
+from .layers.padding import TimingPadding
+from .policy import Policy
+from .serializers import Serializer
+from .stats import Stats
+
+__all__ = ["MISSING", "Cache"]
+
+_log: Final = logging.getLogger("aiocache_secure")
+_D = TypeVar("_D")
+
+
+class _Missing:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "MISSING"
+
+    def __bool__(self) -> bool:
+        return False
+
+
+MISSING: Final = _Missing()
+"""Pass as ``default=`` to tell a miss from a cached ``None``."""
+
+_BURST_SECONDS: Final = 10.0
+
+
+class Lifecycle:
+    """Shared open/closed flag: a manager and all its namespaces close together."""
+
+    __slots__ = ("closed",)
+
+    def __init__(self) -> None:
+        self.closed = False
+
+
+class Cache:
+    """One namespace. Create it with :meth:`CacheManager.namespace`, not directly."""
+
+    __slots__ = (
+        "_clock",
+        "_embed",
+        "_encryption",
+        "_fail_open",
+        "_last_error_log",
+        "_lifecycle",
+        "_padding",
+        "_prefix",
+        "_prepare",
+        "_prepare_lock",
+        "_serializer",
+        "_stack",
+        "_strict",
+        "_dummy",
+        "name",
+        "policy",
+        "stats",
+    )
+
+    def __init__(
+        self,
+        name: str,
+        stack: Backend,
+        *,
+        policy: Policy,
+        serializer: Serializer,
+        clock: Clock,
+        lifecycle: Lifecycle,
+        stats: Stats,
+        encryption: Encryption | None,
+        key_prefix: bytes,
+    ) -> None:
+        self.name = name
+        self.policy = policy
+        self.stats = stats
+        self._stack = stack
+        self._serializer = serializer
+        self._clock = clock
+        self._lifecycle = lifecycle
+        self._encryption = encryption
+        self._prefix = key_prefix
+        self._embed = policy.hash_keys and encryption is not None
+        self._strict = policy.strict
+        self._fail_open = policy.fail_open
+        self._last_error_log = -math.inf
+        self._padding = TimingPadding() if policy.pad_timing else None
+        self._dummy: Callable[[], object] | None = None
+        self._prepare: Callable[[], Awaitable[None]] | None = None
+        self._prepare_lock = anyio.Lock()
+        if self._padding is not None:
+            self._dummy = self._make_dummy()
+
+    def __repr__(self) -> str:
+        return f"Cache(namespace={self.name!r}, encrypted={self._encryption is not None})"
+
+    def set_prepare(self, prepare: Callable[[], Awaitable[None]]) -> None:
+        """Run ``prepare`` once before the next operation (a private namespace's key load)."""
+        self._prepare = prepare
+
+    async def _run_prepare(self) -> None:
+        async with self._prepare_lock:
+            prepare = self._prepare
+            if prepare is not None:
+                try:
+                    await prepare()
+                except BackendError as exc:
+                    self.stats.errors += 1
+                    raise exc
+                self._prepare = None
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    @staticmethod
+    def _key(key: object) -> bytes:
+        if not isinstance(key, str):
+            raise TypeError(f"cache keys must be str, not {type(key).__name__}")
+        try:
+            raw = key.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("cache keys must be valid unicode (no lone surrogates)") from None
+        if len(raw) > frame.MAX_KEY_BYTES:
+            raise ValueError(f"cache keys are limited to {frame.MAX_KEY_BYTES} bytes of UTF-8")
+        return raw
+
+    def _check_open(self) -> None:
+        if self._lifecycle.closed:
+            raise ClosedError("the cache manager is closed")
+
+    def _backend_failed(self, exc: BackendError) -> None:
+        """Count a backend failure; re-raise unless the namespace fails open."""
+        self.stats.errors += 1
+        now = time.monotonic()
+        if now - self._last_error_log >= _BURST_SECONDS:
+            self._last_error_log = now
+            audit.emit(
+                "backend_error",
+                namespace=self.name,
+                error=type(exc).__name__,
+                fail_open=self._fail_open,
+            )
+        if not self._fail_open:
+            raise exc
+
+    def _tampered(self) -> None:
+        self.stats.tampered += 1
+
+    def _bad_entry(self) -> NoReturn | None:
+        self.stats.tampered += 1
+        audit.emit("tamper_detected", namespace=self.name, reason="bad_payload")
+        if self._strict:
+            raise IntegrityError
+        return None
+
+    def _frame(self, key: bytes, value: Any, ttl: object) -> tuple[bytes, float | None]:
+        seconds = self.policy.resolve_ttl(ttl)
+        payload = self._serializer.dumps(value)
+        expires = frame.expiry_ms(None if seconds is None else self._clock() + seconds)
+        return frame.pack(expires, key if self._embed else b"", payload), seconds
+
+    def _open_frame(self, key: bytes, data: bytes) -> tuple[bool, Any]:
+        """``(True, value)``, or ``(False, reason)`` with reason "expired" or "bad"."""
+        try:
+            expires_ms, embedded, payload = frame.unpack(data)
+        except IntegrityError:
+            return False, "bad"
+        if expires_ms and expires_ms <= self._clock() * 1000:
+            return False, "expired"
+        if self._embed and not hmac.compare_digest(embedded, key):
+            return False, "bad"
+        try:
+            return True, self._serializer.loads(payload)
+        except SerializationError:
+            return False, "bad"
+
+    async def _discard(self, key: bytes, reason: object) -> None:
+        try:
+            await self._stack.delete(key)
+        except BackendError as exc:
+            self._backend_failed(exc)
+        if reason == "bad":
+            self._bad_entry()
+
+    def _make_dummy(self) -> Callable[[], object]:
+        encryption = self._encryption
+        dummy_key = b"\x00" * 8
+        dummy_frame = frame.pack(0, b"", self._serializer.dumps({"": ""}))
+        if encryption is None:
+            return lambda: self._open_frame(dummy_key, dummy_frame)
+        envelope = encryption.seal(dummy_key, dummy_frame)
+
+        def work() -> object:
+            opened, _ = encryption.open(dummy_key, envelope)
+            return self._open_frame(dummy_key, opened or dummy_frame)
+
+        return work
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    async def get(self, key: str, default: _D | None = None) -> Any | _D | None:
+        """The value stored under ``key``, or ``default`` on a miss."""
+        raw = self._key(key)
+        self._check_open()
+        if self._prepare is not None:
+            await self._run_prepare()
+        if self._padding is not None:
+            return await self._padded_get(raw, default)
+        try:
+            data = await self._stack.get(raw)
+        except BackendError as exc:
+            self._backend_failed(exc)
+            data = None
+        if data is not None:
+            ok, value = self._open_frame(raw, data)
+            if ok:
+                self.stats.hits += 1
+                return value
+            await self._discard(raw, value)
+        self.stats.misses += 1
+        return default
+
+    async def _padded_get(self, raw: bytes, default: Any) -> Any:
+        started = time.perf_counter_ns()
+        try:
+            data = await self._stack.get(raw)
+        except BackendError as exc:
+            self._backend_failed(exc)
+            data = None
+        if data is None:
+            assert self._dummy is not None  # noqa: S101 - set whenever padding is on
+            self._dummy()
+            ok, value = False, None
+        else:
+            ok, value = self._open_frame(raw, data)
+        assert self._padding is not None  # noqa: S101 - this method runs only when padding is on
+        self._padding.wait(started)
+        if ok:
+            self.stats.hits += 1
+            return value
+        if data is not None:
+            await self._discard(raw, value)
+        self.stats.misses += 1
+        return default
+
+    async def get_many(self, keys: Iterable[str], default: Any = None) -> list[Any]:
+        raws = [self._key(k) for k in keys]
+        self._check_open()
+        if self._prepare is not None:
+            await self._run_prepare()
+        if not raws:
+            return []
+        try:
+            found = await self._stack.get_many(raws)
+        except BackendError as exc:
+            self._backend_failed(exc)
+            found = [None] * len(raws)
+        out: list[Any] = []
+        for raw, data in zip(raws, found, strict=True):
+            if data is not None:
+                ok, value = self._open_frame(raw, data)
+                if ok:
+                    self.stats.hits += 1
+                    out.append(value)
+                    continue
+                await self._discard(raw, value)
+            self.stats.misses += 1
+            out.append(default)
+        return out
+
+    async def exists(self, key: str) -> bool:
+        return await self.ttl(key) is not None
+
+    async def ttl(self, key: str) -> float | None:
+        """Seconds left: ``None`` on a miss, ``math.inf`` for an entry that never expires."""
+        raw = self._key(key)
+        self._check_open()
+        if self._prepare is not None:
+            await self._run_prepare()
+        try:
+            data = await self._stack.get(raw)
+        except BackendError as exc:
+            self._backend_failed(exc)
+            return None
+        if data is None:
+            return None
+        try:
+            expires_ms = frame.read_expiry(data)
+        except IntegrityError:
+            await self._discard(raw, "bad")
+            return None
+        if not expires_ms:
+            return math.inf
+        left = expires_ms / 1000 - self._clock()
+        if left <= 0:
+            await self._discard(raw, "expired")
+            return None
+        return left
+
+    # -- writes --------------------------------------------------------------------------------
+
+    async def set(self, key: str, value: Any, ttl: float | None = None) -> None:
+        """Store ``value`` under ``key`` for ``ttl`` seconds (namespace default when None)."""
+        raw = self._key(key)
+        data, seconds = self._frame(raw, value, ttl)
+        self._check_open()
+        if self._prepare is not None:
+            await self._run_prepare()
+        try:
+            await self._stack.set(raw, data, ttl=seconds)
+        except BackendError as exc:
+            self._backend_failed(exc)
+            return
+        self.stats.sets += 1
+
+    async def set_many(self, items: Mapping[str, Any], ttl: float | None = None) -> None:
+        if not isinstance(items, Mapping):
+            raise TypeError("set_many takes a mapping of str keys to values")
+        seconds = self.policy.resolve_ttl(ttl)
+        expires = frame.expiry_ms(None if seconds is None else self._clock() + seconds)
+        dumps, embed = self._serializer.dumps, self._embed
+        batch: list[tuple[bytes, bytes]] = []
+        for key, value in items.items():
+            raw = self._key(key)
+            batch.append((raw, frame.pack(expires, raw if embed else b"", dumps(value))))
+        self._check_open()
+        if self._prepare is not None:
+            await self._run_prepare()
+        if not batch:
+            return
+        try:
+            await self._stack.set_many(batch, ttl=seconds)
+        except BackendError as exc:
+            self._backend_failed(exc)
+            return
+        self.stats.sets += len(batch)
+
+    async def delete(self, key: str) -> bool:
+        raw = self._key(key)
+        self._check_open()
+        if self._prepare is not None:
+            await self._run_prepare()
+        try:
+            deleted = await self._stack.delete(raw)
+        except BackendError as exc:
+            self._backend_failed(exc)
+            return False
+        self.stats.deletes += deleted
+        return deleted
+
+    async def delete_many(self, keys: Iterable[str]) -> int:
+        raws = [self._key(k) for k in keys]
+        self._check_open()
+        if self._prepare is not None:
+            await self._run_prepare()
+        count = 0
+        for raw in raws:
+            try:
+                count += await self._stack.delete(raw)
+            except BackendError as exc:
+                self._backend_failed(exc)
+        self.stats.deletes += count
+        return count
+
+    async def clear(self) -> int:
+        """Delete every entry of this namespace (and only this namespace)."""
+        self._check_open()
+        if self._prepare is not None:
+            await self._run_prepare()
+        try:
+            count = await self._stack.delete_prefix(b"")
+        except BackendError as exc:
+            self._backend_failed(exc)
+            return 0
+        self.stats.deletes += count
+        return count
+
+    # -- export and rotation ---------------------------------------------------------------------
+
+    async def items(self) -> AsyncIterator[tuple[str, Any]]:
+        """Every live ``(key, value)`` of this namespace, streamed from the store."""
+        self._check_open()
+        if self._prepare is not None:
+            await self._run_prepare()
+        if self.policy.hash_keys and self._encryption is None:
+            raise CacheError(
+                "keys of a namespace with hash_keys=True and encrypt=False cannot be recovered; "
+                "export needs encrypt=True or hash_keys=False"
+            )
+        async for stored_key, data in self._stack.scan(b""):
+            try:
+                expires_ms, embedded, payload = frame.unpack(data)
+                if expires_ms and expires_ms <= self._clock() * 1000:
+                    continue
+                key = (embedded if self._embed else stored_key).decode("utf-8")
+                value = self._serializer.loads(payload)
+            except (IntegrityError, SerializationError, UnicodeDecodeError):
+                self._bad_entry()
+                continue
+            yield key, value
+
+    async def export(self, path: str | os.PathLike[str]) -> int:
+        """Write every entry as JSON Lines (``{"key": ..., "value": ...}``) atomically, mode 0600.
+
+        Values must be JSON-representable. Returns the number of entries written.
+        """
+        import json
+
+        target = Path(path)
+        count = 0
+
+        def opener(p: str, flags: int) -> int:
+            return os.open(p, flags, 0o600)
+
+        fd, tmp = tempfile.mkstemp(prefix=".export-", dir=target.parent)
+        os.close(fd)
+        try:
+            async with await anyio.open_file(tmp, "w", encoding="utf-8", opener=opener) as out:
+                async for key, value in self.items():
+                    line = json.dumps({"key": key, "value": value}, ensure_ascii=False)
+                    await out.write(line + "\n")
+                    count += 1
+                await out.flush()
+            os.chmod(tmp, 0o600)
+            os.replace(tmp, target)
+        except BaseException:
+            await anyio.Path(tmp).unlink(missing_ok=True)
+            raise
+        return count
+
+    async def rotate_keys(self) -> int:
+        """Re-encrypt every entry not sealed under the primary key; returns how many."""
+        self._check_open()
+        if self._prepare is not None:
+            await self._run_prepare()
+        if self._encryption is None:
+            return 0
+        return await self._encryption.rotate(self._prefix)

@@ -1,0 +1,52 @@
+"""The entry frame: what the facade hands to the layers as a value, and gets back.
+
+``expires_at_ms (u64, 0 = never) | key_length (u16) | key | payload``
+
+The absolute expiry travels with every entry on every stack, so expiry is enforced on read even
+when a store keeps an entry longer than asked (file sweeps, MongoDB's once-a-minute TTL monitor).
+The original key is embedded only in namespaces that both hash and encrypt their keys: there it is
+sealed inside the ciphertext and lets :meth:`Cache.items` export the namespace although the store
+only holds key hashes. Elsewhere ``key_length`` is 0 (an unhashed key is recoverable from its
+storage key; a hashed key in an unencrypted namespace must not be written out in the clear).
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from typing import Final
+
+from .errors import IntegrityError
+
+__all__ = ["HEADER", "MAX_KEY_BYTES", "expiry_ms", "pack", "unpack"]
+
+_HEAD: Final = struct.Struct(">QH")
+HEADER: Final = _HEAD.size
+MAX_KEY_BYTES: Final = 4096
+
+
+def expiry_ms(expires_at: float | None) -> int:
+    return (
+        0 if expires_at is None or math.isinf(expires_at) else max(1, math.floor(expires_at * 1000))
+    )
+
+
+def pack(expires_ms: int, key: bytes, payload: bytes) -> bytes:
+    return _HEAD.pack(expires_ms, len(key)) + key + payload
+
+
+def unpack(frame: bytes) -> tuple[int, bytes, bytes]:
+    """``(expires_ms, embedded_key, payload)``; IntegrityError on a malformed frame."""
+    if len(frame) < HEADER:
+        raise IntegrityError
+    expires_ms, key_len = _HEAD.unpack_from(frame)
+    end = HEADER + key_len
+    if key_len > MAX_KEY_BYTES or len(frame) < end:
+        raise IntegrityError
+    return expires_ms, frame[HEADER:end], frame[end:]
+
+
+def read_expiry(frame: bytes) -> int:
+    if len(frame) < HEADER:
+        raise IntegrityError
+    return int(_HEAD.unpack_from(frame)[0])

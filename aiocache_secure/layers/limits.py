@@ -1,0 +1,50 @@
+"""Size limit: a value larger than ``max_value_bytes`` is refused before any I/O."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from .. import audit
+from ..backend import Backend
+from ..errors import ValueTooLarge
+from ..frame import HEADER
+from .base import Layer
+
+__all__ = ["SizeLimit"]
+
+
+class SizeLimit(Layer):
+    """Counts the serialized value (the frame's payload and embedded key), not the envelope."""
+
+    __slots__ = ("_limit", "_namespace", "_on_exceeded")
+
+    def __init__(
+        self,
+        inner: Backend,
+        *,
+        max_value_bytes: int,
+        namespace: str,
+        on_exceeded: Callable[[], None],
+    ) -> None:
+        super().__init__(inner)
+        self._limit = max_value_bytes + HEADER
+        self._namespace = namespace
+        self._on_exceeded = on_exceeded
+
+    def _check(self, value: bytes) -> None:
+        if len(value) > self._limit:
+            self._on_exceeded()
+            audit.emit("limit_exceeded", namespace=self._namespace, limit="max_value_bytes")
+            raise ValueTooLarge(
+                f"value is {len(value) - HEADER} bytes; this namespace allows at most "
+                f"{self._limit - HEADER}"
+            )
+
+    async def set(self, key: bytes, value: bytes, *, ttl: float | None) -> None:
+        self._check(value)
+        await self.inner.set(key, value, ttl=ttl)
+
+    async def set_many(self, items: Sequence[tuple[bytes, bytes]], *, ttl: float | None) -> None:
+        for _, value in items:
+            self._check(value)
+        await self.inner.set_many(items, ttl=ttl)

@@ -1,0 +1,138 @@
+"""Value serializers: Python value ⇄ bytes.
+
+``json`` (default): dict with str keys, list, tuple (read back as a list), str, int, float (finite),
+bool and None. Anything else, a non-str dict key or NaN/infinity raises
+:class:`~aiocache_secure.errors.SerializationError` instead of silently coming back different.
+
+``msgpack``: the same types plus bytes, faster and smaller; needs the ``msgpack`` extra.
+
+``pickle``: any picklable object, and therefore arbitrary code execution for whoever can write the
+store. Only by explicit opt-in (``serializer="pickle"``), and only together with encryption on a
+store shared beyond the process, so that entries are authenticated before they are unpickled.
+This module is the only place in the package that imports :mod:`pickle`.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Final, Protocol
+
+from .errors import ConfigurationError, SerializationError
+
+__all__ = ["SERIALIZERS", "Serializer", "get_serializer"]
+
+
+class Serializer(Protocol):
+    name: str
+
+    def dumps(self, value: Any) -> bytes: ...
+
+    def loads(self, data: bytes) -> Any: ...
+
+
+_SCALARS: Final = (str, int, float, bool, type(None))
+
+
+def _check_json(value: Any) -> None:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            for key in item:
+                if not isinstance(key, str):
+                    raise SerializationError("json values need str dict keys")
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+        elif not isinstance(item, _SCALARS):
+            raise SerializationError(f"json cannot store a {type(item).__name__}")
+
+
+class JsonSerializer:
+    name = "json"
+    _encode = json.JSONEncoder(
+        ensure_ascii=False, allow_nan=False, separators=(",", ":"), check_circular=True
+    ).encode
+    _decode = json.JSONDecoder().decode
+
+    def dumps(self, value: Any) -> bytes:
+        if type(value) in (dict, list, tuple):
+            _check_json(value)
+        elif not isinstance(value, _SCALARS):
+            raise SerializationError(f"json cannot store a {type(value).__name__}")
+        try:
+            return self._encode(value).encode("utf-8", "surrogatepass")
+        except (ValueError, TypeError, RecursionError) as exc:
+            raise SerializationError("value is not json-serializable") from exc
+
+    def loads(self, data: bytes) -> Any:
+        try:
+            return self._decode(data.decode("utf-8", "surrogatepass"))
+        except (ValueError, RecursionError) as exc:
+            raise SerializationError("stored bytes are not valid json") from exc
+
+
+class MsgpackSerializer:
+    name = "msgpack"
+
+    def __init__(self) -> None:
+        try:
+            import msgpack
+        except ImportError:
+            raise ConfigurationError("serializer='msgpack' needs the 'msgpack' extra") from None
+        self._packb = msgpack.packb
+        self._unpackb = msgpack.unpackb
+        self._errors: tuple[type[BaseException], ...] = (
+            ValueError,
+            TypeError,
+            msgpack.ExtraData,
+            msgpack.FormatError,
+            msgpack.StackError,
+        )
+
+    def dumps(self, value: Any) -> bytes:
+        try:
+            return bytes(self._packb(value, use_bin_type=True, strict_types=False))
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise SerializationError("value is not msgpack-serializable") from exc
+
+    def loads(self, data: bytes) -> Any:
+        try:
+            return self._unpackb(data, raw=False, strict_map_key=True)
+        except self._errors as exc:
+            raise SerializationError("stored bytes are not valid msgpack") from exc
+
+
+class PickleSerializer:
+    """Opt-in only; see the module docstring for why it demands authenticated entries."""
+
+    name = "pickle"
+
+    def dumps(self, value: Any) -> bytes:
+        import pickle
+
+        try:
+            return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+        except (pickle.PicklingError, TypeError, AttributeError, RecursionError) as exc:
+            raise SerializationError("value cannot be pickled") from exc
+
+    def loads(self, data: bytes) -> Any:
+        import pickle
+
+        try:
+            return pickle.loads(data)  # noqa: S301 - entries are authenticated first (see above)
+        except Exception as exc:
+            raise SerializationError("stored bytes cannot be unpickled") from exc
+
+
+SERIALIZERS: Final = ("json", "msgpack", "pickle")
+
+
+def get_serializer(name: str) -> Serializer:
+    if name == "json":
+        return JsonSerializer()
+    if name == "msgpack":
+        return MsgpackSerializer()
+    if name == "pickle":
+        return PickleSerializer()
+    raise ConfigurationError(f"unknown serializer (choose one of {', '.join(SERIALIZERS)})")

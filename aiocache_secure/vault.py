@@ -1,0 +1,118 @@
+"""The key vault: private namespaces' data keys, wrapped by the keyring, one record each.
+
+Record (stored under ``"acs1" + namespace tag + "!vault"``, next to but outside the namespace's
+entries, so ``clear()`` keeps it and ``erase()`` removes it explicitly)::
+
+    version (1) | wrap_key_id (4) | data_key_id (4) | nonce (12) | AES-256-GCM(data key) + tag (16)
+
+The wrapping key is an HKDF sub-key of keyring key ``wrap_key_id`` with the namespace name in
+``info``; the associated data binds the version, both key ids and the record's storage key, so a
+record copied to another namespace does not unwrap. Destroying the record is crypto-shredding:
+every copy of the namespace's entries, wherever it lies, is unreadable without it. A restore of
+the *record* from a backup revives them; keep the vault in a separate store (``key_vault=``) when
+backups of the cache outlive erasure requests.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+from collections.abc import Callable
+from typing import Final
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from . import audit
+from .backend import Backend
+from .errors import IntegrityError
+from .keyring import KEY_SIZE, Keyring
+from .layers.keys import KEY_FORMAT
+
+__all__ = ["Vault"]
+
+_VERSION: Final = 1
+_RECORD: Final = struct.Struct(">B4s4s12s")
+_RECORD_SIZE: Final = _RECORD.size + KEY_SIZE + 16
+
+
+def _lp(*parts: bytes) -> bytes:
+    return b"".join(len(p).to_bytes(4, "big") + p for p in parts)
+
+
+class Vault:
+    __slots__ = ("_backend", "_keyring")
+
+    def __init__(self, backend: Backend, keyring: Callable[[], Keyring]) -> None:
+        self._backend = backend
+        self._keyring = keyring
+
+    @staticmethod
+    def record_key(tag: bytes) -> bytes:
+        return KEY_FORMAT + tag + b"!vault"
+
+    def _wrap(self, name: str, record_key: bytes, data_key_id: bytes, data_key: bytes) -> bytes:
+        keyring = self._keyring()
+        wrap_id = keyring.primary_id
+        wrapper = AESGCM(keyring.derive(wrap_id, b"acs1/vault/" + name.encode("utf-8")))
+        nonce = os.urandom(12)
+        aad = _lp(bytes([_VERSION]), wrap_id, data_key_id, record_key)
+        return _RECORD.pack(_VERSION, wrap_id, data_key_id, nonce) + wrapper.encrypt(
+            nonce, data_key, aad
+        )
+
+    def _unwrap(self, name: str, record_key: bytes, record: bytes) -> tuple[bytes, bytes]:
+        if len(record) != _RECORD_SIZE:
+            raise IntegrityError
+        version, wrap_id, data_key_id, nonce = _RECORD.unpack_from(record)
+        keyring = self._keyring()
+        if version != _VERSION or wrap_id not in keyring:
+            raise IntegrityError
+        wrapper = AESGCM(keyring.derive(wrap_id, b"acs1/vault/" + name.encode("utf-8")))
+        aad = _lp(bytes([version]), wrap_id, data_key_id, record_key)
+        try:
+            return data_key_id, wrapper.decrypt(nonce, record[_RECORD.size :], aad)
+        except InvalidTag:
+            raise IntegrityError from None
+
+    async def load(self, name: str, tag: bytes, *, create: bool) -> tuple[bytes, bytes] | None:
+        """``(data_key_id, data_key)``; created (and stored) when absent and ``create`` is set.
+
+        An unreadable record raises IntegrityError: silently replacing it would orphan data.
+        """
+        record_key = self.record_key(tag)
+        record = await self._backend.get(record_key)
+        if record is not None:
+            try:
+                return self._unwrap(name, record_key, record)
+            except IntegrityError:
+                audit.emit("decrypt_failed", namespace=name, what="vault_record")
+                raise
+        if not create:
+            return None
+        data_key_id, data_key = os.urandom(4), os.urandom(KEY_SIZE)
+        await self._backend.set(
+            record_key, self._wrap(name, record_key, data_key_id, data_key), ttl=None
+        )
+        # Read back: when two processes create the key at once, both adopt whichever landed.
+        stored = await self._backend.get(record_key)
+        if stored is None:
+            return data_key_id, data_key
+        return self._unwrap(name, record_key, stored)
+
+    async def destroy(self, tag: bytes) -> bool:
+        return await self._backend.delete(self.record_key(tag))
+
+    async def rewrap(self, name: str, tag: bytes) -> bool:
+        """Re-wrap the record under the keyring's primary key; entries are untouched."""
+        record_key = self.record_key(tag)
+        found = await self.load(name, tag, create=False)
+        if found is None:
+            return False
+        data_key_id, data_key = found
+        await self._backend.set(
+            record_key, self._wrap(name, record_key, data_key_id, data_key), ttl=None
+        )
+        audit.emit("key_rotated", level=logging.INFO, namespace=name, what="vault_record")
+        return True

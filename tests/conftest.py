@@ -1,0 +1,78 @@
+"""Shared fixtures: the backend matrix of the contract suite, and the servers behind it.
+
+``BACKENDS`` lists every backend the contract suite runs against. A backend joins the suite by
+adding its name here and a fixture ``<name>_url`` (a URL or Backend factory) in a plugin module.
+Backends whose drivers need asyncio are deselected (not skipped) for the trio runs.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests import servers
+
+pytest_plugins: list[str] = []
+
+BACKENDS = ["memory"]
+ASYNCIO_ONLY: set[str] = set()
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    keep, drop = [], []
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if params.get("anyio_backend") == "trio" and params.get("backend_name") in ASYNCIO_ONLY:
+            drop.append(item)
+        else:
+            keep.append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
+@pytest.fixture(scope="session")
+def memory_url() -> str:
+    return "memory://"
+
+
+@pytest.fixture(params=BACKENDS)
+def backend_name(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def backend_url(backend_name: str, request: pytest.FixtureRequest) -> Any:
+    """The URL (or a zero-argument Backend factory) of the backend under test."""
+    return request.getfixturevalue(f"{backend_name.replace('-', '_')}_url")
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A private redis-server on a free loopback port (never the machine's 6379)."""
+    with servers.redis_server(tmp_path_factory.mktemp("redis")) as (port, _proc):
+        yield f"redis://127.0.0.1:{port}/0"
+
+
+@pytest.fixture
+def audit_records(caplog: pytest.LogCaptureFixture) -> Callable[[], list[logging.LogRecord]]:
+    caplog.set_level(logging.DEBUG, logger="aiocache_secure")
+
+    def records() -> list[logging.LogRecord]:
+        return [r for r in caplog.records if r.name == "aiocache_secure.audit"]
+
+    return records
+
+
+@pytest.fixture
+def tmp_dir(tmp_path: Path) -> Path:
+    return tmp_path

@@ -1,0 +1,52 @@
+"""Fixtures of the contract suite: every backend × every layer stack."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+
+from aiocache_secure import Cache, CacheManager, Keyring, ManualClock
+
+STACKS = {
+    "plain": {"hash_keys": False, "encrypt": False},
+    "hashed": {"hash_keys": True, "encrypt": False},
+    "encrypted": {"hash_keys": True, "encrypt": True},
+    "encrypted-unhashed": {"hash_keys": False, "encrypt": True},
+}
+
+
+@pytest.fixture(params=list(STACKS))
+def stack_name(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture
+async def manager(backend_url: Any, clock: ManualClock) -> AsyncIterator[CacheManager]:
+    async with CacheManager(
+        keyring=Keyring.generate(), default_backend=_resolve(backend_url), clock=clock
+    ) as mgr:
+        yield mgr
+
+
+def _resolve(url: Any) -> Any:
+    return url() if callable(url) else url
+
+
+@pytest.fixture
+def make_ns(manager: CacheManager, stack_name: str) -> Callable[..., Cache]:
+    def make(name: str = "contract", **policy: Any) -> Cache:
+        return manager.namespace(name, **{**STACKS[stack_name], **policy})
+
+    return make
+
+
+@pytest.fixture
+def ns(make_ns: Callable[..., Cache]) -> Cache:
+    return make_ns()
