@@ -181,7 +181,7 @@ class CacheManager:
                     "max_entries/max_bytes apply to backends the manager opens from a URL; "
                     "configure a Backend instance's own limits instead"
                 )
-            return backend, not isinstance(backend, MemoryBackend)
+            return backend, type(backend) is not MemoryBackend
         kind = backend_kind(backend)
         if not kind.per_namespace:
             if quotas:

@@ -34,9 +34,16 @@ _SCALARS: Final = (str, int, float, bool, type(None))
 
 
 def _check_json(value: Any) -> None:
+    # Containers seen once are not walked again, so shared and circular structures terminate
+    # here; the encoder itself then rejects cycles.
     stack = [value]
+    seen: set[int] = set()
     while stack:
         item = stack.pop()
+        if isinstance(item, dict | list | tuple):
+            if id(item) in seen:
+                continue
+            seen.add(id(item))
         if isinstance(item, dict):
             for key in item:
                 if not isinstance(key, str):

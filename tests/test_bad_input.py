@@ -1,0 +1,230 @@
+"""Every public entry point refuses bad input with a clear, typed error."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+
+from aiocache_secure import (
+    MISSING,
+    CacheManager,
+    ClosedError,
+    ConfigurationError,
+    Keyring,
+    SerializationError,
+    ValueTooLarge,
+)
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+async def manager() -> Any:
+    async with CacheManager(keyring=Keyring.generate()) as mgr:
+        yield mgr
+
+
+@pytest.mark.parametrize("key", [1, 1.5, b"bytes", None, ("t",), ["l"], object()])
+async def test_non_str_keys(manager: CacheManager, key: Any) -> None:
+    ns = manager.namespace("n")
+    for call in (
+        lambda: ns.get(key),
+        lambda: ns.set(key, 1),
+        lambda: ns.delete(key),
+        lambda: ns.exists(key),
+        lambda: ns.ttl(key),
+        lambda: ns.get_many([key]),
+        lambda: ns.set_many({key: 1}),
+        lambda: ns.delete_many([key]),
+    ):
+        with pytest.raises(TypeError):
+            await call()
+    assert ns.stats.sets == 0
+
+
+async def test_oversized_and_invalid_keys(manager: CacheManager) -> None:
+    ns = manager.namespace("n")
+    with pytest.raises(ValueError, match="4096"):
+        await ns.set("k" * 5000, 1)
+    with pytest.raises(ValueError, match="unicode"):
+        await ns.set("\udc80", 1)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [object(), {1: "int key"}, {"s": {2}}, b"bytes", float("nan"), [float("inf")], complex(1, 2)],
+    ids=["object", "int-key", "set", "bytes", "nan", "inf", "complex"],
+)
+async def test_unserializable_values(manager: CacheManager, value: Any) -> None:
+    ns = manager.namespace("n")
+    with pytest.raises(SerializationError):
+        await ns.set("k", value)
+    with pytest.raises(SerializationError):
+        await ns.set_many({"a": 1, "k": value})
+    assert await ns.get_many(["k", "a"], default=MISSING) == [MISSING, MISSING]
+
+
+async def test_circular_value(manager: CacheManager) -> None:
+    ns = manager.namespace("n")
+    loop: list[Any] = []
+    loop.append(loop)
+    with pytest.raises(SerializationError):
+        await ns.set("k", loop)
+
+
+@pytest.mark.parametrize("ttl", [-1, 0, math.nan, math.inf, -math.inf])
+async def test_bad_ttl_values(manager: CacheManager, ttl: float) -> None:
+    ns = manager.namespace("n")
+    with pytest.raises(ValueError):
+        await ns.set("k", 1, ttl=ttl)
+    with pytest.raises(ValueError):
+        await ns.set_many({"k": 1}, ttl=ttl)
+    with pytest.raises(ValueError):
+        manager.namespace(f"bad-ttl-{ttl}", ttl=ttl)
+
+
+@pytest.mark.parametrize("ttl", ["10", True, [1], b"1"])
+async def test_bad_ttl_types(manager: CacheManager, ttl: Any) -> None:
+    ns = manager.namespace("n")
+    with pytest.raises(TypeError):
+        await ns.set("k", 1, ttl=ttl)
+
+
+async def test_oversized_value_writes_nothing(manager: CacheManager, audit_records: Any) -> None:
+    ns = manager.namespace("small", max_value_bytes=100)
+    await ns.set("k", "old")
+    with pytest.raises(ValueTooLarge) as info:
+        await ns.set("k", "x" * 200)
+    assert "xxxx" not in str(info.value)
+    with pytest.raises(ValueTooLarge):
+        await ns.set_many({"a": 1, "k": "x" * 200})
+    assert await ns.get("k") == "old"
+    assert await ns.get("a", MISSING) is MISSING
+    assert any(r.getMessage().startswith("limit_exceeded") for r in audit_records())
+
+
+async def test_huge_value_refused_by_default(manager: CacheManager) -> None:
+    ns = manager.namespace("n")
+    with pytest.raises(ValueTooLarge):
+        await ns.set("k", "x" * (17 * 1024 * 1024))
+
+
+@pytest.mark.parametrize(
+    "name", ["", " lead", "trail ", "new\nline", "nul\x00", "x" * 201, "__acs_internal"]
+)
+async def test_invalid_namespace_names(manager: CacheManager, name: str) -> None:
+    with pytest.raises(ConfigurationError):
+        manager.namespace(name)
+
+
+@pytest.mark.parametrize("name", [None, 1, b"bytes"])
+async def test_namespace_name_types(manager: CacheManager, name: Any) -> None:
+    with pytest.raises(TypeError):
+        manager.namespace(name)
+
+
+@pytest.mark.parametrize("url", ["ftp://x", "memory", "", "http://host", "memory://host:1"])
+async def test_unknown_backend_urls(manager: CacheManager, url: str) -> None:
+    with pytest.raises(ConfigurationError):
+        manager.namespace("n", backend=url)
+
+
+async def test_backend_wrong_type(manager: CacheManager) -> None:
+    with pytest.raises(TypeError):
+        manager.namespace("n", backend=42)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [
+        {"max_entries": 0},
+        {"max_bytes": -5},
+        {"max_value_bytes": 0},
+        {"ttl": 100, "max_ttl": 10},
+        {"ttl_jitter": 0.9},
+        {"serializer": "yaml"},
+        {"encrypt": False, "private": True},
+    ],
+)
+async def test_bad_policies(manager: CacheManager, policy: dict[str, Any]) -> None:
+    with pytest.raises(ConfigurationError):
+        manager.namespace("n", **policy)
+
+
+@pytest.mark.parametrize(
+    "policy", [{"max_entries": 1.5}, {"encrypt": "yes"}, {"hash_keys": 1}, {"ttl_jitter": "a"}]
+)
+async def test_bad_policy_types(manager: CacheManager, policy: dict[str, Any]) -> None:
+    with pytest.raises(TypeError):
+        manager.namespace("n", **policy)
+
+
+async def test_same_name_different_config(manager: CacheManager) -> None:
+    first = manager.namespace("n", ttl=10)
+    assert manager.namespace("n", ttl=10) is first
+    with pytest.raises(ConfigurationError):
+        manager.namespace("n", ttl=20)
+
+
+async def test_closed_manager_everywhere() -> None:
+    mgr = CacheManager()
+    ns = mgr.namespace("n")
+    await mgr.aclose()
+    await mgr.aclose()  # idempotent
+    assert mgr.closed
+    for call in (
+        lambda: ns.get("k"),
+        lambda: ns.set("k", 1),
+        lambda: ns.ttl("k"),
+        lambda: ns.exists("k"),
+        lambda: ns.set_many({"k": 1}),
+        lambda: ns.delete_many(["k"]),
+        lambda: ns.rotate_keys(),
+        lambda: mgr.erase("n"),
+        lambda: mgr.rewrap(),
+    ):
+        with pytest.raises(ClosedError):
+            await call()
+    with pytest.raises(ClosedError):
+        async for _ in ns.items():
+            pass
+    with pytest.raises(ClosedError):
+        async with mgr:
+            pass
+
+
+async def test_shared_store_needs_a_keyring() -> None:
+    async with CacheManager() as mgr:
+        from aiocache_secure import MemoryBackend
+
+        class Remote(MemoryBackend):
+            """Any store that is not this process's memory counts as shared."""
+
+        with pytest.raises(ConfigurationError, match="keyring"):
+            mgr.namespace("n", backend=Remote())
+        with pytest.raises(ConfigurationError, match="pickle"):
+            mgr.namespace("p", backend=Remote(), encrypt=False, serializer="pickle")
+
+
+async def test_quota_on_instance_is_refused(manager: CacheManager) -> None:
+    from aiocache_secure import MemoryBackend
+
+    with pytest.raises(ConfigurationError):
+        manager.namespace("n", backend=MemoryBackend(), max_entries=10)
+
+
+async def test_bad_manager_arguments() -> None:
+    with pytest.raises(TypeError):
+        CacheManager(keyring="secret")  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError):
+        CacheManager(default_backend="gopher://x")
+    with pytest.raises(TypeError):
+        CacheManager(strict="yes")  # type: ignore[arg-type]
+
+
+async def test_set_many_needs_a_mapping(manager: CacheManager) -> None:
+    ns = manager.namespace("n")
+    with pytest.raises(TypeError):
+        await ns.set_many([("a", 1)])  # type: ignore[arg-type]
