@@ -15,7 +15,10 @@ This module is the only place in the package that imports :mod:`pickle`.
 from __future__ import annotations
 
 import json
+import math
 from typing import Any, Final, Protocol
+
+import orjson
 
 from .errors import ConfigurationError, SerializationError
 
@@ -31,6 +34,9 @@ class Serializer(Protocol):
 
 
 _SCALARS: Final = (str, int, float, bool, type(None))
+# A payload that orjson cannot represent exactly (integers beyond 64 bits, lone surrogates) is
+# written by the standard library encoder behind this marker byte, which no JSON text starts with.
+_STDLIB: Final = b"\x00"
 
 
 def _check_json(value: Any) -> None:
@@ -51,11 +57,16 @@ def _check_json(value: Any) -> None:
             stack.extend(item.values())
         elif isinstance(item, list | tuple):
             stack.extend(item)
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                raise SerializationError("json cannot store NaN or infinity")
         elif not isinstance(item, _SCALARS):
             raise SerializationError(f"json cannot store a {type(item).__name__}")
 
 
 class JsonSerializer:
+    """JSON through orjson (about ten times faster than the standard library both ways)."""
+
     name = "json"
     _encode = json.JSONEncoder(
         ensure_ascii=False, allow_nan=False, separators=(",", ":"), check_circular=True
@@ -63,18 +74,21 @@ class JsonSerializer:
     _decode = json.JSONDecoder().decode
 
     def dumps(self, value: Any) -> bytes:
-        if type(value) in (dict, list, tuple):
-            _check_json(value)
-        elif not isinstance(value, _SCALARS):
-            raise SerializationError(f"json cannot store a {type(value).__name__}")
+        _check_json(value)
         try:
-            return self._encode(value).encode("utf-8", "surrogatepass")
+            return orjson.dumps(value)
+        except orjson.JSONEncodeError:
+            pass
+        try:
+            return _STDLIB + self._encode(value).encode("utf-8", "surrogatepass")
         except (ValueError, TypeError, RecursionError) as exc:
             raise SerializationError("value is not json-serializable") from exc
 
     def loads(self, data: bytes) -> Any:
         try:
-            return self._decode(data.decode("utf-8", "surrogatepass"))
+            if data[:1] == _STDLIB:
+                return self._decode(data[1:].decode("utf-8", "surrogatepass"))
+            return orjson.loads(data)
         except (ValueError, RecursionError) as exc:
             raise SerializationError("stored bytes are not valid json") from exc
 

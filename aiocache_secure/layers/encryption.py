@@ -55,6 +55,8 @@ NONCE_WARNING: Final = 2**30
 REPLAY_GRACE_MS: Final = 2_000
 _EXPIRY: Final = struct.Struct(">Q")
 _VERSION_BYTES: Final = bytes([VERSION])
+_AAD_HEAD: Final = (1).to_bytes(4, "big") + _VERSION_BYTES + (4).to_bytes(4, "big")
+_AAD_EXPIRES: Final = (8).to_bytes(4, "big")
 
 
 def _lp(*parts: bytes) -> bytes:
@@ -135,7 +137,16 @@ class StaticKey:
 
 
 class Encryption(Layer):
-    __slots__ = ("_clock", "_counts", "_keys", "_namespace", "_ns_id", "_on_tamper", "_strict")
+    __slots__ = (
+        "_clock",
+        "_counts",
+        "_keys",
+        "_namespace",
+        "_ns_id",
+        "_aad_ns",
+        "_on_tamper",
+        "_strict",
+    )
 
     def __init__(
         self,
@@ -156,9 +167,22 @@ class Encryption(Layer):
         self._strict = strict
         self._on_tamper = on_tamper
         self._counts: dict[bytes, int] = {}
+        self._aad_ns = _lp(namespace_id)
 
     def _aad(self, key_id: bytes, storage_key: bytes, expires: bytes) -> bytes:
-        return _lp(_VERSION_BYTES, key_id, self._ns_id, storage_key, expires)
+        # Equal to _lp(version, key_id, namespace_id, storage_key, expires), with the constant
+        # parts precomputed (key ids and expiries are fixed-width, so their length prefixes are).
+        return b"".join(
+            (
+                _AAD_HEAD,
+                key_id,
+                self._aad_ns,
+                len(storage_key).to_bytes(4, "big"),
+                storage_key,
+                _AAD_EXPIRES,
+                expires,
+            )
+        )
 
     def seal(self, storage_key: bytes, frame: bytes) -> bytes:
         key_id = self._keys.primary_id

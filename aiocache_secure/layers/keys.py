@@ -33,16 +33,18 @@ def namespace_tag(tag_key: bytes, name: str) -> bytes:
 
 
 class HashedKeys(Layer):
-    __slots__ = ("_key", "prefix")
+    __slots__ = ("_prf", "prefix")
 
     def __init__(self, inner: Backend, *, tag: bytes, prf_key: bytes) -> None:
         super().__init__(inner)
         self.prefix = KEY_FORMAT + tag + b":"
-        self._key = prf_key
+        # Copying a keyed state is cheaper than keying a new one on every call.
+        self._prf = hashlib.blake2b(key=prf_key, digest_size=24)
 
     def storage_key(self, key: bytes) -> bytes:
-        mac = hashlib.blake2b(key, key=self._key, digest_size=24).hexdigest()
-        return self.prefix + mac.encode("ascii")
+        prf = self._prf.copy()
+        prf.update(key)
+        return self.prefix + prf.hexdigest().encode("ascii")
 
     async def get(self, key: bytes) -> bytes | None:
         return await self.inner.get(self.storage_key(key))
