@@ -43,9 +43,8 @@ async def _demo(directory: Path) -> None:
         _say(f"\n-- file:// namespace 'sessions' in {directory} (encrypted by default)")
         sessions = manager.namespace("sessions", backend=url, ttl=3600)
         await sessions.set("session:42", {"user": "alice", "token": "s3cr3t-token"})
-        files = sorted(p for p in directory.rglob("*") if p.is_file())
-        for path in files[:3]:
-            raw = path.read_bytes()
+        files = await anyio.to_thread.run_sync(_entry_files, directory)
+        for path, raw in files[:3]:
             _say(
                 f"on disk: {path.relative_to(directory)}  ({len(raw)} bytes, "
                 f"plaintext visible: {b's3cr3t' in raw or b'alice' in raw})"
