@@ -71,12 +71,12 @@ async def _demo(directory: Path) -> None:
 
 async def _bench(seconds: float) -> None:
     async with CacheManager(keyring=Keyring.generate()) as manager:
-        for label, options in (
-            ("memory, hashed keys", {}),
-            ("memory, hashed + encrypted", {"encrypt": True}),
-            ("memory, padded", {"pad_timing": True}),
+        for label, encrypt, pad in (
+            ("memory, hashed keys", False, False),
+            ("memory, hashed + encrypted", True, False),
+            ("memory, padded", False, True),
         ):
-            ns = manager.namespace(label.replace(",", "").replace(" ", "-"), **options)
+            ns = manager.namespace(label.replace(",", ""), encrypt=encrypt, pad_timing=pad)
             await ns.set("hit", {"plan": "pro", "n": 1})
             for op, key in (("get hit", "hit"), ("get miss", "miss")):
                 count, start = 0, time.perf_counter()
