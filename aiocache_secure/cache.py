@@ -126,6 +126,11 @@ class Cache:
     def __repr__(self) -> str:
         return f"Cache(namespace={self.name!r}, encrypted={self._encryption is not None})"
 
+    @property
+    def key_prefix(self) -> bytes:
+        """The storage-key prefix of this namespace's entries (for operations tooling)."""
+        return self._prefix
+
     def set_prepare(self, prepare: Callable[[], Awaitable[None]]) -> None:
         """Run ``prepare`` once before the next operation (a private namespace's key load)."""
         self._prepare = prepare

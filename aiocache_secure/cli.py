@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import anyio
 
-from .cache import MISSING
+from .cache import MISSING, Cache
+from .config import Config, load_config
+from .errors import CacheError, ConfigurationError
 from .keyring import Keyring
+from .lint import check_config
 from .manager import CacheManager
 
 __all__ = ["main"]
@@ -88,18 +94,187 @@ async def _bench(seconds: float) -> None:
                 _say(f"{label:<28} {op:<9} {elapsed / count * 1e9:8.0f} ns/op")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="aiocache-secure", description="aiocache_secure command line"
+async def _with_config(config: Config, work: Callable[[CacheManager], Awaitable[int]]) -> int:
+    async with config.manager() as manager:
+        for ns in config.namespaces:
+            options = {k: v for k, v in ns.options.items() if k != "backend"}
+            manager.namespace(ns.name, ns.options.get("backend"), **options)
+        return await work(manager)
+
+
+def _emit(args: argparse.Namespace, rows: list[dict[str, Any]], text: list[str]) -> None:
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        for line in text:
+            print(line)
+
+
+async def _stats(manager: CacheManager, args: argparse.Namespace) -> int:
+    rows: list[dict[str, Any]] = []
+    for name, cache in manager.namespaces.items():
+        entries = size = 0
+        async for _, value in manager.backend_of(name).scan(cache.key_prefix):
+            entries += 1
+            size += len(value)
+        rows.append(
+            {
+                "namespace": name,
+                "entries": entries,
+                "bytes": size,
+                "encrypted": cache.policy.encrypt,
+                "private": cache.policy.private,
+            }
+        )
+    _emit(
+        args,
+        rows,
+        [
+            f"{r['namespace']:<30} {r['entries']:>8} entries {r['bytes']:>12} bytes"
+            + ("  encrypted" if r["encrypted"] else "")
+            + ("  private" if r["private"] else "")
+            for r in rows
+        ],
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    return 0
+
+
+async def _export(manager: CacheManager, args: argparse.Namespace) -> int:
+    cache = _namespace(manager, args.namespace)
+    if args.out is not None:
+        count = await cache.export(args.out)
+        _progress(f"exported {count} entries to {args.out}")
+        return 0
+    count = 0
+    async for key, value in cache.items():
+        print(json.dumps({"key": key, "value": value}, ensure_ascii=False))
+        count += 1
+        if count % 1000 == 0:
+            _progress(f"... {count} entries")
+    _progress(f"exported {count} entries")
+    return 0
+
+
+async def _erase(manager: CacheManager, args: argparse.Namespace) -> int:
+    known = args.namespace in manager.namespaces
+    backend = None if known else args.backend
+    erased = await manager.erase(args.namespace, backend=backend)
+    rows = [{"namespace": args.namespace, "erased": erased}]
+    _emit(args, rows, ["erased" if erased else "nothing to erase (no such namespace)"])
+    return 0
+
+
+async def _rotate(manager: CacheManager, args: argparse.Namespace) -> int:
+    rows: list[dict[str, Any]] = []
+    for name, cache in manager.namespaces.items():
+        if not cache.policy.encrypt:
+            continue
+        _progress(f"re-encrypting {name} ...")
+        rows.append({"namespace": name, "reencrypted": await cache.rotate_keys()})
+    rewrapped = await manager.rewrap()
+    _emit(
+        args,
+        rows + [{"rewrapped_data_keys": rewrapped}],
+        [
+            *(f"{r['namespace']:<30} {r['reencrypted']:>8} entries re-encrypted" for r in rows),
+            f"{rewrapped} private data key(s) re-wrapped",
+        ],
+    )
+    return 0
+
+
+def _namespace(manager: CacheManager, name: str) -> Cache:
+    try:
+        return manager.namespaces[name]
+    except KeyError:
+        raise ConfigurationError("that namespace is not in the configuration") from None
+
+
+def _progress(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def _confirm(name: str) -> bool:
+    if not sys.stdin.isatty():
+        _progress("refusing to erase without --yes: no terminal to confirm on")
+        return False
+    answer = input(f"Erase namespace {name!r} and destroy its key? Type its name to confirm: ")
+    return answer == name
+
+
+def _gen_key(out: Path | None) -> int:
+    text = Keyring.new_key_text()
+    if out is None:
+        print(text)
+        return 0
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w", encoding="ascii") as handle:
+        handle.write(text + "\n")
+    _progress(f"wrote a new key to {out} (mode 0600)")
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    findings = check_config(args.file)
+    if args.json:
+        print(json.dumps([f.as_dict() for f in findings], indent=2))
+    else:
+        for finding in findings:
+            print(finding)
+        if not findings:
+            print("no findings")
+    return 1 if any(f.severity == "error" for f in findings) else 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="aiocache-secure",
+        description="aiocache_secure command line. Keys come from the configuration's [keys] "
+        "source (environment variable or 0600 key file), never from the command line.",
+    )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=Path("aiocache_secure.toml"),
+        help="TOML configuration (default: ./aiocache_secure.toml)",
+    )
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     demo = sub.add_parser("demo", help="run the demo on the embedded default (no server needed)")
-    demo.add_argument("--dir", type=Path, help="cache directory for the file backend demo")
-    sub.add_parser("gen-key", help="print a fresh random key (base64) for a keyring")
+    demo.add_argument("--dir", type=Path, help="cache directory for the file backend part")
+    check = sub.add_parser("check-config", help="validate and lint a configuration file")
+    check.add_argument("file", type=Path, help="the TOML file to check")
+    sub.add_parser("stats", help="entries and bytes per configured namespace")
+    export = sub.add_parser("export", help="export a namespace as JSON Lines")
+    export.add_argument("namespace")
+    export.add_argument("--out", type=Path, help="write atomically to FILE (mode 0600)")
+    erase = sub.add_parser("erase", help="crypto-shred a namespace (destroy key, delete entries)")
+    erase.add_argument("namespace")
+    erase.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    erase.add_argument("--backend", help="backend URL of a namespace not in the configuration")
+    sub.add_parser(
+        "rotate-keys",
+        help="re-encrypt entries and re-wrap data keys under the keyring's primary key",
+    )
+    gen = sub.add_parser("gen-key", help="print (or write, mode 0600) a fresh random key")
+    gen.add_argument("--out", type=Path, help="write to a new file instead of printing")
     bench = sub.add_parser("bench", help="a quick local benchmark on the memory backend")
     bench.add_argument("--seconds", type=float, default=0.5, help="time per measurement")
-    args = parser.parse_args(argv)
+    return parser
 
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _run(args)
+    except CacheError as exc:
+        _progress(f"error: {exc}")
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.command == "demo":
         if args.dir is not None:
             anyio.run(_demo, args.dir.resolve())
@@ -108,13 +283,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                 anyio.run(_demo, Path(tmp) / "cache")
         return 0
     if args.command == "gen-key":
-        print(Keyring.new_key_text())
-        return 0
+        return _gen_key(args.out)
     if args.command == "bench":
         anyio.run(_bench, args.seconds)
         return 0
-    parser.error("unknown command")  # pragma: no cover - argparse enforces the choices
-    return 2
+    if args.command == "check-config":
+        return _check(args)
+    if args.command == "erase" and not args.yes and not _confirm(args.namespace):
+        return 2
+    config = load_config(args.config)
+    commands = {"stats": _stats, "export": _export, "erase": _erase, "rotate-keys": _rotate}
+    command = commands[args.command]
+    return anyio.run(_with_config, config, lambda manager: command(manager, args))
 
 
 if __name__ == "__main__":  # pragma: no cover

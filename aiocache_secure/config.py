@@ -1,0 +1,194 @@
+"""TOML configuration for the command line (and for applications that want one file).
+
+::
+
+    [keys]
+    env = "AIOCACHE_SECURE_KEYS"     # comma-separated base64 keys, primary first
+    # file = "/etc/app/cache.keys"   # or a key file: mode 0600, owned by this user
+
+    [manager]
+    default_backend = "memory://"
+    strict = false
+    # key_vault = "file:///var/lib/app/vault"
+
+    [namespaces.users]
+    backend = "redis://127.0.0.1:6379/0"
+    ttl = 300
+    max_ttl = 3600
+    max_value_bytes = 1_000_000
+
+Key material never lives in this file: only where to find it. Namespace tables take the keyword
+options of :meth:`CacheManager.namespace`, validated eagerly.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from .backends import backend_kind
+from .errors import ConfigurationError
+from .keyring import Keyring
+from .manager import CacheManager
+from .policy import Policy, validate_namespace_name
+
+__all__ = ["Config", "NamespaceConfig", "load_config", "read_key_file"]
+
+NAMESPACE_OPTIONS: Final = frozenset(
+    {
+        "backend",
+        "ttl",
+        "max_ttl",
+        "ttl_jitter",
+        "encrypt",
+        "hash_keys",
+        "max_value_bytes",
+        "max_entries",
+        "max_bytes",
+        "pad_timing",
+        "fail_open",
+        "private",
+        "serializer",
+        "strict",
+    }
+)
+MANAGER_OPTIONS: Final = frozenset({"default_backend", "strict", "key_vault"})
+KEY_OPTIONS: Final = frozenset({"env", "file"})
+
+
+@dataclass(frozen=True, slots=True)
+class NamespaceConfig:
+    name: str
+    options: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    path: Path
+    keys_env: str | None = None
+    keys_file: Path | None = None
+    default_backend: str = "memory://"
+    strict: bool = False
+    key_vault: str | None = None
+    namespaces: tuple[NamespaceConfig, ...] = field(default_factory=tuple)
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
+
+    def keyring(self) -> Keyring | None:
+        if self.keys_file is not None:
+            return Keyring.from_text(read_key_file(self.keys_file))
+        if self.keys_env is not None:
+            return Keyring.from_env(self.keys_env)
+        return None
+
+    def manager(self) -> CacheManager:
+        return CacheManager(
+            keyring=self.keyring(),
+            default_backend=self.default_backend,
+            strict=self.strict,
+            key_vault=self.key_vault,
+        )
+
+    def namespace_config(self, name: str) -> NamespaceConfig:
+        for ns in self.namespaces:
+            if ns.name == name:
+                return ns
+        raise ConfigurationError("no namespace of that name in the configuration")
+
+
+def read_key_file(path: Path) -> str:
+    """A key file's text; refused unless it is a regular file, mode 0600 and ours."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError as exc:
+        raise ConfigurationError("the key file cannot be opened") from exc
+    with os.fdopen(fd, "r", encoding="ascii") as handle:
+        info = os.fstat(handle.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise ConfigurationError("the key file is not a regular file")
+        if info.st_mode & 0o077:
+            raise ConfigurationError("the key file is readable by group or others (chmod 600)")
+        if info.st_uid != os.geteuid():
+            raise ConfigurationError("the key file is owned by another user")
+        return handle.read()
+
+
+def _table(raw: Mapping[str, Any], name: str) -> Mapping[str, Any]:
+    value = raw.get(name, {})
+    if not isinstance(value, dict):
+        raise ConfigurationError(f"[{name}] must be a table")
+    return value
+
+
+def _unknown(table: Mapping[str, Any], allowed: frozenset[str], where: str) -> None:
+    extra = sorted(set(table) - allowed)
+    if extra:
+        raise ConfigurationError(f"{where}: unknown option(s) {', '.join(extra)}")
+
+
+def parse_config(raw: Mapping[str, Any], path: Path) -> Config:
+    _unknown(raw, frozenset({"keys", "manager", "namespaces"}), "top level")
+    keys, manager, namespaces = (
+        _table(raw, "keys"),
+        _table(raw, "manager"),
+        _table(raw, "namespaces"),
+    )
+    _unknown(keys, KEY_OPTIONS, "[keys]")
+    _unknown(manager, MANAGER_OPTIONS, "[manager]")
+    for option in ("env", "file"):
+        if option in keys and not isinstance(keys[option], str):
+            raise ConfigurationError(f"[keys] {option} must be a string")
+    for option in ("default_backend", "key_vault"):
+        if option in manager and not isinstance(manager[option], str):
+            raise ConfigurationError(f"[manager] {option} must be a URL string")
+    if not isinstance(manager.get("strict", False), bool):
+        raise ConfigurationError("[manager] strict must be true or false")
+    for option in ("default_backend", "key_vault"):
+        if option in manager:
+            backend_kind(manager[option])
+    parsed: list[NamespaceConfig] = []
+    for name, options in namespaces.items():
+        validate_namespace_name(name)
+        where = f"[namespaces.{name}]" if name.isidentifier() else "[namespaces.<name>]"
+        if not isinstance(options, dict):
+            raise ConfigurationError(f"{where} must be a table")
+        _unknown(options, NAMESPACE_OPTIONS, where)
+        if "backend" in options:
+            if not isinstance(options["backend"], str):
+                raise ConfigurationError(f"{where} backend must be a URL string")
+            backend_kind(options["backend"])
+        policy = {k: v for k, v in options.items() if k not in ("backend", "encrypt")}
+        try:
+            Policy(**policy)
+        except (TypeError, ValueError) as exc:
+            raise ConfigurationError(f"{where}: {exc}") from None
+        parsed.append(NamespaceConfig(name, dict(options)))
+    return Config(
+        path=path,
+        keys_env=keys.get("env"),
+        keys_file=Path(keys["file"]) if "file" in keys else None,
+        default_backend=manager.get("default_backend", "memory://"),
+        strict=manager.get("strict", False),
+        key_vault=manager.get("key_vault"),
+        namespaces=tuple(parsed),
+        raw=raw,
+    )
+
+
+def load_raw(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigurationError(f"configuration file {path} not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigurationError(f"configuration file is not valid TOML: {exc}") from None
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    target = Path(path)
+    return parse_config(load_raw(target), target)

@@ -1,0 +1,211 @@
+"""The command line, run as a real subprocess (``python -m aiocache_secure``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from aiocache_secure import Keyring
+
+KEY_TEXT = Keyring.new_key_text()
+
+
+def cli(
+    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "aiocache_secure", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        input=stdin,
+    )
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_help_on_every_command() -> None:
+    for command in (
+        "demo",
+        "check-config",
+        "stats",
+        "export",
+        "erase",
+        "rotate-keys",
+        "gen-key",
+        "bench",
+    ):
+        result = cli(command, "--help")
+        assert result.returncode == 0, result.stderr
+        assert "usage:" in result.stdout
+
+
+def test_gen_key_prints_and_writes_0600(tmp_path: Path) -> None:
+    printed = cli("gen-key")
+    assert printed.returncode == 0
+    assert len(Keyring.from_text(printed.stdout)) == 1
+    out = tmp_path / "k"
+    written = cli("gen-key", "--out", str(out))
+    assert written.returncode == 0
+    assert out.stat().st_mode & 0o777 == 0o600
+    assert cli("gen-key", "--out", str(out)).returncode != 0  # never overwrites
+
+
+CORPUS = {
+    "plain_redis_remote": (
+        '[keys]\nenv = "K"\n[namespaces.a]\nbackend = "redis://10.1.2.3:6379/0"\nmax_value_bytes = 10\n',
+        "plain redis:// to a non-loopback host",
+    ),
+    "plain_mongo_remote": (
+        '[keys]\nenv = "K"\n[namespaces.a]\nbackend = "mongodb://db.example.com/app"\nmax_value_bytes = 10\n',
+        "plain mongodb:// to a non-loopback host",
+    ),
+    "tls_insecure_mongo": (
+        '[keys]\nenv = "K"\n[namespaces.a]\nbackend = "mongodb://127.0.0.1/app?tls=true&tlsInsecure=true"\nmax_value_bytes = 10\n',
+        "verification is off",
+    ),
+    "tls_no_verify_redis": (
+        '[keys]\nenv = "K"\n[namespaces.a]\nbackend = "rediss://cache.example.com:6380/0?ssl_cert_reqs=none"\nmax_value_bytes = 10\n',
+        "verification is off",
+    ),
+    "unencrypted_shared": (
+        '[keys]\nenv = "K"\n[namespaces.a]\nbackend = "redis://127.0.0.1:6379/0"\nencrypt = false\nserializer = "pickle"\nmax_value_bytes = 10\n',
+        "encrypt = false",
+    ),
+    "key_in_file": (
+        f'[keys]\nenv = "{KEY_TEXT}"\n[namespaces.a]\nmax_value_bytes = 10\n',
+        "key material inside the configuration file",
+    ),
+    "no_key_source": (
+        '[namespaces.a]\nbackend = "redis://127.0.0.1:6379/0"\nmax_value_bytes = 10\n',
+        "no key source",
+    ),
+    "schema_unknown_option": ("[namespaces.a]\nttl = 5\nbogus = 1\n", "unknown option"),
+    "schema_bad_ttl": ("[namespaces.a]\nttl = -5\n", "ttl"),
+    "schema_bad_toml": ("[namespaces.a\n", "not valid TOML"),
+    "bad_scheme": (
+        '[manager]\ndefault_backend = "gopher://x"\n[namespaces.a]\nmax_value_bytes = 1\n',
+        "unknown backend scheme",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CORPUS))
+def test_check_config_corpus(tmp_path: Path, case: str) -> None:
+    text, expected = CORPUS[case]
+    config = write(tmp_path / "c.toml", text)
+    result = cli("check-config", str(config))
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert expected in result.stdout
+    assert "ERROR" in result.stdout
+    assert KEY_TEXT not in result.stdout + result.stderr
+    as_json = cli("--json", "check-config", str(config))
+    findings = json.loads(as_json.stdout)
+    assert any(f["severity"] == "error" for f in findings)
+
+
+def test_check_config_world_readable_key_file_and_cache_dir(tmp_path: Path) -> None:
+    key_file = write(tmp_path / "keys", KEY_TEXT)
+    key_file.chmod(0o644)
+    cache_dir = tmp_path / "cache"
+    cache_dir.mkdir(mode=0o755)
+    cache_dir.chmod(0o755)
+    config = write(
+        tmp_path / "c.toml",
+        f'[keys]\nfile = "{key_file}"\n[namespaces.a]\n'
+        f'backend = "file://{cache_dir}"\nmax_value_bytes = 10\n',
+    )
+    result = cli("check-config", str(config))
+    assert result.returncode == 1
+    assert "key file is readable by group or others" in result.stdout
+    assert "cache directory is accessible to group or others" in result.stdout
+
+
+def test_check_config_warnings_only(tmp_path: Path) -> None:
+    key_file = write(tmp_path / "keys", KEY_TEXT)
+    key_file.chmod(0o600)
+    config = write(
+        tmp_path / "c.toml",
+        f'[keys]\nfile = "{key_file}"\n[namespaces.a]\nttl = 5\n'
+        '[namespaces.b]\nbackend = "redis://user:pw@127.0.0.1:6379/0"\nmax_value_bytes = 9\n',
+    )
+    result = cli("check-config", str(config))
+    assert result.returncode == 0, result.stdout
+    assert "WARNING" in result.stdout and "no max_value_bytes" in result.stdout
+    assert "password inside the URL" in result.stdout
+    assert "pw@" not in result.stdout
+
+
+def test_erase_refuses_without_confirmation(tmp_path: Path) -> None:
+    config = write(tmp_path / "c.toml", "[namespaces.a]\nmax_value_bytes = 10\n")
+    result = cli("--config", str(config), "erase", "a", stdin="")
+    assert result.returncode == 2
+    assert "--yes" in result.stderr
+
+
+def test_missing_config_is_a_clear_error(tmp_path: Path) -> None:
+    result = cli("--config", str(tmp_path / "nope.toml"), "stats")
+    assert result.returncode == 2
+    assert "not found" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_operations_on_a_file_backend(tmp_path: Path) -> None:
+    key_file = write(tmp_path / "keys", KEY_TEXT)
+    key_file.chmod(0o600)
+    cache = tmp_path / "cache"
+    config = write(
+        tmp_path / "c.toml",
+        f'[keys]\nfile = "{key_file}"\n'
+        f'[manager]\ndefault_backend = "file://{cache}"\n'
+        "[namespaces.users]\nmax_value_bytes = 1000\n"
+        '[namespaces."user:7"]\nprivate = true\nmax_value_bytes = 1000\n',
+    )
+    seed = (
+        "import anyio\nfrom aiocache_secure.config import load_config\n"
+        "async def main():\n"
+        f"    cfg = load_config({str(config)!r})\n"
+        "    async with cfg.manager() as m:\n"
+        "        await m.namespace('users', max_value_bytes=1000).set_many({'a': 1, 'b': [2]})\n"
+        "        await m.namespace('user:7', private=True, max_value_bytes=1000).set('email', 'x@y')\n"
+        "anyio.run(main)\n"
+    )
+    subprocess.run([sys.executable, "-c", seed], check=True, timeout=60)
+    base = ("--config", str(config))
+    stats = json.loads(cli(*base, "--json", "stats").stdout)
+    assert {r["namespace"]: r["entries"] for r in stats} == {"users": 2, "user:7": 1}
+    exported = cli(*base, "export", "users")
+    assert exported.returncode == 0, exported.stderr
+    rows = [json.loads(line) for line in exported.stdout.splitlines()]
+    assert sorted((r["key"], r["value"]) for r in rows) == [("a", 1), ("b", [2])]
+    out = tmp_path / "users.jsonl"
+    assert cli(*base, "export", "users", "--out", str(out)).returncode == 0
+    assert out.stat().st_mode & 0o777 == 0o600
+    assert len(out.read_text().splitlines()) == 2
+    rotated = cli(*base, "--json", "rotate-keys")
+    assert rotated.returncode == 0, rotated.stderr
+    erased = cli(*base, "--json", "erase", "user:7", "--yes")
+    assert json.loads(erased.stdout) == [{"namespace": "user:7", "erased": True}]
+    again = cli(*base, "erase", "user:7", "--yes")
+    assert "nothing to erase" in again.stdout
+    for result in (stats, exported, rotated, erased):
+        assert KEY_TEXT not in json.dumps(result) if isinstance(result, list) else True
+    assert KEY_TEXT not in exported.stdout + exported.stderr
+
+
+def test_demo_runs(tmp_path: Path) -> None:
+    result = cli("demo", "--dir", str(tmp_path / "demo"))
+    assert result.returncode == 0, result.stderr
+    assert "plaintext visible: False" in result.stdout
+    assert "stats.tampered = 1" in result.stdout
+    assert "get email after erase = None" in result.stdout
