@@ -112,3 +112,24 @@ async def test_private_namespace_rewrap_and_restart(backend_url: Any, clock: Man
             await mgr3.namespace("user:1", private=True).get("k")
     async with await _manager(backend_url, rotated, clock) as mgr4:
         assert await mgr4.namespace("user:1", private=True).get("k") == "v"
+
+
+async def test_export_exactness_three_users(backend_url: Any, clock: ManualClock) -> None:
+    async with await _manager(backend_url, Keyring.generate(), clock) as mgr:
+        users = {f"user:{u}": mgr.namespace(f"user:{u}", private=True) for u in range(3)}
+        expected = {
+            name: {f"{name}/k{i}": {"i": i, "who": name} for i in range(1000)} for name in users
+        }
+        for name, ns in users.items():
+            await ns.set_many(expected[name])
+        for name, ns in users.items():
+            assert {k: v async for k, v in ns.items()} == expected[name]
+        store = mgr.backend_of("user:0")
+        backup = {k: v async for k, v in store.scan(users["user:0"].key_prefix)}
+        assert await mgr.erase("user:0")
+        for k, v in backup.items():
+            await store.set(k, v, ttl=None)
+        assert {k: v async for k, v in users["user:0"].items()} == {}
+        assert users["user:0"].stats.tampered == 1000
+        for name in ("user:1", "user:2"):
+            assert {k: v async for k, v in users[name].items()} == expected[name]
