@@ -28,7 +28,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from typing import Protocol, runtime_checkable
 
-__all__ = ["Backend"]
+__all__ = ["AtomicBackend", "Backend"]
 
 
 @runtime_checkable
@@ -50,3 +50,26 @@ class Backend(Protocol):
     def scan(self, prefix: bytes) -> AsyncIterator[tuple[bytes, bytes]]: ...
 
     async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class AtomicBackend(Backend, Protocol):
+    """Optional: what ``Cache.add``, ``incr`` and ``expire`` need.
+
+    * ``add`` stores only if no live entry exists, atomically, and says whether it stored.
+    * ``get_versioned`` returns ``(value, token)``: ``token`` is opaque to callers and identifies
+      the stored entry (the stored bytes, for stores that keep bytes as written).
+    * ``compare_and_set`` replaces the entry only if it is still the one ``token`` identifies,
+      atomically, and says whether it did.
+
+    Layers transform ``value`` and map ``key`` but pass ``token`` through untouched, so an
+    encryption layer can compare-and-set on the ciphertext it read.
+    """
+
+    async def add(self, key: bytes, value: bytes, *, ttl: float | None) -> bool: ...
+
+    async def get_versioned(self, key: bytes) -> tuple[bytes, bytes] | None: ...
+
+    async def compare_and_set(
+        self, key: bytes, token: bytes, value: bytes, *, ttl: float | None
+    ) -> bool: ...

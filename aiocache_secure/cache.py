@@ -16,17 +16,18 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any, Final, NoReturn, TypeVar
+from typing import Any, Final, NoReturn, TypeVar, cast
 
 import anyio
 
 from . import audit, frame
-from .backend import Backend
+from .backend import AtomicBackend, Backend
 from .clock import Clock
 from .errors import (
     BackendError,
     CacheError,
     ClosedError,
+    ContentionError,
     IntegrityError,
     SerializationError,
 )
@@ -56,6 +57,7 @@ MISSING: Final = _Missing()
 """Pass as ``default=`` to tell a miss from a cached ``None``."""
 
 _BURST_SECONDS: Final = 10.0
+_CAS_RETRIES: Final = 64
 
 
 class Lifecycle:
@@ -77,6 +79,7 @@ class Cache:
         "_fail_open",
         "_last_error_log",
         "_lifecycle",
+        "_atomic",
         "_padding",
         "_prefix",
         "_prepare",
@@ -107,6 +110,9 @@ class Cache:
         self.policy = policy
         self.stats = stats
         self._stack = stack
+        # The top of a composed stack is always a Layer, which forwards atomic updates (and
+        # raises UnsupportedOperation at call time when the store underneath lacks them).
+        self._atomic = cast(AtomicBackend, stack)
         self._serializer = serializer
         self._clock = clock
         self._lifecycle = lifecycle
@@ -410,6 +416,113 @@ class Cache:
             return 0
         self.stats.deletes += count
         return count
+
+    # -- atomic updates (backends implementing AtomicBackend) -------------------------------------
+
+    async def add(self, key: str, value: Any, ttl: float | None = None) -> bool:
+        """Store ``value`` only if ``key`` has no live entry; returns whether it was stored."""
+        raw = self._key(key)
+        data, seconds = self._frame(raw, value, ttl)
+        self._check_open()
+        if self._prepare is not None:
+            await self._run_prepare()
+        try:
+            for _ in range(_CAS_RETRIES):
+                if await self._atomic.add(raw, data, ttl=seconds):
+                    self.stats.sets += 1
+                    return True
+                found = await self._versioned(raw)
+                if found is not None:
+                    return False
+                # Only a dead (expired or unreadable) entry stood in the way: replace it.
+                current = await self._atomic.get_versioned(raw)
+                if current is None:
+                    continue
+                if await self._atomic.compare_and_set(raw, current[1], data, ttl=seconds):
+                    self.stats.sets += 1
+                    return True
+        except BackendError as exc:
+            self._backend_failed(exc)
+            return False
+        raise ContentionError("add() lost its race too many times")
+
+    async def incr(self, key: str, delta: int = 1, ttl: float | None = None) -> int:
+        """Add ``delta`` to the integer under ``key`` (created at ``delta``); the new value.
+
+        ``ttl`` applies when the counter is created; an existing counter keeps its expiry.
+        Atomic on every backend with ``AtomicBackend`` support: a compare-and-set loop on the
+        stored (possibly encrypted) entry, retried a bounded number of times.
+        """
+        if isinstance(delta, bool) or not isinstance(delta, int):
+            raise TypeError("incr delta must be an int")
+        raw = self._key(key)
+        self._check_open()
+        if self._prepare is not None:
+            await self._run_prepare()
+        for _ in range(_CAS_RETRIES):
+            found = await self._versioned(raw)
+            if found is None:
+                data, seconds = self._frame(raw, delta, ttl)
+                if await self._atomic.add(raw, data, ttl=seconds):
+                    self.stats.sets += 1
+                    return delta
+                continue
+            (value, expires_ms), token = found
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError("incr needs the stored value to be an int")
+            new = value + delta
+            data, seconds = self._refresh(raw, new, expires_ms)
+            if await self._atomic.compare_and_set(raw, token, data, ttl=seconds):
+                self.stats.sets += 1
+                return new
+        raise ContentionError("incr() lost its race too many times")
+
+    async def expire(self, key: str, ttl: float | None) -> bool:
+        """Give a live entry a new lifetime (``None``: the namespace default); False on a miss.
+
+        On encrypted namespaces this re-seals the entry: the expiry is authenticated.
+        """
+        raw = self._key(key)
+        seconds = self.policy.resolve_ttl(ttl)
+        self._check_open()
+        if self._prepare is not None:
+            await self._run_prepare()
+        try:
+            for _ in range(_CAS_RETRIES):
+                found = await self._versioned(raw)
+                if found is None:
+                    return False
+                (value, _), token = found
+                payload = self._serializer.dumps(value)
+                expires = frame.expiry_ms(None if seconds is None else self._clock() + seconds)
+                data = frame.pack(expires, raw if self._embed else b"", payload)
+                if await self._atomic.compare_and_set(raw, token, data, ttl=seconds):
+                    return True
+        except BackendError as exc:
+            self._backend_failed(exc)
+            return False
+        raise ContentionError("expire() lost its race too many times")
+
+    async def touch(self, key: str) -> bool:
+        """Re-arm ``key`` with the namespace's default lifetime."""
+        return await self.expire(key, None)
+
+    async def _versioned(self, raw: bytes) -> tuple[tuple[Any, int], bytes] | None:
+        """``((value, expires_ms), token)`` of a live entry, else None (dead ones discarded)."""
+        found = await self._atomic.get_versioned(raw)
+        if found is None:
+            return None
+        data, token = found
+        ok, value = self._open_frame(raw, data)
+        if not ok:
+            await self._discard(raw, value)
+            return None
+        return (value, frame.read_expiry(data)), token
+
+    def _refresh(self, raw: bytes, value: Any, expires_ms: int) -> tuple[bytes, float | None]:
+        payload = self._serializer.dumps(value)
+        seconds = None if not expires_ms else max(expires_ms / 1000 - self._clock(), 0.001)
+        return frame.pack(expires_ms, raw if self._embed else b"", payload), seconds
 
     # -- export and rotation ---------------------------------------------------------------------
 

@@ -10,7 +10,9 @@
     ├── IntegrityError            opaque, like Fernet's InvalidToken: never says why
     ├── ValueTooLarge
     ├── SerializationError
-    └── ClosedError
+    ├── ClosedError
+    ├── ContentionError       an atomic update lost its race more often than its retry budget
+    └── UnsupportedOperation  the namespace's backend cannot do this (e.g. no atomic updates)
 
 Messages never carry a key, a value, key material, a password or a URL with credentials. Backends
 raise ``BackendError`` subclasses ``from`` the driver's exception so the cause stays inspectable in
@@ -26,8 +28,10 @@ __all__ = [
     "CacheError",
     "ClosedError",
     "ConfigurationError",
+    "ContentionError",
     "IntegrityError",
     "SerializationError",
+    "UnsupportedOperation",
     "ValueTooLarge",
 ]
 
@@ -69,3 +73,11 @@ class SerializationError(CacheError, TypeError):
 
 class ClosedError(CacheError, RuntimeError):
     """The manager (or namespace) was closed."""
+
+
+class ContentionError(CacheError):
+    """An atomic update (``incr``, ``expire``) kept losing races beyond its retry budget."""
+
+
+class UnsupportedOperation(CacheError, NotImplementedError):
+    """The namespace's backend does not implement the operation (see ``AtomicBackend``)."""

@@ -148,6 +148,29 @@ class MemoryBackend:
             self._store(key, value, ttl, now)
         self._expire_and_evict(now)
 
+    async def add(self, key: bytes, value: bytes, *, ttl: float | None) -> bool:
+        if self._lookup(key) is not None:
+            return False
+        now = self._clock()
+        self._store(key, value, ttl, now)
+        self._expire_and_evict(now)
+        return True
+
+    async def get_versioned(self, key: bytes) -> tuple[bytes, bytes] | None:
+        value = self._lookup(key)
+        return None if value is None else (value, value)
+
+    async def compare_and_set(
+        self, key: bytes, token: bytes, value: bytes, *, ttl: float | None
+    ) -> bool:
+        current = self._lookup(key)
+        if current is None or (current is not token and current != token):
+            return False
+        now = self._clock()
+        self._store(key, value, ttl, now)
+        self._expire_and_evict(now)
+        return True
+
     async def delete(self, key: bytes) -> bool:
         return self._remove(key)
 

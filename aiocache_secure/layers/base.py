@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 
-from ..backend import Backend
+from ..backend import AtomicBackend, Backend
+from ..errors import UnsupportedOperation
 
 __all__ = ["Layer"]
 
@@ -41,6 +42,23 @@ class Layer:
     def scan(self, prefix: bytes) -> AsyncIterator[tuple[bytes, bytes]]:
         return self.inner.scan(prefix)
 
+    async def add(self, key: bytes, value: bytes, *, ttl: float | None) -> bool:
+        return bool(await _atomic(self.inner).add(key, value, ttl=ttl))
+
+    async def get_versioned(self, key: bytes) -> tuple[bytes, bytes] | None:
+        return await _atomic(self.inner).get_versioned(key)
+
+    async def compare_and_set(
+        self, key: bytes, token: bytes, value: bytes, *, ttl: float | None
+    ) -> bool:
+        return bool(await _atomic(self.inner).compare_and_set(key, token, value, ttl=ttl))
+
     async def aclose(self) -> None:
         # Layers never own the store: the manager closes shared backends exactly once.
         return None
+
+
+def _atomic(backend: Backend) -> AtomicBackend:
+    if not isinstance(backend, AtomicBackend):
+        raise UnsupportedOperation("this backend does not support atomic updates")
+    return backend

@@ -254,6 +254,21 @@ class Encryption(Layer):
     async def set_many(self, items: Sequence[tuple[bytes, bytes]], *, ttl: float | None) -> None:
         await self.inner.set_many([(k, self.seal(k, v)) for k, v in items], ttl=ttl)
 
+    async def add(self, key: bytes, value: bytes, *, ttl: float | None) -> bool:
+        return await super().add(key, self.seal(key, value), ttl=ttl)
+
+    async def get_versioned(self, key: bytes) -> tuple[bytes, bytes] | None:
+        found = await super().get_versioned(key)
+        if found is None:
+            return None
+        frame = await self._opened(key, found[0])
+        return None if frame is None else (frame, found[1])
+
+    async def compare_and_set(
+        self, key: bytes, token: bytes, value: bytes, *, ttl: float | None
+    ) -> bool:
+        return await super().compare_and_set(key, token, self.seal(key, value), ttl=ttl)
+
     async def scan(self, prefix: bytes) -> AsyncIterator[tuple[bytes, bytes]]:
         async for key, envelope in self.inner.scan(prefix):
             frame = await self._opened(key, envelope)

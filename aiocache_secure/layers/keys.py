@@ -61,6 +61,17 @@ class HashedKeys(Layer):
     async def delete(self, key: bytes) -> bool:
         return await self.inner.delete(self.storage_key(key))
 
+    async def add(self, key: bytes, value: bytes, *, ttl: float | None) -> bool:
+        return await super().add(self.storage_key(key), value, ttl=ttl)
+
+    async def get_versioned(self, key: bytes) -> tuple[bytes, bytes] | None:
+        return await super().get_versioned(self.storage_key(key))
+
+    async def compare_and_set(
+        self, key: bytes, token: bytes, value: bytes, *, ttl: float | None
+    ) -> bool:
+        return await super().compare_and_set(self.storage_key(key), token, value, ttl=ttl)
+
     async def delete_prefix(self, prefix: bytes) -> int:
         if prefix:
             raise ValueError("a namespace with hashed keys can only be cleared as a whole")
@@ -99,6 +110,17 @@ class PrefixedKeys(Layer):
 
     async def delete(self, key: bytes) -> bool:
         return await self.inner.delete(self.prefix + key)
+
+    async def add(self, key: bytes, value: bytes, *, ttl: float | None) -> bool:
+        return await super().add(self.prefix + key, value, ttl=ttl)
+
+    async def get_versioned(self, key: bytes) -> tuple[bytes, bytes] | None:
+        return await super().get_versioned(self.prefix + key)
+
+    async def compare_and_set(
+        self, key: bytes, token: bytes, value: bytes, *, ttl: float | None
+    ) -> bool:
+        return await super().compare_and_set(self.prefix + key, token, value, ttl=ttl)
 
     async def delete_prefix(self, prefix: bytes) -> int:
         return await self.inner.delete_prefix(self.prefix + prefix)

@@ -44,6 +44,16 @@ class SizeLimit(Layer):
         self._check(value)
         await self.inner.set(key, value, ttl=ttl)
 
+    async def add(self, key: bytes, value: bytes, *, ttl: float | None) -> bool:
+        self._check(value)
+        return await super().add(key, value, ttl=ttl)
+
+    async def compare_and_set(
+        self, key: bytes, token: bytes, value: bytes, *, ttl: float | None
+    ) -> bool:
+        self._check(value)
+        return await super().compare_and_set(key, token, value, ttl=ttl)
+
     async def set_many(self, items: Sequence[tuple[bytes, bytes]], *, ttl: float | None) -> None:
         for _, value in items:
             self._check(value)
