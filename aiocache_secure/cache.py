@@ -133,6 +133,11 @@ class Cache:
         return f"Cache(namespace={self.name!r}, encrypted={self._encryption is not None})"
 
     @property
+    def clock(self) -> Clock:
+        """The namespace's wall clock (injectable through the manager)."""
+        return self._clock
+
+    @property
     def key_prefix(self) -> bytes:
         """The storage-key prefix of this namespace's entries (for operations tooling)."""
         return self._prefix

@@ -1,0 +1,103 @@
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+
+from aiocache_secure import CacheManager, ConfigurationError, Keyring, ManualClock, MemoryBackend
+from aiocache_secure.ratelimit import (
+    FixedWindowLimiter,
+    RateLimitExceeded,
+    RateLimitMiddleware,
+    SlidingWindowLimiter,
+    rate_limited,
+)
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock(start=1_000_000.0)
+
+
+@pytest.fixture
+async def manager(clock: ManualClock) -> Any:
+    async with CacheManager(keyring=Keyring.generate(), clock=clock) as mgr:
+        yield mgr
+
+
+async def test_fixed_window(manager: CacheManager, clock: ManualClock) -> None:
+    limiter = FixedWindowLimiter(manager.namespace("rl"), limit=3, window=10)
+    decisions = [await limiter.hit("alice") for _ in range(4)]
+    assert [d.allowed for d in decisions] == [True, True, True, False]
+    assert [d.remaining for d in decisions] == [2, 1, 0, 0]
+    assert 0 < decisions[-1].reset_after <= 10
+    assert (await limiter.hit("bob")).allowed
+    clock.advance(decisions[-1].reset_after + 0.001)
+    assert (await limiter.hit("alice")).allowed
+
+
+async def test_sliding_window(manager: CacheManager, clock: ManualClock) -> None:
+    limiter = SlidingWindowLimiter(manager.namespace("sl"), limit=10, window=60)
+    for _ in range(10):
+        assert (await limiter.hit("ip")).allowed
+    denied = await limiter.hit("ip")
+    assert not denied.allowed and denied.remaining == 0
+    # Half of the next window: the previous window still weighs half (10 * 0.5 + new hits).
+    clock.advance(60 + 30 - (clock.now % 60))
+    results = [(await limiter.hit("ip")).allowed for _ in range(6)]
+    assert results == [True, True, True, True, False, False]
+    clock.advance(60)
+    assert (await limiter.hit("ip")).allowed
+
+
+async def test_identities_never_stored(clock: ManualClock) -> None:
+    store = MemoryBackend(clock=clock)
+    async with CacheManager(keyring=Keyring.generate(), clock=clock) as mgr:
+        limiter = FixedWindowLimiter(mgr.namespace("rl", backend=store), limit=5, window=10)
+        await limiter.hit("alice@example.com")
+        raw = b"".join([k + v async for k, v in store.scan(b"")])
+        assert b"alice" not in raw
+        with pytest.raises(ConfigurationError):
+            FixedWindowLimiter(mgr.namespace("plainkeys", hash_keys=False), limit=1, window=1)
+        with pytest.raises(ConfigurationError):
+            FixedWindowLimiter(mgr.namespace("rl", backend=store), limit=0, window=1)
+        with pytest.raises(TypeError):
+            await limiter.hit(42)  # type: ignore[arg-type]
+
+
+async def test_decorator(manager: CacheManager) -> None:
+    limiter = FixedWindowLimiter(manager.namespace("dec"), limit=2, window=60)
+    calls: list[str] = []
+
+    @rate_limited(limiter, identity=lambda user: user)
+    async def action(user: str) -> str:
+        calls.append(user)
+        return user
+
+    assert await action("u") == "u"
+    assert await action("u") == "u"
+    with pytest.raises(RateLimitExceeded) as info:
+        await action("u")
+    assert not info.value.decision.allowed
+    assert calls == ["u", "u"]
+
+
+async def test_asgi_middleware_429(manager: CacheManager) -> None:
+    async def home(request: Any) -> PlainTextResponse:
+        return PlainTextResponse("ok")
+
+    limiter = FixedWindowLimiter(manager.namespace("web"), limit=2, window=30)
+    app = RateLimitMiddleware(Starlette(routes=[Route("/", home)]), limiter=limiter)
+    transport = httpx.ASGITransport(app=app, client=("203.0.113.9", 1234))
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        assert (await client.get("/")).status_code == 200
+        assert (await client.get("/")).status_code == 200
+        limited = await client.get("/")
+        assert limited.status_code == 429
+        assert 1 <= int(limited.headers["retry-after"]) <= 30
