@@ -24,7 +24,6 @@ options of :meth:`CacheManager.namespace`, validated eagerly.
 from __future__ import annotations
 
 import os
-import stat
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -34,10 +33,11 @@ from typing import Any, Final
 from .backends import backend_kind
 from .errors import ConfigurationError
 from .keyring import Keyring
+from .keys import EnvKeyProvider, FileKeyProvider
 from .manager import CacheManager
 from .policy import Policy, validate_namespace_name
 
-__all__ = ["Config", "NamespaceConfig", "load_config", "read_key_file"]
+__all__ = ["Config", "NamespaceConfig", "load_config"]
 
 NAMESPACE_OPTIONS: Final = frozenset(
     {
@@ -80,9 +80,9 @@ class Config:
 
     def keyring(self) -> Keyring | None:
         if self.keys_file is not None:
-            return Keyring.from_text(read_key_file(self.keys_file))
+            return FileKeyProvider(self.keys_file).load()
         if self.keys_env is not None:
-            return Keyring.from_env(self.keys_env)
+            return EnvKeyProvider(self.keys_env).load()
         return None
 
     def manager(self) -> CacheManager:
@@ -98,23 +98,6 @@ class Config:
             if ns.name == name:
                 return ns
         raise ConfigurationError("no namespace of that name in the configuration")
-
-
-def read_key_file(path: Path) -> str:
-    """A key file's text; refused unless it is a regular file, mode 0600 and ours."""
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-    except OSError as exc:
-        raise ConfigurationError("the key file cannot be opened") from exc
-    with os.fdopen(fd, "r", encoding="ascii") as handle:
-        info = os.fstat(handle.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            raise ConfigurationError("the key file is not a regular file")
-        if info.st_mode & 0o077:
-            raise ConfigurationError("the key file is readable by group or others (chmod 600)")
-        if info.st_uid != os.geteuid():
-            raise ConfigurationError("the key file is owned by another user")
-        return handle.read()
 
 
 def _table(raw: Mapping[str, Any], name: str) -> Mapping[str, Any]:

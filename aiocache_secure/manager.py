@@ -18,6 +18,7 @@ from .cache import Cache, Lifecycle
 from .clock import Clock, system_clock
 from .errors import BackendError, ClosedError, ConfigurationError
 from .keyring import Keyring, hkdf
+from .keys import KeyWrapper
 from .layers import StackSpec, compose
 from .layers.encryption import KeyringKeys, KeySource, StaticKey
 from .layers.keys import KEY_FORMAT, namespace_tag
@@ -52,6 +53,8 @@ class CacheManager:
     process). ``default_backend``: the URL used when a namespace names none. ``strict``: insecure
     transport and tampered entries raise instead of warning / missing. ``key_vault``: where private
     namespaces' wrapped data keys live (default: beside the data in each namespace's backend).
+    ``key_wrapper``: a KMS (:class:`~aiocache_secure.keys.KmsKeyWrapper`) that wraps private
+    namespaces' data keys instead of the keyring, so the master key need not be in the process.
     """
 
     def __init__(
@@ -62,6 +65,7 @@ class CacheManager:
         strict: bool = False,
         clock: Clock = system_clock,
         key_vault: str | Backend | None = None,
+        key_wrapper: KeyWrapper | None = None,
     ) -> None:
         if keyring is not None and not isinstance(keyring, Keyring):
             raise TypeError("keyring must be a Keyring")
@@ -71,6 +75,9 @@ class CacheManager:
             backend_kind(default_backend)
         elif not isinstance(default_backend, Backend):
             raise TypeError("default_backend must be a URL or a Backend")
+        if key_wrapper is not None and not isinstance(key_wrapper, KeyWrapper):
+            raise TypeError("key_wrapper must implement KeyWrapper (wrap/unwrap)")
+        self._key_wrapper = key_wrapper
         self._keyring = keyring
         self._ephemeral: Keyring | None = None
         self._default_backend = default_backend
@@ -287,7 +294,8 @@ class CacheManager:
         serializer_impl = get_serializer(serializer)
         store, leaves = self._resolve_backend(chosen, probe, stats)
         encrypted = private or (leaves if encrypt is None else encrypt)
-        if encrypted and leaves and self._keyring is None:
+        needs_keyring = not (private and self._key_wrapper is not None)
+        if encrypted and leaves and self._keyring is None and needs_keyring:
             raise ConfigurationError(
                 "this backend stores data outside the process: pass keyring= to the manager "
                 "(Keyring.generate(), Keyring.from_env()), or encrypt=False explicitly"
@@ -333,7 +341,11 @@ class CacheManager:
             encryption=stack.encryption,
             key_prefix=stack.key_prefix,
         )
-        vault = Vault(self._vault_store or store, self._current_keyring) if private else None
+        vault = (
+            Vault(self._vault_store or store, self._current_keyring, self._key_wrapper)
+            if private
+            else None
+        )
         record = _Namespace(cache, store, vault, tag, data_key, config)
         if private:
             cache.set_prepare(lambda: self._load_data_key(record))
@@ -364,7 +376,7 @@ class CacheManager:
                 return False
             store, leaves = self._resolve_backend(chosen, Policy(), Stats())
             tag = self._tag(name, leaves_process=leaves)
-            vault = Vault(self._vault_store or store, self._current_keyring)
+            vault = Vault(self._vault_store or store, self._current_keyring, self._key_wrapper)
         destroyed = await vault.destroy(tag) if vault is not None else False
         removed = await store.delete_prefix(KEY_FORMAT + tag + b":")
         removed += await store.delete_prefix(KEY_FORMAT + tag + b"=")

@@ -28,11 +28,13 @@ from . import audit
 from .backend import Backend
 from .errors import IntegrityError
 from .keyring import KEY_SIZE, Keyring
+from .keys import KeyWrapper
 from .layers.keys import KEY_FORMAT
 
 __all__ = ["Vault"]
 
 _VERSION: Final = 1
+_KMS_VERSION: Final = 2
 _RECORD: Final = struct.Struct(">B4s4s12s")
 _RECORD_SIZE: Final = _RECORD.size + KEY_SIZE + 16
 
@@ -42,17 +44,32 @@ def _lp(*parts: bytes) -> bytes:
 
 
 class Vault:
-    __slots__ = ("_backend", "_keyring")
+    """Vault records of one store. ``wrapper`` (a KMS) replaces keyring wrapping when given;
+    which format a record must have is fixed by that configuration, never by the record."""
 
-    def __init__(self, backend: Backend, keyring: Callable[[], Keyring]) -> None:
+    __slots__ = ("_backend", "_keyring", "_wrapper")
+
+    def __init__(
+        self,
+        backend: Backend,
+        keyring: Callable[[], Keyring],
+        wrapper: KeyWrapper | None = None,
+    ) -> None:
         self._backend = backend
         self._keyring = keyring
+        self._wrapper = wrapper
 
     @staticmethod
     def record_key(tag: bytes) -> bytes:
         return KEY_FORMAT + tag + b"!vault"
 
-    def _wrap(self, name: str, record_key: bytes, data_key_id: bytes, data_key: bytes) -> bytes:
+    async def _wrap(
+        self, name: str, record_key: bytes, data_key_id: bytes, data_key: bytes
+    ) -> bytes:
+        if self._wrapper is not None:
+            context = _lp(b"acs1-vault", name.encode("utf-8"), record_key, data_key_id)
+            wrapped = await self._wrapper.wrap(data_key, context=context)
+            return bytes([_KMS_VERSION]) + data_key_id + wrapped
         keyring = self._keyring()
         wrap_id = keyring.primary_id
         wrapper = AESGCM(keyring.derive(wrap_id, b"acs1/vault/" + name.encode("utf-8")))
@@ -62,7 +79,19 @@ class Vault:
             nonce, data_key, aad
         )
 
-    def _unwrap(self, name: str, record_key: bytes, record: bytes) -> tuple[bytes, bytes]:
+    async def _unwrap(self, name: str, record_key: bytes, record: bytes) -> tuple[bytes, bytes]:
+        if self._wrapper is not None:
+            if len(record) < 6 or record[0] != _KMS_VERSION:
+                raise IntegrityError
+            data_key_id = record[1:5]
+            context = _lp(b"acs1-vault", name.encode("utf-8"), record_key, data_key_id)
+            try:
+                data_key = await self._wrapper.unwrap(record[5:], context=context)
+            except Exception:
+                raise IntegrityError from None
+            if not isinstance(data_key, bytes) or len(data_key) != KEY_SIZE:
+                raise IntegrityError
+            return data_key_id, data_key
         if len(record) != _RECORD_SIZE:
             raise IntegrityError
         version, wrap_id, data_key_id, nonce = _RECORD.unpack_from(record)
@@ -85,7 +114,7 @@ class Vault:
         record = await self._backend.get(record_key)
         if record is not None:
             try:
-                return self._unwrap(name, record_key, record)
+                return await self._unwrap(name, record_key, record)
             except IntegrityError:
                 audit.emit("decrypt_failed", namespace=name, what="vault_record")
                 raise
@@ -93,13 +122,13 @@ class Vault:
             return None
         data_key_id, data_key = os.urandom(4), os.urandom(KEY_SIZE)
         await self._backend.set(
-            record_key, self._wrap(name, record_key, data_key_id, data_key), ttl=None
+            record_key, await self._wrap(name, record_key, data_key_id, data_key), ttl=None
         )
         # Read back: when two processes create the key at once, both adopt whichever landed.
         stored = await self._backend.get(record_key)
         if stored is None:
             return data_key_id, data_key
-        return self._unwrap(name, record_key, stored)
+        return await self._unwrap(name, record_key, stored)
 
     async def destroy(self, tag: bytes) -> bool:
         return await self._backend.delete(self.record_key(tag))
@@ -112,7 +141,7 @@ class Vault:
             return False
         data_key_id, data_key = found
         await self._backend.set(
-            record_key, self._wrap(name, record_key, data_key_id, data_key), ttl=None
+            record_key, await self._wrap(name, record_key, data_key_id, data_key), ttl=None
         )
         audit.emit("key_rotated", level=logging.INFO, namespace=name, what="vault_record")
         return True

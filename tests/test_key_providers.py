@@ -1,0 +1,143 @@
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from aiocache_secure import (
+    MISSING,
+    CacheManager,
+    ConfigurationError,
+    IntegrityError,
+    Keyring,
+    MemoryBackend,
+)
+from aiocache_secure.keys import EnvKeyProvider, FileKeyProvider, KmsKeyWrapper
+
+TEXT = Keyring.new_key_text()
+
+
+def key_file(tmp_path: Path, mode: int = 0o600) -> Path:
+    path = tmp_path / "keys"
+    path.write_text(TEXT + "\n")
+    path.chmod(mode)
+    return path
+
+
+def test_file_provider_accepts_0600(tmp_path: Path) -> None:
+    ring = FileKeyProvider(key_file(tmp_path)).load()
+    assert ring.key_ids == Keyring.from_text(TEXT).key_ids
+    assert TEXT not in repr(FileKeyProvider(key_file(tmp_path)))
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o660])
+def test_file_provider_refuses_loose_modes(tmp_path: Path, mode: int) -> None:
+    with pytest.raises(ConfigurationError, match="group or others") as info:
+        FileKeyProvider(key_file(tmp_path, mode)).load()
+    assert TEXT not in str(info.value)
+
+
+def test_file_provider_refuses_symlink_and_missing(tmp_path: Path) -> None:
+    link = tmp_path / "link"
+    link.symlink_to(key_file(tmp_path))
+    with pytest.raises(ConfigurationError):
+        FileKeyProvider(link).load()
+    with pytest.raises(ConfigurationError):
+        FileKeyProvider(tmp_path / "absent").load()
+    with pytest.raises(ConfigurationError):
+        FileKeyProvider(tmp_path).load()
+
+
+def test_file_provider_refuses_other_owner(tmp_path: Path) -> None:
+    path = key_file(tmp_path)
+    if os.geteuid() == 0:
+        os.chown(path, 4242, -1)
+        with pytest.raises(ConfigurationError, match="owned by another user"):
+            FileKeyProvider(path).load()
+    else:
+        assert path.stat().st_uid == os.geteuid()
+        assert len(FileKeyProvider(path).load()) == 1
+
+
+def test_env_provider_warns_once(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import aiocache_secure.keys as keys_module
+
+    monkeypatch.setattr(keys_module, "_warned_env", False)
+    monkeypatch.setenv("ACS_TEST_KEYS", TEXT)
+    caplog.set_level(logging.WARNING, logger="aiocache_secure")
+    EnvKeyProvider("ACS_TEST_KEYS").load()
+    EnvKeyProvider("ACS_TEST_KEYS").load()
+    warnings = [r for r in caplog.records if "environment variable" in r.getMessage()]
+    assert len(warnings) == 1
+    assert TEXT not in caplog.text
+
+
+class FakeKms:
+    """An in-process stand-in for a KMS (tests only): holds its own key, honours contexts."""
+
+    def __init__(self) -> None:
+        self._aead = AESGCM(AESGCM.generate_key(bit_length=256))
+        self.calls = {"wrap": 0, "unwrap": 0}
+
+    async def wrap(self, plaintext: bytes, context: bytes) -> bytes:
+        self.calls["wrap"] += 1
+        nonce = os.urandom(12)
+        return nonce + self._aead.encrypt(nonce, plaintext, context)
+
+    async def unwrap(self, blob: bytes, context: bytes) -> bytes:
+        self.calls["unwrap"] += 1
+        return self._aead.decrypt(blob[:12], blob[12:], context)
+
+
+@pytest.mark.anyio
+async def test_kms_wraps_private_data_keys_without_a_master_key() -> None:
+    kms = FakeKms()
+    store = type("Remote", (MemoryBackend,), {})()  # a store that leaves the process
+    wrapper = KmsKeyWrapper(wrap=kms.wrap, unwrap=kms.unwrap)
+    async with CacheManager(key_wrapper=wrapper) as mgr:
+        ns = mgr.namespace("tenant:1", backend=store, private=True)
+        await ns.set("k", {"secret": 1})
+        assert await ns.get("k") == {"secret": 1}
+        assert kms.calls["wrap"] == 1
+        with pytest.raises(ConfigurationError):
+            mgr.namespace("not-private", backend=store)  # still needs a keyring
+    # A new manager unwraps through the KMS.
+    async with CacheManager(key_wrapper=wrapper) as mgr2:
+        assert await mgr2.namespace("tenant:1", backend=store, private=True).get("k") == {
+            "secret": 1
+        }
+        assert kms.calls["unwrap"] >= 1
+        # The record is bound to its namespace: copied elsewhere, it does not unwrap.
+        records = {k: v async for k, v in store.scan(b"") if k.endswith(b"!vault")}
+        ((record_key, record),) = records.items()
+        other = mgr2.namespace("tenant:2", backend=store, private=True)
+        await store.set(
+            record_key.replace(record_key[4:36], other.key_prefix[4:36]), record, ttl=None
+        )
+        with pytest.raises(IntegrityError):
+            await other.get("k")
+    # Another KMS (or a KMS that lost the key) cannot unwrap: a typed error, no silent new key.
+    other_kms = FakeKms()
+    async with CacheManager(
+        key_wrapper=KmsKeyWrapper(wrap=other_kms.wrap, unwrap=other_kms.unwrap)
+    ) as mgr3:
+        with pytest.raises(IntegrityError):
+            await mgr3.namespace("tenant:1", backend=store, private=True).get("k", MISSING)
+    assert other_kms.calls["wrap"] == 0
+
+
+def test_kms_wrapper_validation() -> None:
+    with pytest.raises(TypeError):
+        KmsKeyWrapper(wrap=None, unwrap=None)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        CacheManager(key_wrapper=object())  # type: ignore[arg-type]
+
+
+def _unused(*_: Any) -> None:
+    return None
