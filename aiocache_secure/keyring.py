@@ -18,12 +18,15 @@ import binascii
 import hmac
 import os
 from collections.abc import Iterable, Mapping
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from .errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from .keys import KeyProvider
 
 __all__ = ["KEY_SIZE", "Keyring"]
 
@@ -92,6 +95,11 @@ class Keyring:
         if not raw:
             raise ConfigurationError(f"environment variable {name} is not set or empty")
         return cls.from_text(raw)
+
+    @classmethod
+    def from_provider(cls, provider: KeyProvider) -> Keyring:
+        """Build from a key provider (see :mod:`aiocache_secure.keys`)."""
+        return provider.load()
 
     @classmethod
     def from_text(cls, text: str) -> Keyring:

@@ -7,7 +7,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Final, Self
+from typing import Any, Final, Self, cast
 
 import anyio
 
@@ -22,6 +22,7 @@ from .keys import KeyWrapper
 from .layers import StackSpec, compose
 from .layers.encryption import KeyringKeys, KeySource, StaticKey
 from .layers.keys import KEY_FORMAT, namespace_tag
+from .metrics import MeteredCache, MetricsHook
 from .policy import DEFAULT_MAX_VALUE_BYTES, Policy, validate_namespace_name
 from .serializers import get_serializer
 from .stats import Stats
@@ -243,6 +244,7 @@ class CacheManager:
         private: bool = False,
         serializer: str = "json",
         strict: bool | None = None,
+        metrics: MetricsHook | None = None,
     ) -> Cache:
         """The namespace ``name``, created on first call (same arguments: the same object)."""
         self._check_open()
@@ -271,6 +273,8 @@ class CacheManager:
                     "a namespace of that name already exists with a different configuration"
                 )
             return existing.cache
+        if metrics is not None and not isinstance(metrics, MetricsHook):
+            raise TypeError("metrics must implement MetricsHook (a record() method)")
         if encrypt is not None and not isinstance(encrypt, bool):
             raise TypeError("encrypt must be True, False or None")
         if private and encrypt is False:
@@ -330,7 +334,7 @@ class CacheManager:
             on_limit=lambda: None,
         )
         stack = compose(store, policy, spec)
-        cache = Cache(
+        cache = (Cache if metrics is None else MeteredCache)(
             name,
             stack.top,
             policy=policy,
@@ -341,6 +345,8 @@ class CacheManager:
             encryption=stack.encryption,
             key_prefix=stack.key_prefix,
         )
+        if metrics is not None:
+            cast(MeteredCache, cache).set_metrics(metrics)
         vault = (
             Vault(self._vault_store or store, self._current_keyring, self._key_wrapper)
             if private

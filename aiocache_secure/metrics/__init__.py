@@ -1,0 +1,91 @@
+"""Metrics: a small hook the facade calls per operation, free when unused.
+
+A namespace created with ``metrics=hook`` is a :class:`MeteredCache`, which times each public
+operation and calls ``hook.record(operation, namespace, outcome, duration_seconds)``; every other
+namespace is a plain :class:`~aiocache_secure.cache.Cache` with no hook call on its hot paths.
+Outcomes: ``hit``, ``miss``, ``ok``, ``error``, ``tampered``. Never a key or a value.
+``cache.stats`` stays the zero-dependency view. An OpenTelemetry hook lives in
+:mod:`aiocache_secure.metrics.otel` (extra ``otel``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any, Protocol, TypeVar, runtime_checkable
+
+from ..cache import Cache
+
+__all__ = ["MeteredCache", "MetricsHook"]
+
+T = TypeVar("T")
+
+
+@runtime_checkable
+class MetricsHook(Protocol):
+    def record(self, operation: str, namespace: str, outcome: str, duration: float) -> None: ...
+
+
+class MeteredCache(Cache):
+    __slots__ = ("_hook",)
+
+    def set_metrics(self, hook: MetricsHook) -> None:
+        self._hook = hook
+
+    async def _measure(
+        self, operation: str, call: Callable[[], Awaitable[T]], *, reads: bool = False
+    ) -> T:
+        stats = self.stats
+        hits, tampered, errors = stats.hits, stats.tampered, stats.errors
+        start = time.perf_counter()
+        outcome = "ok"
+        try:
+            result = await call()
+        except Exception:
+            outcome = "error"
+            raise
+        finally:
+            if stats.tampered > tampered:
+                outcome = "tampered"
+            elif stats.errors > errors:
+                outcome = "error"
+            elif reads and outcome == "ok":
+                outcome = "hit" if stats.hits > hits else "miss"
+            self._hook.record(operation, self.name, outcome, time.perf_counter() - start)
+        return result
+
+    async def get(self, key: str, default: Any = None) -> Any:
+        return await self._measure(
+            "get", lambda: super(MeteredCache, self).get(key, default), reads=True
+        )
+
+    async def get_many(self, keys: Iterable[str], default: Any = None) -> list[Any]:
+        return await self._measure(
+            "get_many", lambda: super(MeteredCache, self).get_many(keys, default), reads=True
+        )
+
+    async def set(self, key: str, value: Any, ttl: float | None = None) -> None:
+        await self._measure("set", lambda: super(MeteredCache, self).set(key, value, ttl))
+
+    async def set_many(self, items: Mapping[str, Any], ttl: float | None = None) -> None:
+        await self._measure("set_many", lambda: super(MeteredCache, self).set_many(items, ttl))
+
+    async def delete(self, key: str) -> bool:
+        return await self._measure("delete", lambda: super(MeteredCache, self).delete(key))
+
+    async def delete_many(self, keys: Iterable[str]) -> int:
+        return await self._measure(
+            "delete_many", lambda: super(MeteredCache, self).delete_many(keys)
+        )
+
+    async def clear(self) -> int:
+        return await self._measure("clear", lambda: super(MeteredCache, self).clear())
+
+    async def add(self, key: str, value: Any, ttl: float | None = None) -> bool:
+        return await self._measure("add", lambda: super(MeteredCache, self).add(key, value, ttl))
+
+    async def incr(self, key: str, delta: int = 1, ttl: float | None = None) -> int:
+        return await self._measure("incr", lambda: super(MeteredCache, self).incr(key, delta, ttl))
+
+    async def expire(self, key: str, ttl: float | None) -> bool:
+        return await self._measure("expire", lambda: super(MeteredCache, self).expire(key, ttl))
