@@ -126,6 +126,11 @@ class Cache:
     def __repr__(self) -> str:
         return f"Cache(namespace={self.name!r}, encrypted={self._encryption is not None})"
 
+    @property
+    def clock(self) -> Clock:
+        """The namespace's clock (wall time in seconds, injectable for tests)."""
+        return self._clock
+
     def set_prepare(self, prepare: Callable[[], Awaitable[None]]) -> None:
         """Run ``prepare`` once before the next operation (a private namespace's key load)."""
         self._prepare = prepare
