@@ -81,8 +81,7 @@ class _Core:
         "_flights",
         "_fn",
         "_key",
-        "_last_read_log",
-        "_last_write_log",
+        "_logged",
         "_lock",
         "_manager",
         "_name",
@@ -117,8 +116,7 @@ class _Core:
         self._cache: Cache | None = None
         self._owner: CacheManager | None = None
         self._flights: dict[str, Flight] = {}
-        self._last_read_log = -_BURST_SECONDS
-        self._last_write_log = -_BURST_SECONDS
+        self._logged: dict[type[BaseException], float] = {}
         self.first_param = self._key.first_param
 
     # -- the namespace --------------------------------------------------------------------------
@@ -314,20 +312,18 @@ class _Core:
     # -- failures -------------------------------------------------------------------------------
 
     def _read_failed(self, exc: BaseException) -> None:
-        now = time.monotonic()
-        if now - self._last_read_log >= _BURST_SECONDS:
-            self._last_read_log = now
-            _log.warning(
-                "@cached %s: the cache failed (%s); calling the function directly",
-                self._name,
-                type(exc).__name__,
-            )
+        self._log_once(exc, "@cached %s: the cache failed (%s); calling the function directly")
 
     def _write_failed(self, exc: BaseException) -> None:
+        self._log_once(exc, "@cached %s: a result was not cached (%s)")
+
+    def _log_once(self, exc: BaseException, message: str) -> None:
+        """Log a failure once per burst and kind: an outage must not flood the logs."""
+        kind = type(exc)
         now = time.monotonic()
-        if now - self._last_write_log >= _BURST_SECONDS:
-            self._last_write_log = now
-            _log.warning("@cached %s: a result was not cached (%s)", self._name, type(exc).__name__)
+        if now - self._logged.get(kind, -_BURST_SECONDS) >= _BURST_SECONDS:
+            self._logged[kind] = now
+            _log.warning(message, self._name, kind.__name__)
 
 
 class Cached(Generic[P, R]):
