@@ -6,7 +6,7 @@ import enum
 import inspect
 import logging
 import typing
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -25,6 +25,8 @@ from aiocache_secure import (
     set_default_manager,
 )
 from aiocache_secure.decorator import EARLY_REFRESH
+
+from .doubles import FailingBackend
 
 pytestmark = pytest.mark.anyio
 
@@ -594,35 +596,6 @@ async def test_early_refresh_is_jittered(manager: CacheManager, clock: ManualClo
 
 
 # -- failures -----------------------------------------------------------------------------------
-
-
-class FailingBackend:
-    """A store that is down: every operation raises BackendUnavailable."""
-
-    async def get(self, key: bytes) -> bytes | None:
-        raise BackendUnavailable("test backend is down")
-
-    async def get_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
-        raise BackendUnavailable("test backend is down")
-
-    async def set(self, key: bytes, value: bytes, *, ttl: float | None) -> None:
-        raise BackendUnavailable("test backend is down")
-
-    async def set_many(self, items: Sequence[tuple[bytes, bytes]], *, ttl: float | None) -> None:
-        raise BackendUnavailable("test backend is down")
-
-    async def delete(self, key: bytes) -> bool:
-        raise BackendUnavailable("test backend is down")
-
-    async def delete_prefix(self, prefix: bytes) -> int:
-        raise BackendUnavailable("test backend is down")
-
-    async def scan(self, prefix: bytes) -> AsyncIterator[tuple[bytes, bytes]]:
-        raise BackendUnavailable("test backend is down")
-        yield b"", b""  # pragma: no cover
-
-    async def aclose(self) -> None:
-        return None
 
 
 async def test_backend_failure_falls_back_to_the_function(
