@@ -15,10 +15,11 @@ by the handler, files) are passed through uncached.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
 
 from ..cache import MISSING, Cache
 from ..errors import CacheError
@@ -39,8 +40,6 @@ from ._http import (
 __all__ = ["MANAGER_KEY", "cache_middleware", "namespace", "setup"]
 
 MANAGER_KEY: Final = web.AppKey("aiocache_secure.manager", CacheManager)
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-Middleware = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
 
 
 def setup(app: web.Application, manager: CacheManager) -> None:
