@@ -54,7 +54,7 @@ from .flight import Flight, spawn
 from .manager import CacheManager, default_manager
 from .policy import check_ttl, validate_namespace_name
 
-__all__ = ["EARLY_REFRESH", "LEASE_SECONDS", "BoundCached", "Cached", "cached"]
+__all__ = ["EARLY_REFRESH", "LEASE_SECONDS", "LEASE_WAIT", "BoundCached", "Cached", "cached"]
 
 P = ParamSpec("P")
 P2 = ParamSpec("P2")
@@ -67,6 +67,8 @@ EARLY_REFRESH: Final = 0.1
 """Fraction of ``ttl`` by which a stale-while-revalidate entry's freshness is randomly shortened."""
 LEASE_SECONDS: Final = 30.0
 """How long a distributed lease (``lock=True``) is held at most if its holder dies."""
+LEASE_WAIT: Final = 10.0
+"""How long a caller waits for another process's lease before computing by itself."""
 _READ_ERRORS: Final = (BackendError, ClosedError, IntegrityError)
 _WRITE_ERRORS: Final = (BackendError, ClosedError, SerializationError, ValueTooLarge)
 _jitter: Final = random.Random()  # noqa: S311 - spreads expiry, no secrecy involved
@@ -236,7 +238,7 @@ class _Core:
         kwargs: dict[str, Any],
     ) -> Any:
         try:
-            held = lease(self._lease_name(key), ttl=LEASE_SECONDS)
+            held = lease(self._lease_name(key), LEASE_SECONDS, wait=LEASE_WAIT)
             await held.__aenter__()
         except BackendError as exc:
             self._read_failed(exc)
@@ -256,7 +258,13 @@ class _Core:
         return value
 
     def _lease(self, cache: Cache, key: str) -> Any:
-        """The namespace store's ``lease`` method, when it has one (see docs/decorator.md)."""
+        """The namespace store's ``lease`` method, when it has one.
+
+        Duck-typed on the Redis backend's: ``lease(name: bytes, ttl: float, wait: float)`` is an
+        async context manager that waits up to ``wait`` seconds for the lease and yields whether
+        it holds it. Held or not, the computation then looks at the cache again first, so the
+        processes that waited find the holder's result instead of computing it again.
+        """
         owner = self._owner
         if owner is None:
             return None

@@ -654,18 +654,22 @@ async def test_closed_manager_falls_back(clock: ManualClock) -> None:
 
 
 class LeasingBackend(MemoryBackend):
-    """A memory store that also offers the duck-typed ``lease`` (as the Redis backend does)."""
+    """A memory store offering the Redis backend's duck-typed ``lease`` (a local lock here)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, busy: bool = False) -> None:
         super().__init__()
-        self.leases: list[bytes] = []
+        self.leases: list[tuple[bytes, float, float]] = []
+        self.busy = busy
         self._lock = anyio.Lock()
 
     @asynccontextmanager
-    async def lease(self, name: bytes, *, ttl: float) -> AsyncIterator[None]:
+    async def lease(self, key: bytes, ttl: float, wait: float = 0.0) -> AsyncIterator[bool]:
+        self.leases.append((key, ttl, wait))
+        if self.busy:
+            yield False
+            return
         async with self._lock:
-            self.leases.append(name)
-            yield
+            yield True
 
 
 async def test_lock_uses_the_store_lease(manager: CacheManager) -> None:
@@ -679,8 +683,22 @@ async def test_lock_uses_the_store_lease(manager: CacheManager) -> None:
 
     assert await value("alice") == await value("alice") == 1
     assert len(store.leases) == 1
-    name = store.leases[0]
+    name, ttl, wait = store.leases[0]
     assert name.startswith(b"acs-lease:") and b"alice" not in name and b"leased" not in name
+    assert ttl > 0 and wait > 0
+    await value("bob")
+    assert store.leases[1][0] != name
+
+
+async def test_lease_not_obtained_still_computes(manager: CacheManager) -> None:
+    manager.namespace("busy", LeasingBackend(busy=True), encrypt=True)
+
+    @cached("busy", manager=manager, lock=True)
+    async def value() -> str:
+        return "computed"
+
+    assert await value() == "computed"
+    assert await value.cache.get(f"{__name__}:{value.__qualname__}()") == "computed"
 
 
 async def test_lock_without_a_lease_falls_back_to_local(manager: CacheManager) -> None:
