@@ -151,11 +151,11 @@ class _Core:
             fresh, value = self._unwrap(cache, found)
             if fresh is not None:
                 if not fresh and key not in self._flights:
-                    self._start(cache, key, args, kwargs)
+                    self._start(cache, key, args, kwargs, background=True)
                 return value
         flight = self._flights.get(key)
         if flight is None:
-            flight = self._start(cache, key, args, kwargs)
+            flight = self._start(cache, key, args, kwargs, background=False)
         ok, value = await flight.result()
         if ok:
             return value
@@ -187,15 +187,27 @@ class _Core:
     # -- the shared computation -----------------------------------------------------------------
 
     def _start(
-        self, cache: Cache, key: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+        self,
+        cache: Cache,
+        key: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
+        background: bool,
     ) -> Flight:
         flight = Flight()
         self._flights[key] = flight
-        spawn(functools.partial(self._run, flight, cache, key, args, kwargs))
+        spawn(functools.partial(self._run, flight, cache, key, args, kwargs, background))
         return flight
 
     async def _run(
-        self, flight: Flight, cache: Cache, key: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+        self,
+        flight: Flight,
+        cache: Cache,
+        key: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        background: bool,
     ) -> None:
         try:
             lease = self._lease(cache, key) if self._lock else None
@@ -204,9 +216,11 @@ class _Core:
             else:
                 flight.value = await self._compute_leased(lease, flight, cache, key, args, kwargs)
         except BaseException as exc:
-            flight.error = exc
+            flight.fail(exc)
             if not isinstance(exc, Exception):
                 raise
+            if background:
+                self._log_once(exc, "@cached %s: a background refresh failed (%s)")
         finally:
             if self._flights.get(key) is flight:
                 del self._flights[key]

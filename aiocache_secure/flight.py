@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 from collections.abc import Awaitable, Callable
+from types import TracebackType
 from typing import Any, Final
 
 import anyio
@@ -24,13 +25,17 @@ _RUNNING: Final[set[asyncio.Task[None]]] = set()
 class Flight:
     """One shared computation: its outcome, and whether it may still be stored."""
 
-    __slots__ = ("done", "error", "store", "value")
+    __slots__ = ("done", "error", "store", "traceback", "value")
 
     def __init__(self) -> None:
         self.done = anyio.Event()
         self.value: Any = None
         self.error: BaseException | None = None
+        self.traceback: TracebackType | None = None
         self.store = True
+
+    def fail(self, error: BaseException) -> None:
+        self.error, self.traceback = error, error.__traceback__
 
     async def result(self) -> tuple[bool, Any]:
         """``(True, value)``; raises the computation's exception; ``(False, None)`` when the
@@ -40,7 +45,9 @@ class Flight:
         if error is None:
             return True, self.value
         if isinstance(error, Exception):
-            raise error
+            # Every waiter re-raises one shared exception: restart its traceback each time (as
+            # asyncio.Future does) instead of letting it grow by one chain per waiter.
+            raise error.with_traceback(self.traceback)
         return False, None
 
 

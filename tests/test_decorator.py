@@ -707,3 +707,49 @@ async def test_lock_without_a_lease_falls_back_to_local(manager: CacheManager) -
         return 1
 
     assert await value() == await value() == 1
+
+
+async def test_failed_background_refresh_keeps_the_stale_value(
+    manager: CacheManager, clock: ManualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    count = Counter()
+
+    @cached("swr", ttl=10, stale_ttl=50, manager=manager)
+    async def value() -> int:
+        if count() > 1:
+            raise ConnectionError("origin down")
+        return 1
+
+    caplog.set_level(logging.WARNING, logger="aiocache_secure")
+    assert await value() == 1
+    clock.advance(11)
+    assert await value() == 1
+    await anyio.sleep(0.01)
+    assert await value() == 1
+    await anyio.sleep(0.01)
+    assert len(count.calls) == 3  # one refresh per stale read that found none running
+    ours = [r for r in caplog.records if "background refresh" in r.message]
+    assert len(ours) == 1 and "ConnectionError" in ours[0].message
+
+
+async def test_shared_exception_traceback_does_not_grow(manager: CacheManager) -> None:
+    @cached("n", manager=manager)
+    async def broken() -> None:
+        await anyio.sleep(0.01)
+        raise ValueError("no")
+
+    depths: list[int] = []
+
+    async def call() -> None:
+        try:
+            await broken()
+        except ValueError as exc:
+            tb, depth = exc.__traceback__, 0
+            while tb is not None:
+                tb, depth = tb.tb_next, depth + 1
+            depths.append(depth)
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(100):
+            tg.start_soon(call)
+    assert len(depths) == 100 and max(depths) == min(depths)
