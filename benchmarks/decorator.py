@@ -1,8 +1,8 @@
 """Hit overhead of ``@cached`` against a bare namespace ``get`` and against peers' decorators.
 
 Run from the project root: ``python -m benchmarks.decorator`` (peers: ``pip install -r
-benchmarks/requirements.txt``). Everything is
-in memory and measured in the same process and run; figures are the best of several repeats.
+benchmarks/requirements.txt``). Everything is in memory and measured in the same process and
+run; figures are the best of several repeats.
 Targets: a hit costs at most 3x a bare ``get`` of the namespace, and less than cashews' and
 aiocache's decorated hits.
 """

@@ -9,7 +9,7 @@ from types import ModuleType
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from .test_web_fastapi import serve
+from .asgi_lifespan import serve
 
 pytestmark = pytest.mark.anyio
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
