@@ -151,6 +151,23 @@ async def test_bound_arguments_give_one_key(manager: CacheManager) -> None:
     assert len(count.calls) == 1
 
 
+async def test_variadic_and_positional_only_parameters(manager: CacheManager) -> None:
+    count = Counter()
+
+    @cached("n", manager=manager)
+    async def f(a: int, /, *rest: int, flag: bool = False, **extra: str) -> int:
+        return count()
+
+    first = await f(1, 2, 3, x="1", y="2")
+    assert await f(1, 2, 3, y="2", x="1", flag=False) == first
+    assert await f(1, 2, 3, x="1") != first
+    assert await f(1, 2, x="1", y="2") != first
+    assert await f(1, 2, 3, x="1", y="2", flag=True) != first
+    with pytest.raises(TypeError):
+        await f(a=1)  # type: ignore[call-arg]
+    assert len(count.calls) == 4
+
+
 async def test_types_are_tagged(manager: CacheManager) -> None:
     count = Counter()
 
