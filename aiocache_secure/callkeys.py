@@ -14,8 +14,9 @@ same argument), nested up to :data:`MAX_DEPTH` levels. Types are matched exactly
 subclasses included, raises :class:`TypeError` naming the parameter rather than falling back to
 ``str()``/``repr()``, whose collisions would hand one caller another caller's result.
 
-Keys longer than :data:`MAX_PLAIN_CHARS` are replaced by a BLAKE2b digest of themselves, which
-keeps them under the namespace's key size limit while staying deterministic.
+Keys longer than :data:`MAX_PLAIN_CHARS`, or holding a lone surrogate (valid in a Python ``str``
+and in JSON, not in UTF-8), are replaced by a BLAKE2b digest of themselves: deterministic, under
+the namespace's key size limit, and never a reason for a call to fail.
 """
 
 from __future__ import annotations
@@ -190,16 +191,29 @@ class CallKey:
             made = self._custom(*args, **kwargs)
             if not isinstance(made, str):
                 raise TypeError(f"the key= function of {self._owner} must return a str")
-            return made
+            return _storable(made, "")
         values = self.bind(args, kwargs)
         if self._template is not None:
-            return self._template.format_map(dict(zip(self._names, values, strict=True)))
+            made = self._template.format_map(dict(zip(self._names, values, strict=True)))
+            return _storable(made, "")
         encoded = encode(values[skip:], self._names[skip:], self._owner)
-        made = f"{self._prefix}{encoded})"
-        if len(made) > MAX_PLAIN_CHARS:
-            digest = hashlib.blake2b(made.encode("utf-8", "surrogatepass"), digest_size=32)
-            made = f"{self._prefix}#{digest.hexdigest()})"
-        return made
+        return _storable(f"{self._prefix}{encoded})", self._prefix)
+
+
+def _storable(key: str, prefix: str) -> str:
+    """``key`` itself, or a digest of it when it is too long or not valid Unicode (a lone
+    surrogate, which JSON request bodies can carry): an argument must never make a call fail."""
+    if len(key) <= MAX_PLAIN_CHARS:
+        if key.isascii():
+            return key
+        try:
+            key.encode("utf-8")
+        except UnicodeEncodeError:
+            pass
+        else:
+            return key
+    digest = hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=32)
+    return f"{prefix}#{digest.hexdigest()}"
 
 
 def _check_template(template: str, names: Sequence[str]) -> str:

@@ -245,6 +245,23 @@ async def test_long_arguments_are_digested(manager: CacheManager) -> None:
     assert await f(big + "y") == 2
 
 
+async def test_lone_surrogates_do_not_break_calls(manager: CacheManager) -> None:
+    count = Counter()
+
+    @cached("n", manager=manager)
+    async def f(text: str) -> int:
+        return count()
+
+    @cached("n", manager=manager, key="t:{text}")
+    async def g(text: str) -> int:
+        return count()
+
+    assert await f("\ud800") == await f("\ud800") == 1
+    assert await f("\udc00") == 2
+    assert await g("\ud800") == await g("\ud800") == 3
+    assert await g("x" * 5000) == await g("x" * 5000) == 4
+
+
 async def test_key_template(manager: CacheManager) -> None:
     @cached("users", manager=manager, key="user:{user_id}")
     async def load(user_id: int, verbose: bool = False) -> dict[str, int]:

@@ -148,6 +148,17 @@ async def test_query_order_does_not_matter(client: httpx.AsyncClient, hits: Coun
     assert hits["/plain"] == 2
 
 
+async def test_long_and_odd_urls_are_cached(client: httpx.AsyncClient, hits: Counter[str]) -> None:
+    long_query = "/constant?" + "&".join(f"k{i}={'v' * 50}" for i in range(200))
+    first, second = await twice(client, long_query)
+    assert first.status_code == 200 and first.text == second.text
+    assert hits["/constant"] == 1
+    odd = "/plain?name=%ED%A0%80%FF&x=caf%C3%A9"
+    third, fourth = await twice(client, odd)
+    assert third.status_code == 200 and third.text == fourth.text
+    assert hits["/plain"] == 1
+
+
 @pytest.mark.parametrize("path", ["/no-store", "/private", "/no-cache", "/max-age-zero"])
 async def test_cache_control_forbids_storing(
     client: httpx.AsyncClient, hits: Counter[str], path: str

@@ -45,6 +45,7 @@ __all__ = [
 DEFAULT_VARY_HEADERS: Final = ("accept", "accept-encoding", "accept-language")
 DEFAULT_SESSION_COOKIES: Final = ("session", "sessionid")
 DEFAULT_MAX_BODY_BYTES: Final = 1024 * 1024
+_MAX_PLAIN_KEY: Final = 1024
 _UNCACHEABLE_DIRECTIVES: Final = frozenset({"no-store", "private", "no-cache"})
 # Never replayed from the cache: they describe one connection, or are recomputed on each answer.
 _HOP_BY_HOP: Final = frozenset(
@@ -146,7 +147,11 @@ class HttpPolicy:
         parts: list[Any] = ["GET", scheme, host.lower(), path, urlencode(pairs), vary]
         if identity is not None:
             parts.append(["identity", identity])
-        return json.dumps(parts, ensure_ascii=False, separators=(",", ":"))
+        key = json.dumps(parts, separators=(",", ":"))
+        if len(key) > _MAX_PLAIN_KEY:
+            # A long URL must not exceed the namespace's key limit (and fail the request).
+            key = "#" + hashlib.blake2b(key.encode("ascii"), digest_size=32).hexdigest()
+        return key
 
     # -- responses ------------------------------------------------------------------------------
 
