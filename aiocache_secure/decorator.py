@@ -139,7 +139,11 @@ class _Core:
 
     async def call(self, args: tuple[Any, ...], kwargs: dict[str, Any], skip: int) -> Any:
         key = self._key(args, kwargs, skip)
-        cache = self.resolve()
+        try:
+            cache = self.resolve()
+        except ClosedError as exc:
+            self._read_failed(exc)
+            return await self._fn(*args, **kwargs)
         try:
             found = await cache.get(key, MISSING)
         except _READ_ERRORS as exc:

@@ -683,6 +683,12 @@ async def test_closed_manager_falls_back(clock: ManualClock) -> None:
     await mgr.aclose()
     assert await value() == 5
 
+    @cached("never-opened", manager=mgr)
+    async def late() -> int:
+        return 6
+
+    assert await late() == 6
+
 
 # -- distributed lease ----------------------------------------------------------------------------
 
