@@ -6,6 +6,7 @@ from .backend import Backend
 from .backends.memory import MemoryBackend
 from .cache import MISSING, Cache
 from .clock import ManualClock
+from .decorator import cached
 from .errors import (
     BackendError,
     BackendTimeout,
@@ -42,6 +43,7 @@ __all__ = [
     "Stats",
     "ValueTooLarge",
     "__version__",
+    "cached",
     "default_manager",
     "get_cache",
     "set_default_manager",

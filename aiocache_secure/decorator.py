@@ -1,0 +1,505 @@
+"""``@cached``: cache a coroutine function's results in a namespace.
+
+::
+
+    @cached(namespace="profiles", ttl=60)
+    async def load_profile(user_id: int) -> dict[str, Any]: ...
+
+    await load_profile(42)                  # computed once, then served from the namespace
+    await load_profile.invalidate(42)       # drop that entry
+    await load_profile.refresh(42)          # recompute and store now
+    load_profile.cache                      # the namespace (a Cache)
+
+Rules, each chosen so that the cache can never change what the application computes:
+
+* **Keys** are built from the arguments bound to the signature, each value type-tagged
+  (:mod:`aiocache_secure.callkeys`), prefixed with the function's module and qualified name;
+  ``self``/``cls`` are left out. ``key=`` takes a template (``"user:{user_id}"``) or a callable
+  instead; those keys are used verbatim.
+* **A cached ``None`` is a hit.** Exceptions are never cached; ``condition=`` can veto a result.
+* **Single flight**: concurrent callers of one key in this process share one execution
+  (:mod:`aiocache_secure.flight`); cancelling one caller does not cancel it for the others.
+  With ``lock=True`` and a backend that offers a distributed lease, processes share it too.
+* **Stale-while-revalidate** (``stale_ttl=``): entries stay fresh for ``ttl`` seconds (minus up to
+  10 % random jitter, so keys written together do not expire together), then are served stale for
+  up to ``stale_ttl`` more seconds while one background refresh runs.
+* **The cache never makes the application fail**: when the store fails (``BackendError``), the
+  manager was closed, an entry fails authentication under ``strict=True``, or a result cannot be
+  stored (``SerializationError``, ``ValueTooLarge``), the function's own result is returned; the
+  failure is logged once per burst. ``invalidate`` and ``refresh`` are explicit cache operations
+  and do raise.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import inspect
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Concatenate, Final, Generic, ParamSpec, Self, TypeVar, overload
+
+from .cache import MISSING, Cache
+from .callkeys import METHOD_FIRST_PARAMS, CallKey
+from .errors import (
+    BackendError,
+    ClosedError,
+    IntegrityError,
+    SerializationError,
+    ValueTooLarge,
+)
+from .flight import Flight, spawn
+from .manager import CacheManager, default_manager
+from .policy import check_ttl, validate_namespace_name
+
+__all__ = ["EARLY_REFRESH", "LEASE_SECONDS", "LEASE_WAIT", "BoundCached", "Cached", "cached"]
+
+P = ParamSpec("P")
+P2 = ParamSpec("P2")
+R = TypeVar("R")
+S = TypeVar("S")
+
+_log: Final = logging.getLogger("aiocache_secure")
+_BURST_SECONDS: Final = 10.0
+EARLY_REFRESH: Final = 0.1
+"""Fraction of ``ttl`` by which a stale-while-revalidate entry's freshness is randomly shortened."""
+LEASE_SECONDS: Final = 30.0
+"""How long a distributed lease (``lock=True``) is held at most if its holder dies."""
+LEASE_WAIT: Final = 10.0
+"""How long a caller waits for another process's lease before computing by itself."""
+_READ_ERRORS: Final = (BackendError, ClosedError, IntegrityError)
+_WRITE_ERRORS: Final = (BackendError, ClosedError, SerializationError, ValueTooLarge)
+_jitter: Final = random.Random()  # noqa: S311 - spreads expiry, no secrecy involved
+
+
+class _Core:
+    """Everything a cached function does; the public wrappers only bind arguments to it."""
+
+    __slots__ = (
+        "_cache",
+        "_condition",
+        "_flights",
+        "_fn",
+        "_key",
+        "_logged",
+        "_lock",
+        "_manager",
+        "_name",
+        "_namespace",
+        "_owner",
+        "_stale_ttl",
+        "_ttl",
+        "first_param",
+    )
+
+    def __init__(
+        self,
+        fn: Callable[..., Awaitable[Any]],
+        *,
+        namespace: str,
+        ttl: float | None,
+        manager: CacheManager | None,
+        key: str | Callable[..., str] | None,
+        condition: Callable[[Any], bool] | None,
+        stale_ttl: float | None,
+        lock: bool,
+    ) -> None:
+        self._fn = fn
+        self._key = CallKey(fn, key)
+        self._name = getattr(fn, "__qualname__", "?")
+        self._namespace = namespace
+        self._ttl = ttl
+        self._manager = manager
+        self._condition = condition
+        self._stale_ttl = stale_ttl
+        self._lock = lock
+        self._cache: Cache | None = None
+        self._owner: CacheManager | None = None
+        self._flights: dict[str, Flight] = {}
+        self._logged: dict[type[BaseException], float] = {}
+        self.first_param = self._key.first_param
+
+    # -- the namespace --------------------------------------------------------------------------
+
+    def resolve(self) -> Cache:
+        """The namespace, looked up lazily: the default manager may change between calls."""
+        manager = self._manager if self._manager is not None else default_manager()
+        cache = self._cache
+        if cache is not None and self._owner is manager:
+            return cache
+        cache = manager.namespaces.get(self._namespace)
+        if cache is None:
+            cache = manager.namespace(self._namespace, ttl=self._ttl)
+        self._cache, self._owner = cache, manager
+        return cache
+
+    # -- calls ----------------------------------------------------------------------------------
+
+    async def call(self, args: tuple[Any, ...], kwargs: dict[str, Any], skip: int) -> Any:
+        key = self._key(args, kwargs, skip)
+        try:
+            cache = self.resolve()
+        except ClosedError as exc:
+            self._read_failed(exc)
+            return await self._fn(*args, **kwargs)
+        try:
+            found = await cache.get(key, MISSING)
+        except _READ_ERRORS as exc:
+            self._read_failed(exc)
+            found = MISSING
+        if found is not MISSING:
+            if self._stale_ttl is None:
+                return found
+            fresh, value = self._unwrap(cache, found)
+            if fresh is not None:
+                if not fresh and key not in self._flights:
+                    self._start(cache, key, args, kwargs, background=True)
+                return value
+        flight = self._flights.get(key)
+        if flight is None:
+            flight = self._start(cache, key, args, kwargs, background=False)
+        ok, value = await flight.result()
+        if ok:
+            return value
+        return await self._fn(*args, **kwargs)
+
+    async def invalidate(self, args: tuple[Any, ...], kwargs: dict[str, Any], skip: int) -> bool:
+        key = self._key(args, kwargs, skip)
+        self._disown(key)
+        return await self.resolve().delete(key)
+
+    async def refresh(self, args: tuple[Any, ...], kwargs: dict[str, Any], skip: int) -> Any:
+        key = self._key(args, kwargs, skip)
+        cache = self.resolve()
+        self._disown(key)
+        value = await self._fn(*args, **kwargs)
+        if self._condition is None or self._condition(value):
+            await self._write(cache, key, value)
+        else:
+            await cache.delete(key)
+        return value
+
+    def _disown(self, key: str) -> None:
+        """A computation already running for ``key`` started before the data changed: it still
+        answers its callers, but must not store its (possibly outdated) result."""
+        flight = self._flights.get(key)
+        if flight is not None:
+            flight.store = False
+
+    # -- the shared computation -----------------------------------------------------------------
+
+    def _start(
+        self,
+        cache: Cache,
+        key: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
+        background: bool,
+    ) -> Flight:
+        flight = Flight()
+        self._flights[key] = flight
+        spawn(functools.partial(self._run, flight, cache, key, args, kwargs, background))
+        return flight
+
+    async def _run(
+        self,
+        flight: Flight,
+        cache: Cache,
+        key: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        background: bool,
+    ) -> None:
+        try:
+            lease = self._lease(cache, key) if self._lock else None
+            if lease is None:
+                flight.value = await self._compute(flight, cache, key, args, kwargs)
+            else:
+                flight.value = await self._compute_leased(lease, flight, cache, key, args, kwargs)
+        except BaseException as exc:
+            flight.fail(exc)
+            if not isinstance(exc, Exception):
+                raise
+            if background:
+                self._log_once(exc, "@cached %s: a background refresh failed (%s)")
+        finally:
+            if self._flights.get(key) is flight:
+                del self._flights[key]
+            flight.done.set()
+
+    async def _compute(
+        self, flight: Flight, cache: Cache, key: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        # Between a caller's miss and this task's start, another flight (or process) may have
+        # stored the value: look again before computing.
+        found = await self._read_fresh(cache, key)
+        if found is not MISSING:
+            return found
+        value = await self._fn(*args, **kwargs)
+        if flight.store and (self._condition is None or self._condition(value)):
+            try:
+                await self._write(cache, key, value)
+            except _WRITE_ERRORS as exc:
+                self._write_failed(exc)
+        return value
+
+    async def _compute_leased(
+        self,
+        lease: Any,
+        flight: Flight,
+        cache: Cache,
+        key: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Any:
+        try:
+            held = lease(self._lease_name(key), LEASE_SECONDS, wait=LEASE_WAIT)
+            await held.__aenter__()
+        except BackendError as exc:
+            self._read_failed(exc)
+            return await self._compute(flight, cache, key, args, kwargs)
+        try:
+            value = await self._compute(flight, cache, key, args, kwargs)
+        except BaseException as exc:
+            try:
+                await held.__aexit__(type(exc), exc, exc.__traceback__)
+            except BackendError as release_exc:
+                self._write_failed(release_exc)
+            raise
+        try:
+            await held.__aexit__(None, None, None)
+        except BackendError as exc:
+            self._write_failed(exc)
+        return value
+
+    def _lease(self, cache: Cache, key: str) -> Any:
+        """The namespace store's ``lease`` method, when it has one.
+
+        Duck-typed on the Redis backend's: ``lease(name: bytes, ttl: float, wait: float)`` is an
+        async context manager that waits up to ``wait`` seconds for the lease and yields whether
+        it holds it. Held or not, the computation then looks at the cache again first, so the
+        processes that waited find the holder's result instead of computing it again.
+        """
+        owner = self._owner
+        if owner is None:
+            return None
+        try:
+            store = owner.backend_of(self._namespace)
+        except KeyError:
+            return None
+        lease = getattr(store, "lease", None)
+        return lease if callable(lease) else None
+
+    def _lease_name(self, key: str) -> bytes:
+        # The lease lives in the shared store beside the entries: name it by a keyed digest so it
+        # reveals neither the namespace nor the key (unkeyed when the manager has no keyring).
+        keyring = self._owner.keyring if self._owner is not None else None
+        secret = keyring.derive_index(b"acs1/decorator-lease") if keyring is not None else b""
+        digest = hashlib.blake2b(
+            self._namespace.encode("utf-8") + b"\x00" + key.encode("utf-8", "surrogatepass"),
+            key=secret,
+            digest_size=24,
+        )
+        return b"acs-lease:" + digest.hexdigest().encode("ascii")
+
+    # -- entries --------------------------------------------------------------------------------
+
+    async def _read_fresh(self, cache: Cache, key: str) -> Any:
+        try:
+            found = await cache.get(key, MISSING)
+        except _READ_ERRORS as exc:
+            self._read_failed(exc)
+            return MISSING
+        if found is MISSING or self._stale_ttl is None:
+            return found
+        fresh, value = self._unwrap(cache, found)
+        return value if fresh else MISSING
+
+    def _unwrap(self, cache: Cache, found: Any) -> tuple[bool | None, Any]:
+        """``(fresh, value)`` of a stale-while-revalidate entry; ``(None, None)`` if malformed."""
+        if type(found) is list and len(found) == 2:
+            fresh_until, value = found
+            if type(fresh_until) is float:
+                return cache.clock() < fresh_until, value
+        return None, None
+
+    async def _write(self, cache: Cache, key: str, value: Any) -> None:
+        if self._stale_ttl is None:
+            await cache.set(key, value, ttl=self._ttl)
+            return
+        assert self._ttl is not None  # noqa: S101 - cached() requires ttl with stale_ttl
+        fresh_for = self._ttl * (1.0 - EARLY_REFRESH * _jitter.random())
+        entry = [float(cache.clock() + fresh_for), value]
+        await cache.set(key, entry, ttl=self._ttl + self._stale_ttl)
+
+    # -- failures -------------------------------------------------------------------------------
+
+    def _read_failed(self, exc: BaseException) -> None:
+        self._log_once(exc, "@cached %s: the cache failed (%s); calling the function directly")
+
+    def _write_failed(self, exc: BaseException) -> None:
+        self._log_once(exc, "@cached %s: a result was not cached (%s)")
+
+    def _log_once(self, exc: BaseException, message: str) -> None:
+        """Log a failure once per burst and kind: an outage must not flood the logs."""
+        kind = type(exc)
+        now = time.monotonic()
+        if now - self._logged.get(kind, -_BURST_SECONDS) >= _BURST_SECONDS:
+            self._logged[kind] = now
+            _log.warning(message, self._name, kind.__name__)
+
+
+class Cached(Generic[P, R]):
+    """A cached coroutine function, as returned by :func:`cached`.
+
+    Calling it returns the function's result (from the cache when possible). It keeps the
+    function's name, docstring, signature and type hints, and binds like a method when it is
+    defined in a class.
+    """
+
+    def __init__(self, core: _Core, fn: Callable[P, Awaitable[R]]) -> None:
+        self._core = core
+        self._skip = 1 if core.first_param in METHOD_FIRST_PARAMS else 0
+        functools.update_wrapper(self, fn)
+
+    def __repr__(self) -> str:
+        return f"<cached {self._core._name}>"
+
+    async def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        result: R = await self._core.call(args, kwargs, self._skip)
+        return result
+
+    async def invalidate(self, *args: P.args, **kwargs: P.kwargs) -> bool:
+        """Drop the entry of this call; True if there was one. Backend errors propagate."""
+        return await self._core.invalidate(args, kwargs, self._skip)
+
+    async def refresh(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Call the function now and store its result. Backend errors propagate."""
+        result: R = await self._core.refresh(args, kwargs, self._skip)
+        return result
+
+    @property
+    def cache(self) -> Cache:
+        """The namespace holding this function's entries."""
+        return self._core.resolve()
+
+    @overload
+    def __get__(self, instance: None, owner: type[Any] | None = None) -> Self: ...
+
+    @overload
+    def __get__(
+        self: Cached[Concatenate[S, P2], R], instance: S, owner: type[Any] | None = None
+    ) -> BoundCached[P2, R]: ...
+
+    def __get__(self, instance: Any, owner: type[Any] | None = None) -> Any:
+        if instance is None:
+            return self
+        return BoundCached(self._core, instance)
+
+
+class BoundCached(Generic[P, R]):
+    """A cached method bound to its instance (or class, for a class method)."""
+
+    __slots__ = ("__self__", "_core")
+
+    def __init__(self, core: _Core, instance: object) -> None:
+        self._core = core
+        self.__self__ = instance
+
+    def __repr__(self) -> str:
+        return f"<bound cached {self._core._name}>"
+
+    async def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        result: R = await self._core.call((self.__self__, *args), kwargs, 1)
+        return result
+
+    async def invalidate(self, *args: P.args, **kwargs: P.kwargs) -> bool:
+        return await self._core.invalidate((self.__self__, *args), kwargs, 1)
+
+    async def refresh(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        result: R = await self._core.refresh((self.__self__, *args), kwargs, 1)
+        return result
+
+    @property
+    def cache(self) -> Cache:
+        return self._core.resolve()
+
+
+class _ClassMethod:
+    """``@cached`` over ``@classmethod``: binds to the class whatever the Python version."""
+
+    def __init__(self, inner: Cached[Any, Any]) -> None:
+        self._inner = inner
+        self.__wrapped__ = inner
+
+    def __get__(self, instance: object, owner: type[Any] | None = None) -> BoundCached[Any, Any]:
+        return BoundCached(self._inner._core, owner if owner is not None else type(instance))
+
+
+def cached(
+    namespace: str,
+    *,
+    ttl: float | None = None,
+    manager: CacheManager | None = None,
+    key: str | Callable[..., str] | None = None,
+    condition: Callable[[Any], bool] | None = None,
+    stale_ttl: float | None = None,
+    lock: bool = False,
+) -> Callable[[Callable[P, Awaitable[R]]], Cached[P, R]]:
+    """Cache a coroutine function's results in namespace ``namespace``.
+
+    ``ttl``: seconds an entry lives (``None``: the namespace's default). ``manager``: the
+    :class:`CacheManager` owning the namespace (default: the module-level default manager, looked
+    up at the first call, not at decoration). An existing namespace of that name is reused as it
+    is; otherwise it is created with ``ttl``. ``key``: a template string such as
+    ``"user:{user_id}"`` or a callable taking the call's arguments and returning a ``str``.
+    ``condition``: ``condition(result)`` false → the result is returned but not stored.
+    ``stale_ttl``: serve an expired entry for this many more seconds while it is refreshed in the
+    background (needs ``ttl``). ``lock``: share a computation across processes through the store's
+    distributed lease, when it has one; otherwise only within this process.
+    """
+    namespace = validate_namespace_name(namespace)
+    if ttl is not None:
+        ttl = check_ttl(ttl)
+    if stale_ttl is not None:
+        stale_ttl = check_ttl(stale_ttl, "stale_ttl")
+        if ttl is None:
+            raise TypeError("stale_ttl= needs ttl= (how long an entry stays fresh)")
+    if manager is not None and not isinstance(manager, CacheManager):
+        raise TypeError("manager must be a CacheManager")
+    if condition is not None and not callable(condition):
+        raise TypeError("condition must be a callable taking the result")
+    if not isinstance(lock, bool):
+        raise TypeError("lock must be True or False")
+
+    def decorate(fn: Callable[P, Awaitable[R]]) -> Cached[P, R]:
+        target: Any = fn
+        kind: type[Any] | None = None
+        if isinstance(fn, staticmethod | classmethod):
+            kind, target = type(fn), fn.__func__
+        if not (
+            inspect.iscoroutinefunction(target)
+            or inspect.iscoroutinefunction(inspect.unwrap(target))
+        ):
+            raise TypeError("@cached decorates coroutine functions (async def)")
+        core = _Core(
+            target,
+            namespace=namespace,
+            ttl=ttl,
+            manager=manager,
+            key=key,
+            condition=condition,
+            stale_ttl=stale_ttl,
+            lock=lock,
+        )
+        wrapped: Cached[P, R] = Cached(core, target)
+        if kind is staticmethod:
+            return staticmethod(wrapped)  # type: ignore[return-value]
+        if kind is classmethod:
+            return _ClassMethod(wrapped)  # type: ignore[return-value]
+        return wrapped
+
+    return decorate

@@ -1,0 +1,242 @@
+"""``CacheMiddleware``: a plain ASGI response cache (no framework import).
+
+::
+
+    app = CacheMiddleware(app, cache=manager.namespace("pages", ttl=60), ttl=60)
+
+The rules (what is stored, for whom, for how long) live in :mod:`._http` and are shared with the
+aiohttp middleware. This module only speaks ASGI: it holds the response start until the first
+body message, so that a complete single-message body gets its ETag (and a ``304`` when the
+client already has it) on the very first answer; a streamed body is passed through chunk by chunk
+as it comes and stored once complete, if it stayed under ``max_body_bytes``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from typing import Any, Final
+
+from ..cache import MISSING, Cache
+from ..errors import CacheError
+from ._http import (
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_SESSION_COOKIES,
+    DEFAULT_VARY_HEADERS,
+    BurstLog,
+    Headers,
+    HttpPolicy,
+    etag_matches,
+    header_values,
+    lower_pairs,
+    not_modified_headers,
+    pack_entry,
+    unpack_entry,
+)
+
+__all__ = ["CacheMiddleware"]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+_CACHE_ERRORS: Final = (CacheError,)
+
+
+def _raw(headers: Headers) -> list[tuple[bytes, bytes]]:
+    return [(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers]
+
+
+class CacheMiddleware:
+    """Cache ``GET``/``HEAD`` responses of ``app`` in the namespace ``cache``.
+
+    ``ttl``: the longest an entry lives (a response's ``s-maxage``/``max-age`` can shorten it).
+    ``identity(scope) -> str | None``: who the caller is; requests with credentials
+    (``Authorization`` or one of ``session_cookies``) are cached per identity when it returns a
+    string, and not cached at all when it returns None or is not given (the default).
+    ``vary_headers``: request headers always part of the key; a response whose ``Vary`` names
+    any other header is not stored. ``x_cache_header``: add ``X-Cache: HIT|MISS``.
+    ``max_body_bytes``: larger bodies are served but not stored.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        cache: Cache,
+        ttl: float = 60.0,
+        identity: Callable[[Scope], str | None] | None = None,
+        vary_headers: Sequence[str] = DEFAULT_VARY_HEADERS,
+        session_cookies: Sequence[str] = DEFAULT_SESSION_COOKIES,
+        x_cache_header: bool = False,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    ) -> None:
+        if not isinstance(cache, Cache):
+            raise TypeError("cache must be a namespace (CacheManager.namespace(...))")
+        if identity is not None and not callable(identity):
+            raise TypeError("identity must be a callable taking the ASGI scope")
+        self.app = app
+        self.cache = cache
+        self.policy = HttpPolicy(
+            ttl=ttl,
+            vary_headers=tuple(vary_headers),
+            session_cookies=tuple(session_cookies),
+            max_body_bytes=max_body_bytes,
+        )
+        self._identity = identity
+        self._x_cache = x_cache_header
+        self._log = BurstLog("CacheMiddleware")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        method = scope.get("method")
+        if scope["type"] != "http" or method not in ("GET", "HEAD"):
+            await self.app(scope, receive, send)
+            return
+        headers = lower_pairs(scope.get("headers", ()))
+        key = self.policy.request_key(
+            scheme=scope.get("scheme", "http"),
+            host=", ".join(header_values(headers, "host")),
+            path=scope.get("root_path", "") + scope.get("path", ""),
+            query=scope.get("query_string", b"").decode("latin-1"),
+            headers=headers,
+            identity=self._identity(scope) if self._identity is not None else None,
+        )
+        if key is None:
+            await self.app(scope, receive, send)
+            return
+        if_none_match = header_values(headers, "if-none-match")
+        try:
+            found = unpack_entry(await self.cache.get(key, MISSING))
+        except _CACHE_ERRORS as exc:
+            self._log.failed(exc)
+            found = None
+        if found is not None:
+            await self._replay(found, method == "HEAD", if_none_match, send)
+            return
+        if method == "HEAD":
+            # A HEAD answer has no body to store; the next GET fills the entry.
+            await self.app(scope, receive, send)
+            return
+        await self.app(scope, receive, _Recorder(self, key, if_none_match, send))
+
+    async def _replay(
+        self,
+        found: tuple[int, list[tuple[str, str]], bytes, str],
+        head: bool,
+        if_none_match: list[str],
+        send: Send,
+    ) -> None:
+        status, headers, body, etag = found
+        if if_none_match and etag_matches(if_none_match, etag):
+            await self._send(send, 304, not_modified_headers(headers), b"", "HIT")
+            return
+        headers = [*headers, ("content-length", str(len(body)))]
+        await self._send(send, status, headers, b"" if head else body, "HIT")
+
+    async def _send(
+        self, send: Send, status: int, headers: Headers, body: bytes, outcome: str
+    ) -> None:
+        if self._x_cache:
+            headers = [*headers, ("x-cache", outcome)]
+        await send({"type": "http.response.start", "status": status, "headers": _raw(headers)})
+        await send({"type": "http.response.body", "body": body})
+
+    async def store(self, key: str, entry: dict[str, Any], ttl: float) -> None:
+        try:
+            await self.cache.set(key, entry, ttl=ttl)
+        except _CACHE_ERRORS as exc:
+            self._log.failed(exc)
+
+
+class _Recorder:
+    """The ``send`` handed to the app on a miss: forwards the response and records it."""
+
+    __slots__ = (
+        "_chunks",
+        "_headers",
+        "_if_none_match",
+        "_key",
+        "_middleware",
+        "_pending",
+        "_send",
+        "_size",
+        "_status",
+        "_ttl",
+    )
+
+    def __init__(
+        self, middleware: CacheMiddleware, key: str, if_none_match: list[str], send: Send
+    ) -> None:
+        self._middleware = middleware
+        self._key = key
+        self._if_none_match = if_none_match
+        self._send = send
+        self._pending: Message | None = None
+        self._status = 0
+        self._headers: list[tuple[str, str]] = []
+        self._ttl: float | None = None
+        self._chunks: list[bytes] = []
+        self._size = 0
+
+    async def __call__(self, message: Message) -> None:
+        kind = message["type"]
+        if kind == "http.response.start":
+            self._status = message["status"]
+            self._headers = lower_pairs(message.get("headers", ()))
+            self._ttl = self._middleware.policy.storable_ttl(self._status, self._headers)
+            if self._ttl is None:
+                await self._forward_start(message)
+            else:
+                self._pending = message
+            return
+        if kind != "http.response.body":
+            self._ttl = None
+            await self._flush()
+            await self._send(message)
+            return
+        if self._ttl is None:
+            await self._send(message)
+            return
+        chunk: bytes = message.get("body", b"")
+        more: bool = message.get("more_body", False)
+        if self._pending is not None and not more:
+            self._pending = None
+            await self._complete_at_once(chunk)
+            return
+        await self._flush()
+        await self._send(message)
+        self._chunks.append(chunk)
+        self._size += len(chunk)
+        if self._size > self._middleware.policy.max_body_bytes:
+            self._ttl, self._chunks = None, []
+        elif not more:
+            entry, _ = pack_entry(self._status, self._headers, b"".join(self._chunks))
+            await self._middleware.store(self._key, entry, self._ttl)
+
+    async def _complete_at_once(self, body: bytes) -> None:
+        middleware, ttl = self._middleware, self._ttl
+        assert ttl is not None  # noqa: S101 - only called for storable responses
+        if len(body) > middleware.policy.max_body_bytes:
+            await middleware._send(self._send, self._status, self._headers, body, "MISS")
+            return
+        entry, etag = pack_entry(self._status, self._headers, body)
+        if self._if_none_match and etag_matches(self._if_none_match, etag):
+            headers = not_modified_headers([(name, value) for name, value in entry["h"]])
+            await middleware._send(self._send, 304, headers, b"", "MISS")
+        else:
+            headers = self._headers
+            if not header_values(headers, "etag"):
+                headers = [*headers, ("etag", etag)]
+            await middleware._send(self._send, self._status, headers, body, "MISS")
+        await middleware.store(self._key, entry, ttl)
+
+    async def _flush(self) -> None:
+        if self._pending is not None:
+            start, self._pending = self._pending, None
+            await self._forward_start(start)
+
+    async def _forward_start(self, start: Message) -> None:
+        if self._middleware._x_cache:
+            start = {**start, "headers": [*start.get("headers", ()), (b"x-cache", b"MISS")]}
+        await self._send(start)
