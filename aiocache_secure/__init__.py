@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .backend import Backend
+from .backend import AtomicBackend, Backend
 from .backends.memory import MemoryBackend
 from .cache import MISSING, Cache
 from .clock import ManualClock
@@ -14,8 +14,10 @@ from .errors import (
     CacheError,
     ClosedError,
     ConfigurationError,
+    ContentionError,
     IntegrityError,
     SerializationError,
+    UnsupportedOperation,
     ValueTooLarge,
 )
 from .keyring import Keyring
@@ -26,6 +28,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "MISSING",
+    "AtomicBackend",
     "Backend",
     "BackendError",
     "BackendTimeout",
@@ -35,12 +38,14 @@ __all__ = [
     "CacheManager",
     "ClosedError",
     "ConfigurationError",
+    "ContentionError",
     "IntegrityError",
     "Keyring",
     "ManualClock",
     "MemoryBackend",
     "SerializationError",
     "Stats",
+    "UnsupportedOperation",
     "ValueTooLarge",
     "__version__",
     "cached",

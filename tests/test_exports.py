@@ -6,6 +6,7 @@ import aiocache_secure
 
 EXPECTED = [
     "MISSING",
+    "AtomicBackend",
     "Backend",
     "BackendError",
     "BackendTimeout",
@@ -15,12 +16,14 @@ EXPECTED = [
     "CacheManager",
     "ClosedError",
     "ConfigurationError",
+    "ContentionError",
     "IntegrityError",
     "Keyring",
     "ManualClock",
     "MemoryBackend",
     "SerializationError",
     "Stats",
+    "UnsupportedOperation",
     "ValueTooLarge",
     "__version__",
     "cached",
