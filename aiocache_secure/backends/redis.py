@@ -582,7 +582,7 @@ class RedisBackend:
             by_slot.setdefault(client.keyslot(key), []).append(index)
         pipe = client.pipeline()
         for indexes in by_slot.values():
-            pipe.mget([keys[i] for i in indexes])
+            pipe.execute_command("MGET", *(keys[i] for i in indexes))
         replies = await pipe.execute()
         out: list[bytes | None] = [None] * len(keys)
         for indexes, values in zip(by_slot.values(), replies, strict=True):
@@ -647,7 +647,7 @@ class RedisBackend:
             by_slot.setdefault(client.keyslot(key), []).append(key)
         pipe = client.pipeline()
         for group in by_slot.values():
-            pipe.unlink(*group)
+            pipe.execute_command("UNLINK", *group)
         return sum(int(n) for n in await self._call(pipe.execute()))
 
     async def scan(self, prefix: bytes) -> AsyncIterator[tuple[bytes, bytes]]:
