@@ -70,8 +70,9 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 from urllib.parse import unquote
 
-from redis.asyncio import Redis, RedisCluster
+from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
 from redis.asyncio.cluster import ClusterNode
+from redis.asyncio.connection import SSLConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import AuthenticationError, RedisError, ResponseError
@@ -368,7 +369,6 @@ class RedisBackend:
         }
         if address.tls:
             options.update(
-                ssl=True,
                 ssl_ca_certs=ca_file,
                 ssl_certfile=cert_file,
                 ssl_keyfile=key_file,
@@ -379,10 +379,21 @@ class RedisBackend:
             nodes = [ClusterNode(host, port) for host, port in address.nodes]
             # Cluster redirections (MOVED/ASK) are followed regardless; this bounds the rest.
             options["retry"] = Retry(NoBackoff(), 1)
-            return lambda: RedisCluster(startup_nodes=nodes, **options)
+            return lambda: RedisCluster(startup_nodes=nodes, ssl=address.tls, **options)
         host, port = address.nodes[0]
         options["retry"] = Retry(NoBackoff(), 0)
-        return lambda: Redis(host=host, port=port, db=address.db, **options)
+        if address.tls:
+            options["connection_class"] = SSLConnection
+
+        def connect() -> Redis:
+            # Blocking: past max_connections a caller waits (within the timeout) for a free
+            # connection instead of failing at once.
+            pool = BlockingConnectionPool(
+                host=host, port=port, db=address.db, timeout=self._timeout, **options
+            )
+            return Redis.from_pool(pool)
+
+        return connect
 
     def _adopt(self, client: Redis | RedisCluster, *, strict: bool) -> Callable[[], Any]:
         if isinstance(client, RedisCluster):
