@@ -28,6 +28,7 @@ from aiocache_secure import (
     ConfigurationError,
 )
 from aiocache_secure.backends import open_backend
+from aiocache_secure.backends._rediswire import Wire
 from aiocache_secure.backends.redis import RedisBackend, escape_glob, parse_url
 from aiocache_secure.clock import system_clock
 from tests import servers
@@ -387,21 +388,22 @@ async def test_concurrent_gets_are_coalesced(auto_batch: bool, redis_url: str) -
     await store.aclose()
 
 
-async def test_concurrent_sets_and_gets_share_round_trips(redis_url: str) -> None:
+async def test_concurrent_sets_and_gets_share_round_trips(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     store = RedisBackend(redis_url)
     prefix = _unique()
-    pipelines = 0
-    await store.get(prefix)  # bind the client
-    real_pipeline = store._redis.pipeline
+    round_trips = 0
+    real_run = Wire.run
 
-    def counting_pipeline(*args: Any, **kwargs: Any) -> Any:
-        nonlocal pipelines
-        pipelines += 1
-        return real_pipeline(*args, **kwargs)
+    async def counting_run(self: Wire, commands: Any) -> Any:
+        nonlocal round_trips
+        round_trips += 1
+        return await real_run(self, commands)
 
-    store._redis.pipeline = counting_pipeline
+    monkeypatch.setattr(Wire, "run", counting_run)
     await asyncio.gather(*(store.set(prefix + b"%d" % i, b"%d" % i, ttl=60) for i in range(300)))
-    assert pipelines == 2  # 299 queued sets: two pipelines of at most 256
+    assert round_trips == 3  # one direct SET, then 299 queued: two pipelines of at most 256
     mixed = [store.set(prefix + b"x", b"new", ttl=60), store.get(prefix + b"x")]
     mixed += [store.get(prefix + b"%d" % i) for i in range(100)]
     results = await asyncio.gather(*mixed)

@@ -60,6 +60,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import ipaddress
 import math
 import os
@@ -70,12 +71,12 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 from urllib.parse import unquote
 
-from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
+from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.cluster import ClusterNode
-from redis.asyncio.connection import SSLConnection
+from redis.asyncio.connection import Connection, SSLConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import AuthenticationError, RedisError, ResponseError
+from redis.exceptions import AuthenticationError, NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .. import audit
@@ -88,6 +89,7 @@ from ..errors import (
     ClosedError,
     ConfigurationError,
 )
+from ._rediswire import Wire
 
 __all__ = ["RedisAddress", "RedisBackend", "escape_glob", "from_url", "parse_url"]
 
@@ -106,6 +108,7 @@ if redis.call("GET", KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+_RELEASE_SHA: Final = hashlib.sha1(_RELEASE_LUA.encode(), usedforsecurity=False).hexdigest()
 _GET: Final = 0
 _SET: Final = 1
 _MGET: Final = 2
@@ -312,7 +315,8 @@ class RedisBackend:
                 strict=strict,
             )
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._redis: Any = client
+        self._redis: Any = None
+        self._wire: Wire | None = None
         self._release: Any = None
         self._queue: list[_Op] = []
         self._busy = 0
@@ -381,19 +385,12 @@ class RedisBackend:
             options["retry"] = Retry(NoBackoff(), 1)
             return lambda: RedisCluster(startup_nodes=nodes, ssl=address.tls, **options)
         host, port = address.nodes[0]
-        options["retry"] = Retry(NoBackoff(), 0)
-        if address.tls:
-            options["connection_class"] = SSLConnection
-
-        def connect() -> Redis:
-            # Blocking: past max_connections a caller waits (within the timeout) for a free
-            # connection instead of failing at once.
-            pool = BlockingConnectionPool(
-                host=host, port=port, db=address.db, timeout=self._timeout, **options
-            )
-            return Redis.from_pool(pool)
-
-        return connect
+        del options["max_connections"]
+        options.update(host=host, port=port, db=address.db, retry=Retry(NoBackoff(), 0))
+        connection_class = SSLConnection if address.tls else Connection
+        return lambda: Wire(
+            lambda: connection_class(**options), limit=max_connections, timeout=self._timeout
+        )
 
     def _adopt(self, client: Redis | RedisCluster, *, strict: bool) -> Callable[[], Any]:
         if isinstance(client, RedisCluster):
@@ -405,6 +402,7 @@ class RedisBackend:
             self.cluster = False
             pool = client.connection_pool
             kwargs = dict(pool.connection_kwargs)
+            limit = min(pool.max_connections, 1024)
             tls = "ssl_cert_reqs" in kwargs or "SSL" in pool.connection_class.__name__
             hosts = [str(kwargs.get("host", "localhost"))]
             if kwargs.get("path"):
@@ -418,7 +416,14 @@ class RedisBackend:
             self._insecure("plaintext_to_remote_host", strict)
         if tls and str(kwargs.get("ssl_cert_reqs", "required")).lower() in ("none", "0"):
             self._insecure("tls_verification_off", strict)
-        return lambda: client
+        if self.cluster:
+            return lambda: client
+        # The hot path makes its own connections exactly as the client's pool would.
+        return lambda: Wire(
+            lambda: pool.connection_class(**pool.connection_kwargs),
+            limit=limit,
+            timeout=self._timeout,
+        )
 
     def _insecure(self, reason: str, strict: bool) -> None:
         if strict:
@@ -430,7 +435,7 @@ class RedisBackend:
 
     # -- connection -------------------------------------------------------------------------------
 
-    def _client(self) -> Any:
+    def _bind(self) -> None:
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
@@ -438,18 +443,33 @@ class RedisBackend:
                 "the redis backend needs asyncio (redis-py is asyncio-only); it cannot run "
                 "under trio"
             ) from None
-        if loop is not self._loop:
-            if self._closed:
-                raise ClosedError("the redis backend is closed")
-            # A client (and its connections) belongs to one event loop: bind it to this one.
-            if self._redis is None or self._owned:
-                self._redis = self._connect()
-            self._release = None
-            self._queue = []
-            self._loop = loop
-        return self._redis
+        if loop is self._loop:
+            return
+        if self._closed:
+            raise ClosedError("the redis backend is closed")
+        # Connections belong to one event loop: a backend used from a new loop starts afresh.
+        engine = self._connect()
+        if isinstance(engine, Wire):
+            self._wire, self._redis = engine, None
+        else:
+            self._wire, self._redis = None, engine
+        self._release = None
+        self._queue = []
+        self._loop = loop
 
-    async def _call(self, awaitable: Any) -> Any:
+    async def _command(self, *command: Any) -> Any:
+        """One command on the standalone wire; errors converted."""
+        assert self._wire is not None  # noqa: S101 - standalone only
+        try:
+            reply = (await self._wire.run((command,)))[0]
+        except _DRIVER_ERRORS as exc:
+            raise _convert(exc) from exc
+        if isinstance(reply, Exception):
+            raise _convert(reply) from reply
+        return reply
+
+    async def _cluster(self, awaitable: Any) -> Any:
+        """One cluster client call within the timeout; errors converted."""
         try:
             async with asyncio.timeout(self._timeout):
                 return await awaitable
@@ -459,32 +479,32 @@ class RedisBackend:
     # -- single-key operations, batched when concurrent ------------------------------------------
 
     async def get(self, key: bytes) -> bytes | None:
-        client = self._client()
+        self._bind()
         if self._batching and (self._busy or self._queue):
             result: bytes | None = await self._enqueue(_GET, key, None, None)
             return result
         self._busy += 1
         try:
-            async with asyncio.timeout(self._timeout):
-                value: bytes | None = await client.get(key)
-                return value
-        except _DRIVER_ERRORS as exc:
-            raise _convert(exc) from exc
+            if self._wire is not None:
+                value: bytes | None = await self._command(b"GET", key)
+            else:
+                value = await self._cluster(self._redis.get(key))
+            return value
         finally:
             self._busy -= 1
 
     async def set(self, key: bytes, value: bytes, *, ttl: float | None) -> None:
         px = _px(ttl)
-        client = self._client()
+        self._bind()
         if self._batching and (self._busy or self._queue):
             await self._enqueue(_SET, key, value, px)
             return
         self._busy += 1
         try:
-            async with asyncio.timeout(self._timeout):
-                await client.set(key, value, px=px)
-        except _DRIVER_ERRORS as exc:
-            raise _convert(exc) from exc
+            if self._wire is not None:
+                await self._command(*_set_command(key, value, px))
+            else:
+                await self._cluster(self._redis.set(key, value, px=px))
         finally:
             self._busy -= 1
 
@@ -492,7 +512,7 @@ class RedisBackend:
         self, kind: int, key: bytes, value: bytes | None, px: int | None
     ) -> asyncio.Future[Any]:
         loop = self._loop
-        assert loop is not None  # noqa: S101 - _client() bound it
+        assert loop is not None  # noqa: S101 - _bind() set it
         future = loop.create_future()
         queue = self._queue
         queue.append(_Op(kind, key, value, px, future))
@@ -504,32 +524,31 @@ class RedisBackend:
 
     def _flush(self) -> None:
         batch, self._queue = self._queue, []
-        if not batch or self._loop is None:
+        if not batch:
+            return
+        if self._loop is None:
             for op in batch:
                 _fail(op.future, ClosedError("the redis backend is closed"))
             return
         self._busy += 1
-        task = self._loop.create_task(self._send(self._redis, batch))
+        task = self._loop.create_task(self._send(batch))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _send(self, client: Any, batch: list[_Op]) -> None:
+    async def _send(self, batch: list[_Op]) -> None:
         live = [op for op in batch if not op.future.done()]
         try:
             if not live:
                 return
-            async with asyncio.timeout(self._timeout):
-                if all(op.kind == _GET for op in live):
-                    if self.cluster:
-                        values = await self._cluster_mget(client, [op.key for op in live])
-                    else:
-                        values = await client.mget([op.key for op in live])
-                    for op, value in zip(live, values, strict=True):
-                        if not op.future.done():
-                            op.future.set_result(value)
-                    return
-                groups, pipe = self._pipeline(client, live)
-                replies = await pipe.execute(raise_on_error=False)
+            groups, commands = _plan(live, merge_gets=self._wire is not None)
+            if self._wire is not None:
+                replies = await self._wire.run(commands)
+            else:
+                async with asyncio.timeout(self._timeout):
+                    pipe = self._redis.pipeline()
+                    for command in commands:
+                        pipe.execute_command(*command)
+                    replies = await pipe.execute(raise_on_error=False)
             for (shape, ops), reply in zip(groups, replies, strict=True):
                 if isinstance(reply, Exception):
                     for op in ops:
@@ -549,45 +568,19 @@ class RedisBackend:
         finally:
             self._busy -= 1
 
-    def _pipeline(self, client: Any, ops: list[_Op]) -> tuple[list[tuple[int, list[_Op]]], Any]:
-        """One pipeline for a mixed batch, in arrival order: runs of GETs become one MGET
-        (on a cluster each GET stays alone: its keys may live in different slots)."""
-        pipe = client.pipeline() if self.cluster else client.pipeline(transaction=False)
-        groups: list[tuple[int, list[_Op]]] = []
-        run: list[_Op] = []
-        for op in ops:
-            if op.kind == _GET and not self.cluster:
-                run.append(op)
-                continue
-            if run:
-                pipe.mget([o.key for o in run])
-                groups.append((_MGET, run))
-                run = []
-            if op.kind == _GET:
-                pipe.get(op.key)
-                groups.append((_GET, [op]))
-            else:
-                pipe.set(op.key, op.value, px=op.px)
-                groups.append((_SET, [op]))
-        if run:
-            pipe.mget([o.key for o in run])
-            groups.append((_MGET, run))
-        return groups, pipe
-
     # -- batches --------------------------------------------------------------------------------
 
     async def get_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
-        client = self._client()
+        self._bind()
         if not keys:
             return []
-        keys = list(keys)
-        if self.cluster:
-            result: list[bytes | None] = await self._call(self._cluster_mget(client, keys))
-        else:
-            result = await self._call(client.mget(keys))
-        return result
+        if self._wire is not None:
+            values: list[bytes | None] = await self._command(b"MGET", *keys)
+            return values
+        return await self._cluster(self._cluster_mget(list(keys)))  # type: ignore[no-any-return]
 
-    async def _cluster_mget(self, client: Any, keys: list[bytes]) -> list[bytes | None]:
+    async def _cluster_mget(self, keys: list[bytes]) -> list[bytes | None]:
+        client = self._redis
         by_slot: dict[int, list[int]] = {}
         for index, key in enumerate(keys):
             by_slot.setdefault(client.keyslot(key), []).append(index)
@@ -603,84 +596,84 @@ class RedisBackend:
 
     async def set_many(self, items: Sequence[tuple[bytes, bytes]], *, ttl: float | None) -> None:
         px = _px(ttl)
-        client = self._client()
+        self._bind()
         if not items:
             return
-        pipe = client.pipeline() if self.cluster else client.pipeline(transaction=False)
-        for key, value in items:
-            pipe.set(key, value, px=px)
-        await self._call(pipe.execute())
+        commands = [_set_command(key, value, px) for key, value in items]
+        if self._wire is not None:
+            try:
+                replies = await self._wire.run(commands)
+            except _DRIVER_ERRORS as exc:
+                raise _convert(exc) from exc
+            for reply in replies:
+                if isinstance(reply, Exception):
+                    raise _convert(reply) from reply
+            return
+        pipe = self._redis.pipeline()
+        for command in commands:
+            pipe.execute_command(*command)
+        await self._cluster(pipe.execute())
 
     async def delete(self, key: bytes) -> bool:
-        client = self._client()
-        return bool(await self._call(client.unlink(key)))
+        self._bind()
+        if self._wire is not None:
+            return bool(await self._command(b"UNLINK", key))
+        return bool(await self._cluster(self._redis.unlink(key)))
 
     # -- namespaces: clear and export -------------------------------------------------------------
 
-    async def _primaries(self, client: Any) -> list[Any]:
-        if not self.cluster:
-            return [None]
-        await self._call(client.initialize())
-        return list(client.get_primaries())
-
-    async def _scan_page(
-        self, client: Any, node: Any, cursor: int, pattern: bytes
-    ) -> tuple[int, list[bytes]]:
-        if node is None:
-            page = await self._call(client.scan(cursor, match=pattern, count=self._scan_count))
-        else:
-            page = await self._call(
-                node.execute_command("SCAN", cursor, "MATCH", pattern, "COUNT", self._scan_count)
-            )
-        next_cursor, keys = page
-        return int(next_cursor), list(keys)
-
-    async def delete_prefix(self, prefix: bytes) -> int:
-        client = self._client()
+    async def _pages(self, prefix: bytes) -> AsyncIterator[list[bytes]]:
+        """SCAN pages of keys starting with ``prefix``, on every primary of a cluster."""
         pattern = escape_glob(prefix) + b"*"
-        removed = 0
-        for node in await self._primaries(client):
+        scan = ("SCAN", 0, "MATCH", pattern, "COUNT", self._scan_count)
+        if self._wire is not None:
+            nodes: list[Any] = [None]
+        else:
+            await self._cluster(self._redis.initialize())
+            nodes = list(self._redis.get_primaries())
+        for node in nodes:
             cursor = 0
             while True:
-                cursor, keys = await self._scan_page(client, node, cursor, pattern)
+                command = (scan[0], cursor, *scan[2:])
+                if node is None:
+                    raw_cursor, keys = await self._command(*command)
+                else:
+                    raw_cursor, keys = await self._cluster(node.execute_command(*command))
+                cursor = int(raw_cursor)
                 keys = [k for k in keys if k.startswith(prefix)]
                 if keys:
-                    removed += await self._unlink(client, keys)
+                    yield keys
                 if cursor == 0:
                     break
+
+    async def delete_prefix(self, prefix: bytes) -> int:
+        self._bind()
+        removed = 0
+        async for keys in self._pages(prefix):
+            if self._wire is not None:
+                removed += int(await self._command(b"UNLINK", *keys))
+                continue
+            by_slot: dict[int, list[bytes]] = {}
+            for key in keys:
+                by_slot.setdefault(self._redis.keyslot(key), []).append(key)
+            pipe = self._redis.pipeline()
+            for group in by_slot.values():
+                pipe.execute_command("UNLINK", *group)
+            removed += sum(int(n) for n in await self._cluster(pipe.execute()))
         return removed
 
-    async def _unlink(self, client: Any, keys: list[bytes]) -> int:
-        if not self.cluster:
-            return int(await self._call(client.unlink(*keys)))
-        by_slot: dict[int, list[bytes]] = {}
-        for key in keys:
-            by_slot.setdefault(client.keyslot(key), []).append(key)
-        pipe = client.pipeline()
-        for group in by_slot.values():
-            pipe.execute_command("UNLINK", *group)
-        return sum(int(n) for n in await self._call(pipe.execute()))
-
     async def scan(self, prefix: bytes) -> AsyncIterator[tuple[bytes, bytes]]:
-        client = self._client()
-        pattern = escape_glob(prefix) + b"*"
+        self._bind()
         seen: set[bytes] = set()  # SCAN may return a key twice while the table rehashes
-        for node in await self._primaries(client):
-            cursor = 0
-            while True:
-                cursor, keys = await self._scan_page(client, node, cursor, pattern)
-                keys = [k for k in keys if k.startswith(prefix) and k not in seen]
-                if keys:
-                    seen.update(keys)
-                    if self.cluster:
-                        values = await self._call(self._cluster_mget(client, keys))
-                    else:
-                        values = await self._call(client.mget(keys))
-                    for key, value in zip(keys, values, strict=True):
-                        if value is not None:
-                            yield key, value
-                if cursor == 0:
-                    break
+        async for page in self._pages(prefix):
+            keys = [k for k in page if k not in seen]
+            if not keys:
+                continue
+            seen.update(keys)
+            values = await self.get_many(keys)
+            for key, value in zip(keys, values, strict=True):
+                if value is not None:
+                    yield key, value
 
     # -- lease ------------------------------------------------------------------------------------
 
@@ -691,13 +684,17 @@ class RedisBackend:
             raise ValueError("a lease needs a finite ttl")
         if not 0 <= wait < math.inf:
             raise ValueError("wait must be a finite number of seconds >= 0")
-        client = self._client()
+        self._bind()
         token = secrets.token_hex(16).encode("ascii")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
         delay = 0.005
         while True:
-            if await self._call(client.set(key, token, px=px, nx=True)):
+            if self._wire is not None:
+                taken = await self._command(b"SET", key, token, b"NX", b"PX", px)
+            else:
+                taken = await self._cluster(self._redis.set(key, token, px=px, nx=True))
+            if taken:
                 return token
             left = deadline - loop.time()
             if left <= 0:
@@ -707,10 +704,17 @@ class RedisBackend:
 
     async def release_lease(self, key: bytes, token: bytes) -> bool:
         """Release the lease ``key`` if ``token`` still owns it (compare-and-delete)."""
-        client = self._client()
-        if self._release is None:
-            self._release = client.register_script(_RELEASE_LUA)
-        return bool(await self._call(self._release(keys=[key], args=[token])))
+        self._bind()
+        if self._wire is None:
+            if self._release is None:
+                self._release = self._redis.register_script(_RELEASE_LUA)
+            return bool(await self._cluster(self._release(keys=[key], args=[token])))
+        try:
+            return bool(await self._command(b"EVALSHA", _RELEASE_SHA, 1, key, token))
+        except BackendUnavailable as exc:
+            if not isinstance(exc.__cause__, NoScriptError):
+                raise
+        return bool(await self._command(b"EVAL", _RELEASE_LUA, 1, key, token))
 
     @contextlib.asynccontextmanager
     async def lease(self, key: bytes, ttl: float, wait: float = 0.0) -> AsyncIterator[bool]:
@@ -734,16 +738,53 @@ class RedisBackend:
         queued, self._queue = self._queue, []
         for op in queued:
             _fail(op.future, ClosedError("the redis backend is closed"))
+        if loop is not asyncio.get_running_loop():
+            return  # nothing was opened on this loop (or it is gone with its connections)
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=self._timeout)
+        wire, self._wire = self._wire, None
         client, self._redis = self._redis, None
-        if client is None or not self._owned or loop is not asyncio.get_running_loop():
-            return
         try:
             async with asyncio.timeout(self._timeout):
-                await client.aclose()
+                if wire is not None:
+                    await wire.aclose()
+                if client is not None and self._owned:
+                    await client.aclose()
         except _DRIVER_ERRORS as exc:
             raise _convert(exc) from exc
+
+
+def _set_command(key: bytes, value: bytes, px: int | None) -> tuple[Any, ...]:
+    return ("SET", key, value) if px is None else ("SET", key, value, "PX", px)
+
+
+def _plan(ops: list[_Op], *, merge_gets: bool) -> tuple[list[tuple[int, list[_Op]]], list[Any]]:
+    """Commands for a batch, in arrival order: runs of GETs become one MGET when ``merge_gets``
+    (not on a cluster, where the keys of a run may live in different slots)."""
+    groups: list[tuple[int, list[_Op]]] = []
+    commands: list[Any] = []
+    run: list[_Op] = []
+
+    def close_run() -> None:
+        if run:
+            commands.append(("MGET", *(o.key for o in run)))
+            groups.append((_MGET, run.copy()))
+            run.clear()
+
+    for op in ops:
+        if op.kind == _GET:
+            if merge_gets:
+                run.append(op)
+                continue
+            commands.append(("GET", op.key))
+            groups.append((_GET, [op]))
+            continue
+        close_run()
+        assert op.value is not None  # noqa: S101 - a SET always carries its value
+        commands.append(_set_command(op.key, op.value, op.px))
+        groups.append((_SET, [op]))
+    close_run()
+    return groups, commands
 
 
 def from_url(
