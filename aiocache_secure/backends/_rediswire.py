@@ -9,8 +9,9 @@ ACL ``NOPERM``) come back in place of the reply, so one refused command fails on
 Safety: a connection whose exchange did not finish (timeout, reset, a caller's cancellation
 between write and last read) is disconnected before it returns to the pool — redis-py does this
 inside ``read_response`` and we do it again on any exception — so no connection is ever reused
-one reply behind. Every read and write is bounded by the connection's ``socket_timeout``, connects
-by ``socket_connect_timeout``, and waiting for a free connection by ``timeout``.
+one reply behind. One deadline (``timeout``) covers a whole exchange: waiting for a connection,
+connecting, writing and reading every reply. The connections themselves carry no socket timeout,
+which would cost a task per write and a timer per read.
 """
 
 from __future__ import annotations
@@ -44,36 +45,36 @@ class Wire:
 
     async def run(self, commands: Sequence[Command]) -> list[Any]:
         """One reply per command, in order; an error reply is returned as its exception."""
-        conn = self._idle.pop() if self._idle else await self._acquire()
-        try:
-            if not conn.is_connected:
-                await conn.connect()  # type: ignore[no-untyped-call]
-            if len(commands) == 1:
-                packed = conn.pack_command(*commands[0])
-            else:
-                packed = conn.pack_commands(commands)
-            await conn.send_packed_command(packed, check_health=False)
-            replies: list[Any] = []
-            for _ in commands:
-                try:
-                    replies.append(await conn.read_response())
-                except ResponseError as exc:
-                    replies.append(exc)
-            return replies
-        except BaseException:
-            if conn.is_connected:
-                await conn.disconnect(nowait=True)
-            raise
-        finally:
-            self._release(conn)
+        async with asyncio.timeout(self._timeout):
+            conn = self._idle.pop() if self._idle else await self._acquire()
+            try:
+                if not conn.is_connected:
+                    await conn.connect()  # type: ignore[no-untyped-call]
+                if len(commands) == 1:
+                    packed = conn.pack_command(*commands[0])
+                else:
+                    packed = conn.pack_commands(commands)
+                await conn.send_packed_command(packed, check_health=False)
+                replies: list[Any] = []
+                for _ in commands:
+                    try:
+                        replies.append(await conn.read_response())
+                    except ResponseError as exc:
+                        replies.append(exc)
+                return replies
+            except BaseException:
+                if conn.is_connected:
+                    await conn.disconnect(nowait=True)
+                raise
+            finally:
+                self._release(conn)
 
     async def _acquire(self) -> AbstractConnection:
         while len(self._all) >= self._limit:
             waiter = asyncio.get_running_loop().create_future()
             self._waiters.append(waiter)
             try:
-                async with asyncio.timeout(self._timeout):
-                    await waiter
+                await waiter
             finally:
                 waiter.cancel()
             if self._idle:

@@ -386,7 +386,9 @@ class RedisBackend:
             return lambda: RedisCluster(startup_nodes=nodes, ssl=address.tls, **options)
         host, port = address.nodes[0]
         del options["max_connections"]
-        options.update(host=host, port=port, db=address.db, retry=Retry(NoBackoff(), 0))
+        options.update(
+            host=host, port=port, db=address.db, retry=Retry(NoBackoff(), 0), socket_timeout=None
+        )
         connection_class = SSLConnection if address.tls else Connection
         return lambda: Wire(
             lambda: connection_class(**options), limit=max_connections, timeout=self._timeout
@@ -420,7 +422,7 @@ class RedisBackend:
             return lambda: client
         # The hot path makes its own connections exactly as the client's pool would.
         return lambda: Wire(
-            lambda: pool.connection_class(**pool.connection_kwargs),
+            lambda: pool.connection_class(**{**pool.connection_kwargs, "socket_timeout": None}),
             limit=limit,
             timeout=self._timeout,
         )
