@@ -174,6 +174,9 @@ async def test_trio_gets_a_clear_error(redis_url: str) -> None:
         await store.get(b"k")
     with pytest.raises(ConfigurationError, match="asyncio"):
         await store.set(b"k", b"v", ttl=None)
+    with pytest.raises(ConfigurationError, match="asyncio"):
+        [item async for item in store.scan(b"")]
+    await store.aclose()  # closing what never opened works under trio too
 
 
 # -- basic commands --------------------------------------------------------------------------

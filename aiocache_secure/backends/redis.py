@@ -38,10 +38,14 @@ in arrival order. Each caller gets its own reply; a server error on one command 
 command's callers, a connection failure only that batch's; a cancelled caller is simply dropped.
 
 Faults. Every operation finishes within ``timeout`` seconds (default 3) with a result,
-``BackendTimeout`` or ``BackendUnavailable``; the client retries nothing by itself, and a later
-call reconnects, so service resumes as soon as the server is back. A caller cancelled mid-command
-never leaves a connection one reply behind: redis-py (>= 5.0.3, pinned in ``pyproject.toml``)
-closes a connection whose reply was not read.
+``BackendTimeout`` or ``BackendUnavailable``; nothing is retried behind the caller's back, and a
+later call reconnects, so service resumes as soon as the server is back. A caller cancelled
+mid-command never leaves a connection one reply behind: a connection whose exchange did not
+complete is disconnected before it returns to the pool (see :mod:`._rediswire`; redis-py, pinned
+to ``>=5.0.3,<9`` in ``pyproject.toml``, also disconnects on cancellation in ``read_response``).
+
+On a standalone server, commands bypass redis-py's client object and go straight to redis-py
+connections in a pool of our own (:class:`._rediswire.Wire`); a cluster uses ``RedisCluster``.
 
 Lease (distributed lock for stampede protection)::
 
@@ -740,7 +744,11 @@ class RedisBackend:
         queued, self._queue = self._queue, []
         for op in queued:
             _fail(op.future, ClosedError("the redis backend is closed"))
-        if loop is not asyncio.get_running_loop():
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:  # trio: nothing can have been opened
+            return
+        if loop is not running:
             return  # nothing was opened on this loop (or it is gone with its connections)
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=self._timeout)
