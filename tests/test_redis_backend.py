@@ -209,6 +209,21 @@ async def test_ready_client_is_used_and_left_open(redis_url: str) -> None:
     await client.aclose()
 
 
+async def test_ready_cluster_client(redis_cluster: list[int]) -> None:
+    client = redis.asyncio.RedisCluster(host="127.0.0.1", port=redis_cluster[1])
+    store = RedisBackend(client=client)
+    assert repr(store).startswith("RedisBackend(kind='redis+cluster'")
+    prefix = _unique()
+    await asyncio.gather(*(store.set(prefix + b"%d" % i, b"%d" % i, ttl=30) for i in range(50)))
+    assert await store.get_many([prefix + b"%d" % i for i in range(50)]) == [
+        b"%d" % i for i in range(50)
+    ]
+    assert await store.delete_prefix(prefix) == 50
+    await store.aclose()
+    assert await client.get(prefix + b"0") is None  # still open: its owner closes it
+    await client.aclose()
+
+
 @pytest.mark.parametrize("where", ["standalone", "cluster"])
 async def test_delete_prefix_escapes_glob_metacharacters(
     where: str, redis_url: str, redis_cluster_url: str
