@@ -120,6 +120,8 @@ def test_options_are_validated() -> None:
     with pytest.raises(ConfigurationError):
         RedisBackend()
     with pytest.raises(ConfigurationError):
+        RedisBackend(client=redis.asyncio.Redis(), password="ignored otherwise")
+    with pytest.raises(ConfigurationError):
         open_backend("redis://127.0.0.1:1/0", clock=system_clock, strict=False, max_entries=10)
 
 

@@ -304,7 +304,12 @@ class RedisBackend:
         self._owned = client is None
         self._connect: Callable[[], Any]
         if client is not None:
-            self._connect = self._adopt(client, strict=strict)
+            unused = (username, password, ca_file, cert_file, key_file, connect_timeout)
+            if unused != (None,) * len(unused) or not verify_tls:
+                raise ConfigurationError(
+                    "connection options belong to the client you pass, not to RedisBackend"
+                )
+            self._connect = self._adopt(client, max_connections=max_connections, strict=strict)
         else:
             assert url is not None  # noqa: S101 - checked above
             address = parse_url(url)
@@ -398,7 +403,9 @@ class RedisBackend:
             lambda: connection_class(**options), limit=max_connections, timeout=self._timeout
         )
 
-    def _adopt(self, client: Redis | RedisCluster, *, strict: bool) -> Callable[[], Any]:
+    def _adopt(
+        self, client: Redis | RedisCluster, *, max_connections: int, strict: bool
+    ) -> Callable[[], Any]:
         if isinstance(client, RedisCluster):
             self.cluster = True
             kwargs: dict[str, Any] = dict(client.connection_kwargs)
@@ -408,7 +415,6 @@ class RedisBackend:
             self.cluster = False
             pool = client.connection_pool
             kwargs = dict(pool.connection_kwargs)
-            limit = min(pool.max_connections, 1024)
             tls = "ssl_cert_reqs" in kwargs or "SSL" in pool.connection_class.__name__
             hosts = [str(kwargs.get("host", "localhost"))]
             if kwargs.get("path"):
@@ -427,7 +433,7 @@ class RedisBackend:
         # The hot path makes its own connections exactly as the client's pool would.
         return lambda: Wire(
             lambda: pool.connection_class(**{**pool.connection_kwargs, "socket_timeout": None}),
-            limit=limit,
+            limit=max_connections,
             timeout=self._timeout,
         )
 
