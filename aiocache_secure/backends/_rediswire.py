@@ -24,6 +24,11 @@ from typing import Any
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ResponseError
 
+try:  # hiredis packs commands in C, four times faster than redis-py's Python packer
+    from hiredis import pack_command as _pack
+except ImportError:  # pragma: no cover - hiredis comes with the redis extra
+    _pack = None  # type: ignore[assignment]
+
 __all__ = ["Wire"]
 
 Command = tuple[Any, ...]
@@ -50,7 +55,10 @@ class Wire:
             try:
                 if not conn.is_connected:
                     await conn.connect()  # type: ignore[no-untyped-call]
-                if len(commands) == 1:
+                packed: bytes | list[bytes]
+                if _pack is not None:
+                    packed = b"".join(map(_pack, commands))
+                elif len(commands) == 1:
                     packed = conn.pack_command(*commands[0])
                 else:
                     packed = conn.pack_commands(commands)
