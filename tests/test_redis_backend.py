@@ -629,6 +629,35 @@ async def test_sigkill_and_restart_on_the_same_port(own_server: tuple[int, Path]
         await store.aclose()
 
 
+async def test_cluster_node_stopped_times_out_then_recovers(redis_cluster: list[int]) -> None:
+    # Stopped well below cluster-node-timeout (2 s), so the cluster itself never fails over.
+    store = RedisBackend(f"redis+cluster://127.0.0.1:{redis_cluster[0]}", timeout=0.3)
+    prefix = _unique()
+    keys = [prefix + b"%d" % i for i in range(30)]  # spread over every node
+    await store.set_many([(k, b"v") for k in keys], ttl=60)
+    with redis.Redis(port=redis_cluster[2]) as node:
+        pid = int(node.info("server")["process_id"])
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        with pytest.raises(BackendTimeout):
+            await store.get_many(keys)
+        assert time.monotonic() - started < 0.3 + 1.0
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            if await store.get_many(keys) == [b"v"] * len(keys):
+                break
+        except BackendError:
+            pass
+        assert time.monotonic() < deadline, "the cluster backend did not recover in time"
+        await asyncio.sleep(0.05)
+    assert await store.delete_prefix(prefix) == len(keys)
+    await store.aclose()
+
+
 # -- lease ----------------------------------------------------------------------------------------
 
 
