@@ -26,6 +26,7 @@ from aiocache_secure import (
     CacheManager,
     ClosedError,
     ConfigurationError,
+    Keyring,
 )
 from aiocache_secure.backends import open_backend
 from aiocache_secure.backends._rediswire import Wire
@@ -306,6 +307,25 @@ async def test_tls_round_trip_and_acl_key_pattern(redis_tls_server: TlsServer) -
         await store.aclose()
         with redis_tls_server.admin() as admin:
             admin.delete("acs1-allowed", "elsewhere")
+
+
+async def test_private_namespace_and_erase_under_the_acl_user(
+    redis_tls_server: TlsServer,
+) -> None:
+    store = redis_tls_server.backend()
+    async with CacheManager(keyring=Keyring.generate(), default_backend=store) as manager:
+        private = manager.namespace("user:42", private=True)
+        await private.set_many({"a": 1, "b": [2]})
+        assert {k: v async for k, v in private.items()} == {"a": 1, "b": [2]}
+        with redis_tls_server.admin() as admin:
+            (vault_key,) = admin.scan_iter(match="acs1*!vault")
+            wrapped = admin.get(vault_key)
+            assert await manager.erase("user:42")
+            assert list(admin.scan_iter(match="acs1*", count=1000)) == []
+            assert await private.get("a", default=MISSING) is MISSING
+            # The namespace lives on under a fresh data key; the erased one is gone for good.
+            assert admin.get(vault_key) not in (None, wrapped)
+    await store.aclose()
 
 
 async def test_batched_acl_failure_fails_only_its_caller(redis_tls_server: TlsServer) -> None:
