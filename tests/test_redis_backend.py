@@ -453,6 +453,32 @@ async def test_concurrent_sets_and_gets_share_round_trips(
     await store.aclose()
 
 
+async def test_batch_calls_are_one_round_trip_each(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = RedisBackend(redis_url)
+    prefix = _unique()
+    exchanges: list[int] = []
+    real_run = Wire.run
+
+    async def counting_run(self: Wire, commands: Any) -> Any:
+        exchanges.append(len(commands))
+        return await real_run(self, commands)
+
+    monkeypatch.setattr(Wire, "run", counting_run)
+    items = [(prefix + b"%d" % i, b"%d" % i) for i in range(300)]
+    with _sync(redis_url) as admin:
+        admin.config_resetstat()
+        await store.set_many(items, ttl=60)
+        assert await store.get_many([k for k, _ in items]) == [v for _, v in items]
+        stats = _commandstats(admin)
+    assert exchanges == [300, 1]  # one pipelined write of 300 SETs, then one MGET
+    assert stats["cmdstat_set"] == 300 and stats["cmdstat_mget"] == 1
+    assert "cmdstat_multi" not in stats  # a plain pipeline, not a transaction
+    await store.delete_prefix(prefix)
+    await store.aclose()
+
+
 async def test_cluster_batches_route_each_reply(cluster: RedisBackend) -> None:
     prefix = _unique()
     calls = [cluster.set(prefix + b"%d" % i, b"%d" % i, ttl=60) for i in range(200)]
