@@ -8,18 +8,16 @@ Backends whose drivers need asyncio are deselected (not skipped) for the trio ru
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests import servers
+pytest_plugins: list[str] = ["tests.plugins.redis"]
 
-pytest_plugins: list[str] = []
-
-BACKENDS = ["memory"]
-ASYNCIO_ONLY: set[str] = set()
+BACKENDS = ["memory", "redis", "redis-cluster", "redis-tls"]
+ASYNCIO_ONLY: set[str] = {"redis", "redis-cluster", "redis-tls"}
 
 
 @pytest.fixture(params=["asyncio", "trio"])
@@ -54,13 +52,6 @@ def backend_name(request: pytest.FixtureRequest) -> str:
 def backend_url(backend_name: str, request: pytest.FixtureRequest) -> Any:
     """The URL (or a zero-argument Backend factory) of the backend under test."""
     return request.getfixturevalue(f"{backend_name.replace('-', '_')}_url")
-
-
-@pytest.fixture(scope="session")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A private redis-server on a free loopback port (never the machine's 6379)."""
-    with servers.redis_server(tmp_path_factory.mktemp("redis")) as (port, _proc):
-        yield f"redis://127.0.0.1:{port}/0"
 
 
 @pytest.fixture

@@ -29,10 +29,13 @@ def clock() -> ManualClock:
 
 @pytest.fixture
 async def manager(backend_url: Any, clock: ManualClock) -> AsyncIterator[CacheManager]:
+    backend = _resolve(backend_url)
     async with CacheManager(
-        keyring=Keyring.generate(), default_backend=_resolve(backend_url), clock=clock
+        keyring=Keyring.generate(), default_backend=backend, clock=clock
     ) as mgr:
         yield mgr
+    if not isinstance(backend, str):
+        await backend.aclose()  # built here from a factory: the manager does not own it
 
 
 def _resolve(url: Any) -> Any:

@@ -1,0 +1,818 @@
+"""The Redis backend: standalone or Cluster, on redis-py's asyncio client (with hiredis).
+
+URLs name the server and nothing else::
+
+    redis://[user:password@]host[:port][/db]        plain TCP (meant for loopback)
+    rediss://[user:password@]host[:port][/db]       TLS, certificate and host name verified
+    redis+cluster://host:port[,host:port...]        a Redis Cluster (seed nodes; db is always 0)
+    rediss+cluster://host:port[,host:port...]       the same over TLS
+
+User name and password are percent-decoded; a query string is refused. Everything else is a typed
+keyword argument of :class:`RedisBackend` (build the instance yourself and pass it as
+``backend=``): ``password=`` (kept out of URLs and logs), ``ca_file=``, ``cert_file=``,
+``key_file=``, ``verify_tls=``, ``timeout=``, ``connect_timeout=``, ``max_connections=``,
+``auto_batch=``, ``max_batch=``, or ``client=`` with a ready ``redis.asyncio.Redis`` /
+``RedisCluster`` built with ``decode_responses=False`` (its owner closes it).
+
+Nothing connects at construction; the first command does, on the running asyncio loop. Under trio
+every operation raises :class:`~aiocache_secure.errors.ConfigurationError`: redis-py needs asyncio.
+
+Security. Plain ``redis://`` to a host that is not loopback, or TLS with ``verify_tls=False``, emits
+one ``insecure_config`` audit event (``ConfigurationError`` under ``strict=True``). Neither the
+password nor the URL reaches a ``repr``, an exception message or a log line: driver exceptions
+become ``BackendUnavailable("redis backend unreachable")`` (or ``BackendTimeout``, or
+``BackendUnavailable("redis backend refused the command")`` for server-side errors such as an ACL
+``NOPERM``) raised ``from`` the driver's exception.
+
+Commands. ``set`` is ``SET key value PX ms`` (``ttl`` in float seconds, at least 1 ms);
+``get_many`` is one ``MGET`` (on a cluster one ``MGET`` per hash slot, pipelined per node);
+``set_many`` is one non-transactional pipeline; ``delete_prefix`` runs ``SCAN MATCH`` with the
+prefix's glob metacharacters escaped and ``UNLINK``\\s each page, on every primary of a cluster
+(never ``KEYS``, never ``FLUSHDB``); ``scan`` streams ``SCAN`` pages and ``MGET``\\s each one.
+
+Automatic batching (``auto_batch=True``, the default). When nothing is in flight a ``get``/``set``
+goes straight to the server, so a lone caller pays nothing. While a command is in flight, further
+single ``get``/``set`` calls queue up and are sent together at the end of the current event-loop
+tick (``loop.call_soon``) as one ``MGET`` or one pipeline, at most ``max_batch`` per round trip,
+in arrival order. Each caller gets its own reply; a server error on one command fails only that
+command's callers, a connection failure only that batch's; a cancelled caller is simply dropped.
+
+Faults. Every operation finishes within ``timeout`` seconds (default 3) with a result,
+``BackendTimeout`` or ``BackendUnavailable``; nothing is retried behind the caller's back, and a
+later call reconnects, so service resumes as soon as the server is back. A caller cancelled
+mid-command never leaves a connection one reply behind: a connection whose exchange did not
+complete is disconnected before it returns to the pool (see :mod:`._rediswire`; redis-py, pinned
+to ``>=5.0.3,<9`` in ``pyproject.toml``, also disconnects on cancellation in ``read_response``).
+
+On a standalone server, commands bypass redis-py's client object and go straight to redis-py
+connections in a pool of our own (:class:`._rediswire.Wire`); a cluster uses ``RedisCluster``.
+
+Lease (distributed lock for stampede protection)::
+
+    async with backend.lease(key, ttl=10.0, wait=2.0) as held:   # held: bool
+        if held: ...compute and store...
+    token = await backend.acquire_lease(key, ttl, wait=0.0)     # owner token, or None
+    await backend.release_lease(key, token)                     # True if it was still ours
+
+``acquire_lease`` is ``SET key token NX PX ttl`` with a random 128-bit token, retried until
+``wait`` seconds have passed; ``release_lease`` deletes the key only if it still holds our token
+(a compare-and-delete Lua script, run by ``EVALSHA``), so a holder whose lease expired cannot
+release somebody else's. ``key`` is stored verbatim: pick one no cache entry uses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import ipaddress
+import math
+import os
+import re
+import secrets
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+from urllib.parse import unquote
+
+from redis.asyncio import Redis, RedisCluster
+from redis.asyncio.cluster import ClusterNode
+from redis.asyncio.connection import Connection, SSLConnection
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import AuthenticationError, NoScriptError, RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from .. import audit
+from ..clock import Clock
+from ..errors import (
+    BackendError,
+    BackendTimeout,
+    BackendUnavailable,
+    CacheError,
+    ClosedError,
+    ConfigurationError,
+)
+from ._rediswire import Wire
+
+__all__ = ["RedisAddress", "RedisBackend", "escape_glob", "from_url", "parse_url"]
+
+DEFAULT_PORT: Final = 6379
+_SCHEMES: Final = {
+    "redis": (False, False),
+    "rediss": (True, False),
+    "redis+cluster": (False, True),
+    "rediss+cluster": (True, True),
+}
+_LOOPBACK_NAMES: Final = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
+_GLOB: Final = re.compile(rb"([*?\[\]\\])")
+_RELEASE_LUA: Final = """
+if redis.call("GET", KEYS[1]) == ARGV[1] then
+    return redis.call("DEL", KEYS[1])
+end
+return 0
+"""
+_RELEASE_SHA: Final = hashlib.sha1(_RELEASE_LUA.encode(), usedforsecurity=False).hexdigest()
+_GET: Final = 0
+_SET: Final = 1
+_MGET: Final = 2
+
+
+def escape_glob(prefix: bytes) -> bytes:
+    """``prefix`` with Redis glob metacharacters (``* ? [ ] \\``) escaped for ``SCAN MATCH``."""
+    return _GLOB.sub(rb"\\\1", prefix)
+
+
+def _px(ttl: float | None) -> int | None:
+    if ttl is None or ttl == math.inf:
+        return None
+    if ttl != ttl:
+        raise ValueError("ttl must be a number of seconds or None")
+    return max(1, math.ceil(ttl * 1000))
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+# -- URLs ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RedisAddress:
+    """A parsed Redis URL. Credentials never appear in its ``repr``."""
+
+    tls: bool
+    cluster: bool
+    nodes: tuple[tuple[str, int], ...]
+    db: int = 0
+    username: str | None = field(default=None, repr=False)
+    password: str | None = field(default=None, repr=False)
+
+    @property
+    def scheme(self) -> str:
+        return ("rediss" if self.tls else "redis") + ("+cluster" if self.cluster else "")
+
+
+def _parse_node(text: str) -> tuple[str, int]:
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            raise ConfigurationError("malformed IPv6 address in a redis URL")
+        port_text = rest[1:]
+    else:
+        host, _, port_text = text.partition(":")
+        if ":" in port_text:
+            raise ConfigurationError("IPv6 addresses in redis URLs go in brackets")
+    if not host:
+        raise ConfigurationError("a redis URL needs a host")
+    if not port_text:
+        return host, DEFAULT_PORT
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ConfigurationError("the port of a redis URL must be a number in 1..65535")
+    return host, int(port_text)
+
+
+def parse_url(url: str) -> RedisAddress:
+    """Parse ``redis[s][+cluster]://`` URLs. Errors never quote the URL (it may hold a password)."""
+    if not isinstance(url, str):
+        raise TypeError("a redis URL is a str")
+    scheme, sep, rest = url.partition("://")
+    kind = _SCHEMES.get(scheme.lower()) if sep else None
+    if kind is None:
+        raise ConfigurationError("not a redis URL (redis://, rediss://, redis[s]+cluster://)")
+    tls, cluster = kind
+    if "?" in rest or "#" in rest:
+        raise ConfigurationError(
+            "redis URLs take no query options: pass TLS files, timeouts and the like as keyword "
+            "arguments of RedisBackend"
+        )
+    netloc, _, path = rest.partition("/")
+    userinfo, at, hosts = netloc.rpartition("@")
+    username = password = None
+    if at:
+        user, colon, secret = userinfo.partition(":")
+        username = unquote(user) or None
+        password = unquote(secret) if colon else None
+    nodes = tuple(_parse_node(part) for part in hosts.split(","))
+    if len(nodes) > 1 and not cluster:
+        raise ConfigurationError("several hosts are only allowed in redis+cluster:// URLs")
+    db = 0
+    if path:
+        if not path.isdigit() or len(path) > 5:
+            raise ConfigurationError("the path of a redis URL is a database number")
+        db = int(path)
+        if cluster and db != 0:
+            raise ConfigurationError("a Redis Cluster has only database 0")
+    return RedisAddress(tls, cluster, nodes, db, username, password)
+
+
+# -- driver errors -------------------------------------------------------------------------------
+
+_DRIVER_ERRORS: Final = (RedisError, OSError, TimeoutError)
+
+
+def _convert(exc: BaseException) -> BackendError:
+    if isinstance(exc, BackendError):
+        return exc
+    if isinstance(exc, RedisTimeoutError | TimeoutError):
+        return BackendTimeout("redis backend timed out")
+    if isinstance(exc, AuthenticationError):
+        return BackendUnavailable("redis backend refused the credentials")
+    if isinstance(exc, ResponseError):
+        return BackendUnavailable("redis backend refused the command")
+    return BackendUnavailable("redis backend unreachable")
+
+
+def _fail(future: asyncio.Future[Any], exc: BaseException) -> None:
+    if future.done():
+        return
+    if isinstance(exc, CacheError):
+        future.set_exception(exc)
+        return
+    error = _convert(exc)
+    error.__cause__ = exc
+    future.set_exception(error)
+
+
+@dataclass(slots=True)
+class _Op:
+    kind: int
+    key: bytes
+    value: bytes | None
+    px: int | None
+    future: asyncio.Future[Any]
+
+
+# -- the backend ---------------------------------------------------------------------------------
+
+
+class RedisBackend:
+    """``redis[s][+cluster]://``: a store shared by every namespace that names the same URL.
+
+    Pass ``url`` or a ready ``client`` (not both). Options are keyword-only and validated here;
+    nothing connects until the first command.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        client: Redis | RedisCluster | None = None,
+        username: str | None = None,
+        password: str | None = None,
+        ca_file: str | os.PathLike[str] | None = None,
+        cert_file: str | os.PathLike[str] | None = None,
+        key_file: str | os.PathLike[str] | None = None,
+        verify_tls: bool = True,
+        timeout: float = 3.0,
+        connect_timeout: float | None = None,
+        max_connections: int = 64,
+        auto_batch: bool = True,
+        max_batch: int = 256,
+        scan_count: int = 1000,
+        strict: bool = False,
+    ) -> None:
+        if (url is None) == (client is None):
+            raise ConfigurationError("RedisBackend takes a url or a client, not both or neither")
+        for name, number in (("timeout", timeout), ("connect_timeout", connect_timeout)):
+            if number is not None and (
+                isinstance(number, bool)
+                or not isinstance(number, int | float)
+                or not 0 < number < math.inf
+            ):
+                raise ConfigurationError(f"{name} must be a positive number of seconds")
+        for name, count in (
+            ("max_connections", max_connections),
+            ("max_batch", max_batch),
+            ("scan_count", scan_count),
+        ):
+            if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+                raise ConfigurationError(f"{name} must be a positive int")
+        for name, flag in (("verify_tls", verify_tls), ("auto_batch", auto_batch)):
+            if not isinstance(flag, bool):
+                raise ConfigurationError(f"{name} must be True or False")
+        self._timeout = float(timeout)
+        self._batching = auto_batch
+        self._max_batch = max_batch
+        self._scan_count = scan_count
+        self._owned = client is None
+        self._connect: Callable[[], Any]
+        if client is not None:
+            unused = (username, password, ca_file, cert_file, key_file, connect_timeout)
+            if unused != (None,) * len(unused) or not verify_tls:
+                raise ConfigurationError(
+                    "connection options belong to the client you pass, not to RedisBackend"
+                )
+            self._connect = self._adopt(client, max_connections=max_connections, strict=strict)
+        else:
+            assert url is not None  # noqa: S101 - checked above
+            address = parse_url(url)
+            self._connect = self._configure(
+                address,
+                username=username,
+                password=password,
+                files=(ca_file, cert_file, key_file),
+                verify_tls=verify_tls,
+                connect_timeout=self._timeout if connect_timeout is None else connect_timeout,
+                max_connections=max_connections,
+                strict=strict,
+            )
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._redis: Any = None
+        self._wire: Wire | None = None
+        self._release: Any = None
+        self._queue: list[_Op] = []
+        self._busy = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return (
+            f"RedisBackend(kind={self.kind!r}, auto_batch={self._batching}, closed={self._closed})"
+        )
+
+    # -- configuration ----------------------------------------------------------------------------
+
+    def _configure(
+        self,
+        address: RedisAddress,
+        *,
+        username: str | None,
+        password: str | None,
+        files: tuple[str | os.PathLike[str] | None, ...],
+        verify_tls: bool,
+        connect_timeout: float,
+        max_connections: int,
+        strict: bool,
+    ) -> Callable[[], Any]:
+        self.kind = address.scheme
+        self.cluster = address.cluster
+        if (username is not None and address.username is not None) or (
+            password is not None and address.password is not None
+        ):
+            raise ConfigurationError("credentials given both in the URL and as arguments")
+        ca_file, cert_file, key_file = (None if f is None else os.fspath(f) for f in files)
+        if not address.tls and (
+            ca_file is not None or cert_file is not None or key_file is not None or not verify_tls
+        ):
+            raise ConfigurationError("TLS options need a rediss:// URL")
+        if (cert_file is None) != (key_file is None):
+            raise ConfigurationError("cert_file and key_file go together")
+        for name, path in (("ca_file", ca_file), ("cert_file", cert_file), ("key_file", key_file)):
+            if path is not None and not os.path.isfile(path):
+                raise ConfigurationError(f"{name} does not name a readable file")
+        if not address.tls and not all(_is_loopback(host) for host, _ in address.nodes):
+            self._insecure("plaintext_to_remote_host", strict)
+        if address.tls and not verify_tls:
+            self._insecure("tls_verification_off", strict)
+
+        options: dict[str, Any] = {
+            "username": username if username is not None else address.username,
+            "password": password if password is not None else address.password,
+            "socket_timeout": self._timeout,
+            "socket_connect_timeout": connect_timeout,
+            "max_connections": max_connections,
+            "decode_responses": False,
+        }
+        if address.tls:
+            options.update(
+                ssl_ca_certs=ca_file,
+                ssl_certfile=cert_file,
+                ssl_keyfile=key_file,
+                ssl_cert_reqs="required" if verify_tls else "none",
+                ssl_check_hostname=verify_tls,
+            )
+        if address.cluster:
+            nodes = [ClusterNode(host, port) for host, port in address.nodes]
+            # Cluster redirections (MOVED/ASK) are followed regardless; this bounds the rest.
+            options["retry"] = Retry(NoBackoff(), 1)
+            return lambda: RedisCluster(startup_nodes=nodes, ssl=address.tls, **options)
+        host, port = address.nodes[0]
+        del options["max_connections"]
+        options.update(
+            host=host, port=port, db=address.db, retry=Retry(NoBackoff(), 0), socket_timeout=None
+        )
+        connection_class = SSLConnection if address.tls else Connection
+        return lambda: Wire(
+            lambda: connection_class(**options), limit=max_connections, timeout=self._timeout
+        )
+
+    def _adopt(
+        self, client: Redis | RedisCluster, *, max_connections: int, strict: bool
+    ) -> Callable[[], Any]:
+        if isinstance(client, RedisCluster):
+            self.cluster = True
+            kwargs: dict[str, Any] = dict(client.connection_kwargs)
+            tls = bool(kwargs.get("ssl")) or "ssl_cert_reqs" in kwargs
+            hosts = [node.host for node in client.nodes_manager.startup_nodes.values()]
+        elif isinstance(client, Redis):
+            self.cluster = False
+            pool = client.connection_pool
+            kwargs = dict(pool.connection_kwargs)
+            tls = "ssl_cert_reqs" in kwargs or "SSL" in pool.connection_class.__name__
+            hosts = [str(kwargs.get("host", "localhost"))]
+            if kwargs.get("path"):
+                hosts = []
+        else:
+            raise TypeError("client must be a redis.asyncio.Redis or RedisCluster")
+        if kwargs.get("decode_responses"):
+            raise ConfigurationError("the redis client must use decode_responses=False")
+        self.kind = ("rediss" if tls else "redis") + ("+cluster" if self.cluster else "")
+        if not tls and not all(_is_loopback(host) for host in hosts):
+            self._insecure("plaintext_to_remote_host", strict)
+        if tls and str(kwargs.get("ssl_cert_reqs", "required")).lower() in ("none", "0"):
+            self._insecure("tls_verification_off", strict)
+        if self.cluster:
+            return lambda: client
+        # The hot path makes its own connections exactly as the client's pool would.
+        return lambda: Wire(
+            lambda: pool.connection_class(**{**pool.connection_kwargs, "socket_timeout": None}),
+            limit=max_connections,
+            timeout=self._timeout,
+        )
+
+    def _insecure(self, reason: str, strict: bool) -> None:
+        if strict:
+            raise ConfigurationError(
+                "insecure redis transport: use rediss:// with certificate verification "
+                "(or strict=False to accept the risk)"
+            )
+        audit.emit("insecure_config", backend="redis", reason=reason)
+
+    # -- connection -------------------------------------------------------------------------------
+
+    def _bind(self) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            raise ConfigurationError(
+                "the redis backend needs asyncio (redis-py is asyncio-only); it cannot run "
+                "under trio"
+            ) from None
+        if loop is self._loop:
+            return
+        if self._closed:
+            raise ClosedError("the redis backend is closed")
+        # Connections belong to one event loop: a backend used from a new loop starts afresh.
+        engine = self._connect()
+        if isinstance(engine, Wire):
+            self._wire, self._redis = engine, None
+        else:
+            self._wire, self._redis = None, engine
+        self._release = None
+        self._queue = []
+        self._loop = loop
+
+    async def _command(self, *command: Any) -> Any:
+        """One command on the standalone wire; errors converted."""
+        assert self._wire is not None  # noqa: S101 - standalone only
+        try:
+            reply = (await self._wire.run((command,)))[0]
+        except _DRIVER_ERRORS as exc:
+            raise _convert(exc) from exc
+        if isinstance(reply, Exception):
+            raise _convert(reply) from reply
+        return reply
+
+    async def _cluster(self, awaitable: Any) -> Any:
+        """One cluster client call within the timeout; errors converted."""
+        try:
+            async with asyncio.timeout(self._timeout):
+                return await awaitable
+        except _DRIVER_ERRORS as exc:
+            raise _convert(exc) from exc
+
+    # -- single-key operations, batched when concurrent ------------------------------------------
+
+    async def get(self, key: bytes) -> bytes | None:
+        self._bind()
+        if self._batching and (self._busy or self._queue):
+            result: bytes | None = await self._enqueue(_GET, key, None, None)
+            return result
+        self._busy += 1
+        try:
+            if self._wire is not None:
+                value: bytes | None = await self._command(b"GET", key)
+            else:
+                value = await self._cluster(self._redis.get(key))
+            return value
+        finally:
+            self._busy -= 1
+
+    async def set(self, key: bytes, value: bytes, *, ttl: float | None) -> None:
+        px = _px(ttl)
+        self._bind()
+        if self._batching and (self._busy or self._queue):
+            await self._enqueue(_SET, key, value, px)
+            return
+        self._busy += 1
+        try:
+            if self._wire is not None:
+                await self._command(*_set_command(key, value, px))
+            else:
+                await self._cluster(self._redis.set(key, value, px=px))
+        finally:
+            self._busy -= 1
+
+    def _enqueue(
+        self, kind: int, key: bytes, value: bytes | None, px: int | None
+    ) -> asyncio.Future[Any]:
+        loop = self._loop
+        assert loop is not None  # noqa: S101 - _bind() set it
+        future = loop.create_future()
+        queue = self._queue
+        queue.append(_Op(kind, key, value, px, future))
+        if len(queue) >= self._max_batch:
+            self._flush()
+        elif len(queue) == 1:
+            loop.call_soon(self._flush)
+        return future
+
+    def _flush(self) -> None:
+        batch, self._queue = self._queue, []
+        if not batch:
+            return
+        if self._loop is None:
+            for op in batch:
+                _fail(op.future, ClosedError("the redis backend is closed"))
+            return
+        self._busy += 1
+        task = self._loop.create_task(self._send(batch))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _send(self, batch: list[_Op]) -> None:
+        live = [op for op in batch if not op.future.done()]
+        try:
+            if not live:
+                return
+            groups, commands = _plan(live, merge_gets=self._wire is not None)
+            if self._wire is not None:
+                replies = await self._wire.run(commands)
+            else:
+                async with asyncio.timeout(self._timeout):
+                    pipe = self._redis.pipeline()
+                    for command in commands:
+                        pipe.execute_command(*command)
+                    replies = await pipe.execute(raise_on_error=False)
+            for (shape, ops), reply in zip(groups, replies, strict=True):
+                if isinstance(reply, Exception):
+                    for op in ops:
+                        _fail(op.future, reply)
+                    continue
+                values = reply if shape == _MGET else [None if shape == _SET else reply]
+                for op, value in zip(ops, values, strict=True):
+                    if not op.future.done():
+                        op.future.set_result(value)
+        except _DRIVER_ERRORS as exc:
+            for op in live:
+                _fail(op.future, exc)
+        except BaseException:
+            for op in live:
+                op.future.cancel()
+            raise
+        finally:
+            self._busy -= 1
+
+    # -- batches --------------------------------------------------------------------------------
+
+    async def get_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
+        self._bind()
+        if not keys:
+            return []
+        if self._wire is not None:
+            values: list[bytes | None] = await self._command(b"MGET", *keys)
+            return values
+        return await self._cluster(self._cluster_mget(list(keys)))  # type: ignore[no-any-return]
+
+    async def _cluster_mget(self, keys: list[bytes]) -> list[bytes | None]:
+        client = self._redis
+        by_slot: dict[int, list[int]] = {}
+        for index, key in enumerate(keys):
+            by_slot.setdefault(client.keyslot(key), []).append(index)
+        pipe = client.pipeline()
+        for indexes in by_slot.values():
+            pipe.execute_command("MGET", *(keys[i] for i in indexes))
+        replies = await pipe.execute()
+        out: list[bytes | None] = [None] * len(keys)
+        for indexes, values in zip(by_slot.values(), replies, strict=True):
+            for index, value in zip(indexes, values, strict=True):
+                out[index] = value
+        return out
+
+    async def set_many(self, items: Sequence[tuple[bytes, bytes]], *, ttl: float | None) -> None:
+        px = _px(ttl)
+        self._bind()
+        if not items:
+            return
+        commands = [_set_command(key, value, px) for key, value in items]
+        if self._wire is not None:
+            try:
+                replies = await self._wire.run(commands)
+            except _DRIVER_ERRORS as exc:
+                raise _convert(exc) from exc
+            for reply in replies:
+                if isinstance(reply, Exception):
+                    raise _convert(reply) from reply
+            return
+        pipe = self._redis.pipeline()
+        for command in commands:
+            pipe.execute_command(*command)
+        await self._cluster(pipe.execute())
+
+    async def delete(self, key: bytes) -> bool:
+        self._bind()
+        if self._wire is not None:
+            return bool(await self._command(b"UNLINK", key))
+        return bool(await self._cluster(self._redis.unlink(key)))
+
+    # -- namespaces: clear and export -------------------------------------------------------------
+
+    async def _pages(self, prefix: bytes) -> AsyncIterator[list[bytes]]:
+        """SCAN pages of keys starting with ``prefix``, on every primary of a cluster."""
+        pattern = escape_glob(prefix) + b"*"
+        scan = ("SCAN", 0, "MATCH", pattern, "COUNT", self._scan_count)
+        if self._wire is not None:
+            nodes: list[Any] = [None]
+        else:
+            await self._cluster(self._redis.initialize())
+            nodes = list(self._redis.get_primaries())
+        for node in nodes:
+            cursor = 0
+            while True:
+                command = (scan[0], cursor, *scan[2:])
+                if node is None:
+                    raw_cursor, keys = await self._command(*command)
+                else:
+                    raw_cursor, keys = await self._cluster(node.execute_command(*command))
+                cursor = int(raw_cursor)
+                keys = [k for k in keys if k.startswith(prefix)]
+                if keys:
+                    yield keys
+                if cursor == 0:
+                    break
+
+    async def delete_prefix(self, prefix: bytes) -> int:
+        self._bind()
+        removed = 0
+        async for keys in self._pages(prefix):
+            if self._wire is not None:
+                removed += int(await self._command(b"UNLINK", *keys))
+                continue
+            by_slot: dict[int, list[bytes]] = {}
+            for key in keys:
+                by_slot.setdefault(self._redis.keyslot(key), []).append(key)
+            pipe = self._redis.pipeline()
+            for group in by_slot.values():
+                pipe.execute_command("UNLINK", *group)
+            removed += sum(int(n) for n in await self._cluster(pipe.execute()))
+        return removed
+
+    async def scan(self, prefix: bytes) -> AsyncIterator[tuple[bytes, bytes]]:
+        self._bind()
+        seen: set[bytes] = set()  # SCAN may return a key twice while the table rehashes
+        async for page in self._pages(prefix):
+            keys = [k for k in page if k not in seen]
+            if not keys:
+                continue
+            seen.update(keys)
+            values = await self.get_many(keys)
+            for key, value in zip(keys, values, strict=True):
+                if value is not None:
+                    yield key, value
+
+    # -- lease ------------------------------------------------------------------------------------
+
+    async def acquire_lease(self, key: bytes, ttl: float, *, wait: float = 0.0) -> bytes | None:
+        """Take the lease ``key`` for ``ttl`` seconds: the owner token, or None after ``wait``."""
+        px = _px(ttl)
+        if px is None:
+            raise ValueError("a lease needs a finite ttl")
+        if not 0 <= wait < math.inf:
+            raise ValueError("wait must be a finite number of seconds >= 0")
+        self._bind()
+        token = secrets.token_hex(16).encode("ascii")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        delay = 0.005
+        while True:
+            if self._wire is not None:
+                taken = await self._command(b"SET", key, token, b"NX", b"PX", px)
+            else:
+                taken = await self._cluster(self._redis.set(key, token, px=px, nx=True))
+            if taken:
+                return token
+            left = deadline - loop.time()
+            if left <= 0:
+                return None
+            await asyncio.sleep(min(delay, left))
+            delay = min(delay * 2, 0.1)
+
+    async def release_lease(self, key: bytes, token: bytes) -> bool:
+        """Release the lease ``key`` if ``token`` still owns it (compare-and-delete)."""
+        self._bind()
+        if self._wire is None:
+            if self._release is None:
+                self._release = self._redis.register_script(_RELEASE_LUA)
+            return bool(await self._cluster(self._release(keys=[key], args=[token])))
+        try:
+            return bool(await self._command(b"EVALSHA", _RELEASE_SHA, 1, key, token))
+        except BackendUnavailable as exc:
+            if not isinstance(exc.__cause__, NoScriptError):
+                raise
+        return bool(await self._command(b"EVAL", _RELEASE_LUA, 1, key, token))
+
+    @contextlib.asynccontextmanager
+    async def lease(self, key: bytes, ttl: float, wait: float = 0.0) -> AsyncIterator[bool]:
+        """``async with backend.lease(key, ttl, wait) as held``: released on exit if held."""
+        token = await self.acquire_lease(key, ttl, wait=wait)
+        try:
+            yield token is not None
+        finally:
+            if token is not None:
+                # An unreleased lease expires after ttl; failing the caller here helps nobody.
+                with contextlib.suppress(BackendError):
+                    await self.release_lease(key, token)
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        loop, self._loop = self._loop, None
+        queued, self._queue = self._queue, []
+        for op in queued:
+            _fail(op.future, ClosedError("the redis backend is closed"))
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:  # trio: nothing can have been opened
+            return
+        if loop is not running:
+            return  # nothing was opened on this loop (or it is gone with its connections)
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=self._timeout)
+        wire, self._wire = self._wire, None
+        client, self._redis = self._redis, None
+        try:
+            async with asyncio.timeout(self._timeout):
+                if wire is not None:
+                    await wire.aclose()
+                if client is not None and self._owned:
+                    await client.aclose()
+        except _DRIVER_ERRORS as exc:
+            raise _convert(exc) from exc
+
+
+def _set_command(key: bytes, value: bytes, px: int | None) -> tuple[Any, ...]:
+    return ("SET", key, value) if px is None else ("SET", key, value, "PX", px)
+
+
+def _plan(ops: list[_Op], *, merge_gets: bool) -> tuple[list[tuple[int, list[_Op]]], list[Any]]:
+    """Commands for a batch, in arrival order: runs of GETs become one MGET when ``merge_gets``
+    (not on a cluster, where the keys of a run may live in different slots)."""
+    groups: list[tuple[int, list[_Op]]] = []
+    commands: list[Any] = []
+    run: list[_Op] = []
+
+    def close_run() -> None:
+        if run:
+            commands.append(("MGET", *(o.key for o in run)))
+            groups.append((_MGET, run.copy()))
+            run.clear()
+
+    for op in ops:
+        if op.kind == _GET:
+            if merge_gets:
+                run.append(op)
+                continue
+            commands.append(("GET", op.key))
+            groups.append((_GET, [op]))
+            continue
+        close_run()
+        assert op.value is not None  # noqa: S101 - a SET always carries its value
+        commands.append(_set_command(op.key, op.value, op.px))
+        groups.append((_SET, [op]))
+    close_run()
+    return groups, commands
+
+
+def from_url(
+    url: str,
+    *,
+    clock: Clock,
+    strict: bool,
+    max_entries: int | None = None,
+    max_bytes: int | None = None,
+    on_evict: Callable[[int], None] | None = None,
+) -> RedisBackend:
+    """The factory :func:`aiocache_secure.backends.open_backend` calls (Redis keeps time itself)."""
+    if max_entries is not None or max_bytes is not None:
+        raise ConfigurationError("bound a redis store with its own maxmemory policy")
+    return RedisBackend(url, strict=strict)

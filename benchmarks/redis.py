@@ -1,0 +1,255 @@
+"""GET / SET / get_many throughput on Redis: raw redis.asyncio vs aiocache vs cashews vs ours.
+
+Run from the repository root (it starts its own redis-server on a free loopback port)::
+
+    python -m benchmarks.redis [--seconds 0.5] [--rounds 3]
+
+(not ``python benchmarks/redis.py``: that would shadow the ``redis`` package).
+
+Every contender talks to the same private server in the same run; ratios are against raw
+redis.asyncio (hiredis parser). "secure" is a full aiocache_secure namespace (hashed keys,
+AES-256-GCM encryption, size limit); "backend" is our RedisBackend alone (bytes in, bytes out).
+Peers: ``pip install -r benchmarks/requirements.txt``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import warnings
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+import redis.asyncio
+
+from aiocache_secure import CacheManager, Keyring
+from aiocache_secure.backends.redis import RedisBackend
+
+KEYS = 1000
+Op = Callable[[int], Awaitable[Any]]
+
+
+@contextlib.contextmanager
+def redis_server() -> Iterator[int]:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise SystemExit("redis-server is not installed")
+    with tempfile.TemporaryDirectory() as tmp:
+        proc = subprocess.Popen(
+            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", tmp, "--logfile", ""],
+            stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            for _ in range(200):
+                with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port)):
+                    break
+                time.sleep(0.025)
+            yield port
+        finally:
+            proc.terminate()
+            proc.wait(10)
+
+
+class Contender:
+    """get(i), set(i), get_many(i) over keys 0..KEYS-1 of one value size."""
+
+    name = ""
+
+    async def open(self, port: int, size: int) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class Raw(Contender):
+    name = "raw redis.asyncio"
+
+    async def open(self, port: int, size: int) -> None:
+        self.client = redis.asyncio.Redis(port=port, max_connections=64)
+        self.keys = [f"raw:{i}".encode() for i in range(KEYS)]
+        self.value = b"x" * size
+        await self.client.mset(dict.fromkeys(self.keys, self.value))
+
+    async def get(self, i: int) -> Any:
+        return await self.client.get(self.keys[i])
+
+    async def set(self, i: int) -> Any:
+        return await self.client.set(self.keys[i], self.value)
+
+    async def get_many(self, i: int) -> Any:
+        return await self.client.mget(self.keys[i : i + 100])
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+
+class Backend(Contender):
+    name = "ours: RedisBackend"
+
+    async def open(self, port: int, size: int) -> None:
+        self.store = RedisBackend(f"redis://127.0.0.1:{port}/0")
+        self.keys = [f"backend:{i}".encode() for i in range(KEYS)]
+        self.value = b"x" * size
+        await self.store.set_many([(k, self.value) for k in self.keys], ttl=None)
+
+    async def get(self, i: int) -> Any:
+        return await self.store.get(self.keys[i])
+
+    async def set(self, i: int) -> Any:
+        return await self.store.set(self.keys[i], self.value, ttl=None)
+
+    async def get_many(self, i: int) -> Any:
+        return await self.store.get_many(self.keys[i : i + 100])
+
+    async def close(self) -> None:
+        await self.store.aclose()
+
+
+class Secure(Contender):
+    name = "ours: secure namespace"
+
+    async def open(self, port: int, size: int) -> None:
+        self.manager = CacheManager(keyring=Keyring.generate())
+        self.ns = self.manager.namespace(
+            "bench", backend=f"redis://127.0.0.1:{port}/0", max_value_bytes=1_000_000
+        )
+        self.keys = [f"secure:{i}" for i in range(KEYS)]
+        self.value = "x" * size
+        await self.ns.set_many(dict.fromkeys(self.keys, self.value))
+
+    async def get(self, i: int) -> Any:
+        return await self.ns.get(self.keys[i])
+
+    async def set(self, i: int) -> Any:
+        return await self.ns.set(self.keys[i], self.value)
+
+    async def get_many(self, i: int) -> Any:
+        return await self.ns.get_many(self.keys[i : i + 100])
+
+    async def close(self) -> None:
+        await self.manager.aclose()
+
+
+class Aiocache(Contender):
+    name = "aiocache RedisCache"
+
+    async def open(self, port: int, size: int) -> None:
+        from aiocache import RedisCache
+
+        self.cache = RedisCache(endpoint="127.0.0.1", port=port, pool_max_size=64)
+        self.keys = [f"aiocache:{i}" for i in range(KEYS)]
+        self.value = "x" * size
+        await self.cache.multi_set([(k, self.value) for k in self.keys])
+
+    async def get(self, i: int) -> Any:
+        return await self.cache.get(self.keys[i])
+
+    async def set(self, i: int) -> Any:
+        return await self.cache.set(self.keys[i], self.value)
+
+    async def get_many(self, i: int) -> Any:
+        return await self.cache.multi_get(self.keys[i : i + 100])
+
+    async def close(self) -> None:
+        await self.cache.close()
+
+
+class Cashews(Contender):
+    name = "cashews redis://"
+
+    async def open(self, port: int, size: int) -> None:
+        from cashews import Cache
+
+        self.cache = Cache()
+        self.cache.setup(f"redis://127.0.0.1:{port}/0", max_connections=64)
+        self.keys = [f"cashews:{i}" for i in range(KEYS)]
+        self.value = "x" * size
+        await self.cache.set_many(dict.fromkeys(self.keys, self.value))
+
+    async def get(self, i: int) -> Any:
+        return await self.cache.get(self.keys[i])
+
+    async def set(self, i: int) -> Any:
+        return await self.cache.set(self.keys[i], self.value)
+
+    async def get_many(self, i: int) -> Any:
+        return await self.cache.get_many(*self.keys[i : i + 100])
+
+    async def close(self) -> None:
+        await self.cache.close()
+
+
+CONTENDERS = [Raw, Backend, Secure, Aiocache, Cashews]
+
+
+async def measure(op: Op, concurrency: int, seconds: float, span: int) -> float:
+    """Operations per second with ``concurrency`` workers calling ``op`` back to back."""
+    done = 0
+    stop = False
+
+    async def worker(offset: int) -> None:
+        nonlocal done
+        i = offset
+        while not stop:
+            await op(i % span)
+            i += 7
+            done += 1
+
+    tasks = [asyncio.create_task(worker(n * 13)) for n in range(concurrency)]
+    await asyncio.sleep(seconds * 0.2)  # warm up: connections, pools, caches
+    start_count, started = done, time.perf_counter()
+    await asyncio.sleep(seconds)
+    stop = True
+    elapsed, count = time.perf_counter() - started, done - start_count
+    await asyncio.gather(*tasks)
+    return count / elapsed
+
+
+async def run(port: int, seconds: float, rounds: int) -> None:
+    cases = [
+        (f"{op} c={conc} {label}", op, conc, size)
+        for size, label in ((100, "100B"), (10_000, "10KB"))
+        for op in ("get", "set")
+        for conc in (1, 50)
+    ] + [("get_many(100) c=1 100B", "get_many", 1, 100)]
+    names = [c.name for c in CONTENDERS]
+    print(f"best of {rounds} interleaved rounds of {seconds}s; ops/s and ratio to raw")
+    print(f"{'case':24}" + "".join(f"{n:>24}" for n in names))
+    for title, op, conc, size in cases:
+        contenders = [cls() for cls in CONTENDERS]
+        for contender in contenders:
+            await contender.open(port, size)
+        span = KEYS - 100 if op == "get_many" else KEYS
+        rates = [0.0] * len(contenders)
+        for _ in range(rounds):  # interleaved, best kept: robust against a busy machine
+            for index, contender in enumerate(contenders):
+                rate = await measure(getattr(contender, op), conc, seconds, span)
+                rates[index] = max(rates[index], rate)
+        for contender in contenders:
+            await contender.close()
+        raw = rates[0]
+        cells = [f"{r:>10,.0f} {r / raw:5.2f}x" for r in rates]
+        print(f"{title:24}" + "".join(f"{c:>24}" for c in cells), flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=0.5, help="measuring time per round")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per case")
+    args = parser.parse_args()
+    warnings.simplefilter("ignore", DeprecationWarning)  # peers call redis-py's old close()
+    with redis_server() as port:
+        asyncio.run(run(port, args.seconds, args.rounds))
+
+
+if __name__ == "__main__":
+    main()
