@@ -12,6 +12,7 @@ import hmac
 import logging
 import math
 import os
+import random
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
@@ -58,6 +59,11 @@ MISSING: Final = _Missing()
 
 _BURST_SECONDS: Final = 10.0
 _CAS_RETRIES: Final = 64
+
+
+async def _backoff(attempt: int) -> None:
+    """Jittered exponential pause after a lost compare-and-set race (at most 50 ms)."""
+    await anyio.sleep(random.uniform(0, min(0.0005 * 2**attempt, 0.05)))  # noqa: S311
 
 
 class Lifecycle:
@@ -464,7 +470,7 @@ class Cache:
         self._check_open()
         if self._prepare is not None:
             await self._run_prepare()
-        for _ in range(_CAS_RETRIES):
+        for attempt in range(_CAS_RETRIES):
             found = await self._versioned(raw)
             if found is None:
                 data, seconds = self._frame(raw, delta, ttl)
@@ -480,6 +486,7 @@ class Cache:
             if await self._atomic.compare_and_set(raw, token, data, ttl=seconds):
                 self.stats.sets += 1
                 return new
+            await _backoff(attempt)
         raise ContentionError("incr() lost its race too many times")
 
     async def expire(self, key: str, ttl: float | None) -> bool:
@@ -493,7 +500,7 @@ class Cache:
         if self._prepare is not None:
             await self._run_prepare()
         try:
-            for _ in range(_CAS_RETRIES):
+            for attempt in range(_CAS_RETRIES):
                 found = await self._versioned(raw)
                 if found is None:
                     return False
@@ -503,6 +510,7 @@ class Cache:
                 data = frame.pack(expires, raw if self._embed else b"", payload)
                 if await self._atomic.compare_and_set(raw, token, data, ttl=seconds):
                     return True
+                await _backoff(attempt)
         except BackendError as exc:
             self._backend_failed(exc)
             return False

@@ -64,6 +64,7 @@ def make_machine(
             super().__init__()
             self.clock = ManualClock()
             backend = backend_url() if callable(backend_url) else backend_url
+            self.backend = backend  # a Backend built by a factory is ours to close
             self.manager = CacheManager(
                 keyring=Keyring.generate(), default_backend=backend, clock=self.clock
             )
@@ -74,6 +75,8 @@ def make_machine(
 
         def teardown(self) -> None:
             portal.call(self.manager.aclose)
+            if not isinstance(self.backend, str):
+                portal.call(self.backend.aclose)
 
         def live(self) -> dict[str, Any]:
             now = self.clock()

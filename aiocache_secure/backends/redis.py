@@ -113,6 +113,20 @@ end
 return 0
 """
 _RELEASE_SHA: Final = hashlib.sha1(_RELEASE_LUA.encode(), usedforsecurity=False).hexdigest()
+# Compare-and-set on a digest of the stored bytes, so the expected value never travels back.
+_CAS_LUA: Final = """
+local current = redis.call("GET", KEYS[1])
+if not current or redis.sha1hex(current) ~= ARGV[1] then
+    return 0
+end
+if ARGV[3] == "" then
+    redis.call("SET", KEYS[1], ARGV[2])
+else
+    redis.call("SET", KEYS[1], ARGV[2], "PX", ARGV[3])
+end
+return 1
+"""
+_CAS_SHA: Final = hashlib.sha1(_CAS_LUA.encode(), usedforsecurity=False).hexdigest()
 _GET: Final = 0
 _SET: Final = 1
 _MGET: Final = 2
@@ -326,7 +340,9 @@ class RedisBackend:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._redis: Any = None
         self._wire: Wire | None = None
-        self._release: Any = None
+        self._scripts: dict[str, Any] = {}
+        self._cluster_ready = False
+        self._cluster_lock: asyncio.Lock | None = None
         self._queue: list[_Op] = []
         self._busy = 0
         self._tasks: set[asyncio.Task[None]] = set()
@@ -465,7 +481,9 @@ class RedisBackend:
             self._wire, self._redis = engine, None
         else:
             self._wire, self._redis = None, engine
-        self._release = None
+        self._scripts = {}
+        self._cluster_ready = False
+        self._cluster_lock = None
         self._queue = []
         self._loop = loop
 
@@ -484,9 +502,22 @@ class RedisBackend:
         """One cluster client call within the timeout; errors converted."""
         try:
             async with asyncio.timeout(self._timeout):
+                if not self._cluster_ready:
+                    await self._initialize_cluster()
                 return await awaitable
         except _DRIVER_ERRORS as exc:
             raise _convert(exc) from exc
+
+    async def _initialize_cluster(self) -> None:
+        # A burst of first commands on a fresh RedisCluster would each start the topology
+        # discovery, and a late discovery replaces node objects (and closes their connections)
+        # under commands still in flight: discover once, before anything else is sent.
+        if self._cluster_lock is None:
+            self._cluster_lock = asyncio.Lock()
+        async with self._cluster_lock:
+            if not self._cluster_ready:
+                await self._redis.initialize()
+                self._cluster_ready = True
 
     # -- single-key operations, batched when concurrent ------------------------------------------
 
@@ -557,6 +588,8 @@ class RedisBackend:
                 replies = await self._wire.run(commands)
             else:
                 async with asyncio.timeout(self._timeout):
+                    if not self._cluster_ready:
+                        await self._initialize_cluster()
                     pipe = self._redis.pipeline()
                     for command in commands:
                         pipe.execute_command(*command)
@@ -621,6 +654,8 @@ class RedisBackend:
                 if isinstance(reply, Exception):
                     raise _convert(reply) from reply
             return
+        if not self._cluster_ready:
+            await self._initialize_cluster()
         pipe = self._redis.pipeline()
         for command in commands:
             pipe.execute_command(*command)
@@ -668,6 +703,8 @@ class RedisBackend:
             by_slot: dict[int, list[bytes]] = {}
             for key in keys:
                 by_slot.setdefault(self._redis.keyslot(key), []).append(key)
+            if not self._cluster_ready:
+                await self._initialize_cluster()
             pipe = self._redis.pipeline()
             for group in by_slot.values():
                 pipe.execute_command("UNLINK", *group)
@@ -716,17 +753,51 @@ class RedisBackend:
 
     async def release_lease(self, key: bytes, token: bytes) -> bool:
         """Release the lease ``key`` if ``token`` still owns it (compare-and-delete)."""
+        return bool(await self._eval(_RELEASE_LUA, _RELEASE_SHA, key, token))
+
+    async def _eval(self, lua: str, sha: str, key: bytes, *args: Any) -> Any:
+        """Run a one-key Lua script by its SHA, loading it when the server does not know it."""
         self._bind()
         if self._wire is None:
-            if self._release is None:
-                self._release = self._redis.register_script(_RELEASE_LUA)
-            return bool(await self._cluster(self._release(keys=[key], args=[token])))
+            script = self._scripts.get(sha)
+            if script is None:
+                script = self._scripts[sha] = self._redis.register_script(lua)
+            return await self._cluster(script(keys=[key], args=list(args)))
         try:
-            return bool(await self._command(b"EVALSHA", _RELEASE_SHA, 1, key, token))
+            return await self._command(b"EVALSHA", sha, 1, key, *args)
         except BackendUnavailable as exc:
             if not isinstance(exc.__cause__, NoScriptError):
                 raise
-        return bool(await self._command(b"EVAL", _RELEASE_LUA, 1, key, token))
+        return await self._command(b"EVAL", lua, 1, key, *args)
+
+    # -- atomic updates (AtomicBackend) -----------------------------------------------------------
+
+    async def add(self, key: bytes, value: bytes, *, ttl: float | None) -> bool:
+        """``SET key value NX [PX ms]``."""
+        px = _px(ttl)
+        self._bind()
+        if self._wire is not None:
+            command: tuple[Any, ...] = (b"SET", key, value, b"NX")
+            if px is not None:
+                command += (b"PX", px)
+            return bool(await self._command(*command))
+        return bool(await self._cluster(self._redis.set(key, value, px=px, nx=True)))
+
+    async def get_versioned(self, key: bytes) -> tuple[bytes, bytes] | None:
+        """The value and its SHA-1 (what :meth:`compare_and_set` compares on the server)."""
+        value = await self.get(key)
+        if value is None:
+            return None
+        return value, hashlib.sha1(value, usedforsecurity=False).hexdigest().encode("ascii")
+
+    async def compare_and_set(
+        self, key: bytes, token: bytes, value: bytes, *, ttl: float | None
+    ) -> bool:
+        """Replace ``key`` only while it still holds the value ``token`` was read from (Lua)."""
+        px = _px(ttl)
+        return bool(
+            await self._eval(_CAS_LUA, _CAS_SHA, key, token, value, b"" if px is None else px)
+        )
 
     @contextlib.asynccontextmanager
     async def lease(self, key: bytes, ttl: float, wait: float = 0.0) -> AsyncIterator[bool]:

@@ -246,7 +246,15 @@ class Encryption(Layer):
 
     async def get_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
         envelopes = await self.inner.get_many(keys)
-        return [await self._opened(k, e) for k, e in zip(keys, envelopes, strict=True)]
+        frames: list[bytes | None] = []
+        for key, envelope in zip(keys, envelopes, strict=True):
+            frame: bytes | None = None
+            if envelope is not None:
+                frame, reason = self.open(key, envelope)
+                if frame is None:
+                    await self._reject(key, reason)
+            frames.append(frame)
+        return frames
 
     async def set(self, key: bytes, value: bytes, *, ttl: float | None) -> None:
         await self.inner.set(key, self.seal(key, value), ttl=ttl)
