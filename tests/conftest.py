@@ -16,9 +16,9 @@ import pytest
 
 from tests import servers
 
-pytest_plugins: list[str] = []
+pytest_plugins: list[str] = ["tests.plugins.file"]
 
-BACKENDS = ["memory"]
+BACKENDS = ["memory", "file"]
 ASYNCIO_ONLY: set[str] = set()
 
 
