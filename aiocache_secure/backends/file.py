@@ -684,7 +684,8 @@ class FileBackend:
             parsed = _parse(entry, info.st_size, key)
             if parsed is not None and not _expired(parsed[2], now_ms):
                 if self._quota:
-                    os.utime(entry)
+                    stamp = time.time_ns()
+                    os.utime(entry, ns=(stamp, stamp))
                 return parsed[1]
         finally:
             os.close(entry)
@@ -718,6 +719,11 @@ class FileBackend:
                 os.fchmod(entry, _FILE_MODE)
                 head = _encode_head(key, value, expires_ms)
                 _write_all(entry, [head, key, value])
+                if self._quota:
+                    # Explicit nanosecond stamps: the kernel's own are jiffy-coarse, and LRU
+                    # eviction orders entries by them.
+                    stamp = time.time_ns()
+                    os.utime(entry, ns=(stamp, stamp))
                 if self._fsync:
                     os.fsync(entry)
             finally:
