@@ -454,12 +454,12 @@ async def test_quotas_evict_lru_within_one_namespace(tmp_path: Path) -> None:
 async def test_byte_quota_stays_near_its_limit(tmp_path: Path) -> None:
     root = tmp_path / "cache"
     evicted: list[int] = []
-    backend = FileBackend(root, max_bytes=200_000, on_evict=evicted.append)
+    backend = FileBackend(root, max_bytes=200_000, on_evict=evicted.append, fsync=False)
     other = FileBackend(root)
     await other.set(skey(TAG_B, b":", b"keep"), b"x" * 150_000, ttl=None)
     worst = 0
-    for i in range(400):
-        await backend.set(skey(TAG_A, b":", b"%d" % i), os.urandom(1000 + i * 7), ttl=None)
+    for i in range(150):
+        await backend.set(skey(TAG_A, b":", b"%d" % i), os.urandom(3000 + i * 13), ttl=None)
         worst = max(worst, sum(p.stat().st_size for p in entries(root / f"{TAG_A}.3a")))
     assert 180_000 < worst <= 1.25 * 200_000
     assert sum(evicted) == backend.evictions > 0
@@ -470,7 +470,7 @@ async def test_byte_quota_stays_near_its_limit(tmp_path: Path) -> None:
 
 async def test_entry_quota_under_sustained_writes(tmp_path: Path) -> None:
     root = tmp_path / "cache"
-    backend = FileBackend(root, max_entries=100)
+    backend = FileBackend(root, max_entries=100, fsync=False)
     worst = 0
     for batch in range(40):
         await backend.set_many(
