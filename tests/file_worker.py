@@ -53,7 +53,7 @@ async def crash(directory: str) -> None:
 
 
 async def hammer(directory: str, ident: int, seconds: float) -> None:
-    backend = FileBackend(directory, max_entries=40, fsync=False)
+    backend = FileBackend(directory, max_entries=24, fsync=False)
     shared = [b"acs1" + b"d" * 32 + b":" + b"shared-%d" % i for i in range(8)]
     mine = [b"acs1" + b"d" * 32 + b":" + b"p%d-%d" % (ident, i) for i in range(8)]
     stats = {"reads": 0, "hits": 0, "writes": 0, "deletes": 0, "bad": 0}
@@ -83,6 +83,7 @@ async def hammer(directory: str, ident: int, seconds: float) -> None:
     async with anyio.create_task_group() as tg:
         for _ in range(6):
             tg.start_soon(worker)
+    stats["evictions"] = backend.evictions
     print(json.dumps(stats), flush=True)
     sys.exit(1 if stats["bad"] else 0)
 
