@@ -515,3 +515,20 @@ async def test_ttl_zero_and_options(tmp_path: Path) -> None:
         assert await backend.delete(b"k") is True
         await backend.aclose()
         await backend.aclose()
+
+
+async def test_private_namespace_clear_keeps_vault_and_erase_shreds(tmp_path: Path) -> None:
+    root = tmp_path / "cache"
+    async with CacheManager(keyring=Keyring.generate(), default_backend=url(root)) as manager:
+        private = manager.namespace("user:42", private=True)
+        neighbour = manager.namespace("user:43", private=True)
+        await private.set_many({"a": 1, "b": 2})
+        await neighbour.set("a", "kept")
+        assert len(entries(root)) == 2 + 1 + 2  # entries + two vault records
+        assert await private.clear() == 2
+        assert len(entries(root)) == 1 + 2
+        await private.set("c", 3)
+        assert await manager.erase("user:42") is True
+        assert len(entries(root)) == 1 + 1
+        assert await private.get("c", MISSING) is MISSING
+        assert await neighbour.get("a") == "kept"

@@ -350,13 +350,11 @@ def _prepare_root(path: str, *, repair: bool) -> str:
     if info.st_uid != os.geteuid():
         raise ConfigurationError("file backend: the cache directory is owned by another user")
     mode = stat.S_IMODE(info.st_mode)
-    if mode & 0o077:
-        if not repair:
-            raise ConfigurationError(
-                f"file backend: the cache directory is accessible to other users "
-                f"(mode {mode:04o}); make it 0700 or pass repair_permissions=True"
-            )
-        audit.emit("insecure_config", backend="file", reason="cache_dir_mode_repaired")
+    if mode & 0o077 and not repair:
+        raise ConfigurationError(
+            f"file backend: the cache directory is accessible to other users "
+            f"(mode {mode:04o}); make it 0700 or pass repair_permissions=True"
+        )
     if mode & 0o777 != _DIR_MODE:
         try:
             os.chmod(real, _DIR_MODE)
@@ -364,6 +362,8 @@ def _prepare_root(path: str, *, repair: bool) -> str:
             raise ConfigurationError(
                 "file backend: cannot set the cache directory to 0700"
             ) from exc
+        if mode & 0o077:
+            audit.emit("insecure_config", backend="file", reason="cache_dir_mode_repaired")
     return real
 
 
