@@ -44,6 +44,7 @@ one per namespace costs no I/O after the first.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import logging
@@ -685,7 +686,8 @@ class FileBackend:
             if parsed is not None and not _expired(parsed[2], now_ms):
                 if self._quota:
                     stamp = time.time_ns()
-                    os.utime(entry, ns=(stamp, stamp))
+                    with contextlib.suppress(PermissionError):  # LRU order is best effort
+                        os.utime(entry, ns=(stamp, stamp))
                 return parsed[1]
         finally:
             os.close(entry)
