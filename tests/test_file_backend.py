@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from aiocache_secure import MISSING, BackendUnavailable, CacheManager, Keyring, ManualClock
-from aiocache_secure.backends import file as file_backend
+from aiocache_secure.backends import _file_dir
 from aiocache_secure.backends.file import FileBackend, from_url
 from aiocache_secure.errors import ConfigurationError
 
@@ -296,7 +296,7 @@ async def test_leftover_temp_files_are_cleaned_once(tmp_path: Path) -> None:
     writer = FileBackend(root)
     await writer.set(skey(TAG_A, b":", b"k"), b"v", ttl=None)
     shard = only_entry(root).parent
-    host = file_backend._host_tag()
+    host = _file_dir.host_tag()
     dead = shard / f".t{host}-{_dead_pid()}-000000000001"
     live = shard / f".t{host}-{os.getppid()}-000000000002"
     mine = shard / f".t{host}-{os.getpid()}-000000000003"
@@ -310,7 +310,7 @@ async def test_leftover_temp_files_are_cleaned_once(tmp_path: Path) -> None:
     assert await writer.get(skey(TAG_A, b":", b"k")) == b"v"
     assert len(temps(root)) == 6, "cleanup runs once per directory per process"
     del writer
-    file_backend._registry.clear()  # what a new process starts with
+    _file_dir.registry.clear()  # what a new process starts with
 
     restarted = FileBackend(root)
     assert await restarted.get(skey(TAG_A, b":", b"k")) == b"v"

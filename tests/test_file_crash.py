@@ -13,7 +13,7 @@ from pathlib import Path
 
 import anyio
 
-from aiocache_secure.backends import file as file_backend
+from aiocache_secure.backends import _file_dir
 from aiocache_secure.backends.file import FileBackend
 from tests.file_worker import CRASH_KEYS, check_value
 
@@ -60,7 +60,7 @@ def test_sigkill_mid_write_leaves_whole_values(tmp_path: Path) -> None:
             child.stdout.close()
         interrupted += bool(temps(root))
 
-        file_backend._registry.clear()  # the next start is a new process: nothing shared yet
+        _file_dir.registry.clear()  # the next start is a new process: nothing shared yet
         values = anyio.run(read_all, root)
         assert values[0] is not None, "the first write completed before 'ready'"
         for key, value in zip(CRASH_KEYS, values, strict=True):
