@@ -532,3 +532,25 @@ async def test_private_namespace_clear_keeps_vault_and_erase_shreds(tmp_path: Pa
         assert len(entries(root)) == 1 + 1
         assert await private.get("c", MISSING) is MISSING
         assert await neighbour.get("a") == "kept"
+
+
+async def test_many_namespaces_share_one_root_check(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "cache"
+    checked: list[str] = []
+    real = _file_dir.prepare_root
+
+    def counting(path: str, *, repair: bool) -> str:
+        checked.append(path)
+        return real(path, repair=repair)
+
+    monkeypatch.setattr(_file_dir, "prepare_root", counting)
+    backends = [FileBackend(root, max_entries=10) for _ in range(10_000)]
+    async with CacheManager(keyring=Keyring.generate(), default_backend=url(root)) as manager:
+        spaces = [manager.namespace(f"tenant-{i}", max_entries=5) for i in range(500)]
+        assert len(checked) == 1
+        assert len({id(b._dir) for b in backends}) == 1
+        assert os.listdir(root) == []  # nothing scanned or created before the first write
+        await spaces[7].set("k", 1)
+        assert len(os.listdir(root)) == 1
