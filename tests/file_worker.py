@@ -2,8 +2,8 @@
 
 ``python -m tests.file_worker crash DIR``: writes 1 MB values to a few keys forever (until
 SIGKILLed), printing ``ready`` once the first write is done.
-``python -m tests.file_worker hammer DIR ID SECONDS``: reads, writes and deletes shared and
-private keys from several tasks for SECONDS, checking that every read is a whole value of the
+``python -m tests.file_worker hammer DIR ID SECONDS``: reads, writes, deletes and clears shared
+and private keys from several tasks for SECONDS, checking that every read is a whole value of the
 key it was read from; prints a JSON summary and exits 1 on any bad read.
 
 Values are self-checking: ``key digest (8) | sequence (8) | payload | sha256 of all that``.
@@ -53,10 +53,13 @@ async def crash(directory: str) -> None:
 
 
 async def hammer(directory: str, ident: int, seconds: float) -> None:
-    backend = FileBackend(directory, max_entries=24, fsync=False)
+    backend = FileBackend(directory, max_entries=6, fsync=False)
     shared = [b"acs1" + b"d" * 32 + b":" + b"shared-%d" % i for i in range(8)]
-    mine = [b"acs1" + b"d" * 32 + b":" + b"p%d-%d" % (ident, i) for i in range(8)]
-    stats = {"reads": 0, "hits": 0, "writes": 0, "deletes": 0, "bad": 0}
+    # Private keys live in a namespace that every process clears now and then, so clearing
+    # (which removes the emptied directories) races with the others' writes into it.
+    cleared = b"acs1" + b"e" * 32 + b":"
+    mine = [cleared + b"p%d-%d" % (ident, i) for i in range(8)]
+    stats = {"reads": 0, "hits": 0, "writes": 0, "deletes": 0, "clears": 0, "bad": 0}
     deadline = time.monotonic() + seconds
     rng = random.Random(ident)
 
@@ -73,6 +76,9 @@ async def hammer(directory: str, ident: int, seconds: float) -> None:
             elif roll < 0.5:
                 await backend.delete(key)
                 stats["deletes"] += 1
+            elif roll < 0.52:
+                await backend.delete_prefix(cleared)
+                stats["clears"] += 1
             else:
                 got = (await backend.get_many([key]))[0]
                 stats["reads"] += 1

@@ -525,11 +525,14 @@ async def test_private_namespace_clear_keeps_vault_and_erase_shreds(tmp_path: Pa
         await private.set_many({"a": 1, "b": 2})
         await neighbour.set("a", "kept")
         assert len(entries(root)) == 2 + 1 + 2  # entries + two vault records
+        assert len(os.listdir(root)) == 4  # entries and vault record of each namespace
         assert await private.clear() == 2
         assert len(entries(root)) == 1 + 2
+        assert len(os.listdir(root)) == 3  # the cleared entries' directory is gone
         await private.set("c", 3)
         assert await manager.erase("user:42") is True
         assert len(entries(root)) == 1 + 1
+        assert len(os.listdir(root)) == 2  # nothing of the erased namespace is left
         assert await private.get("c", MISSING) is MISSING
         assert await neighbour.get("a") == "kept"
 

@@ -5,6 +5,7 @@ follows a symlink, and the process-wide state shared by every instance on one di
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import logging
@@ -155,6 +156,31 @@ class Dirs:
                 return None
             self._fds[(group, shard)] = fd
         return fd
+
+    def forget(self, group: str) -> None:
+        """Close the descriptors held for ``group`` (its directories were removed)."""
+        for held in [k for k in self._fds if k[0] == group]:
+            os.close(self._fds.pop(held))
+
+    def prune(self, group: str, shards: list[str]) -> None:
+        """Remove ``shards`` of ``group``, then ``group``, where they are empty, so that a
+        cleared or erased namespace leaves no trace. A directory that is not empty (a write is
+        landing) stays; a writer whose directory vanishes under it recreates it."""
+        parent = self.group(group, create=False)
+        root = self.root(create=False)
+        if parent is None or root is None:
+            return
+        emptied = False
+        for shard in shards:
+            try:
+                os.rmdir(shard, dir_fd=parent)
+                emptied = True
+            except OSError:
+                continue
+        if emptied or not shards:
+            self.forget(group)
+            with contextlib.suppress(OSError):
+                os.rmdir(group, dir_fd=root)
 
     def groups(self) -> list[str]:
         root = self.root(create=False)

@@ -88,6 +88,7 @@ _T = TypeVar("_T")
 FILE_MODE: Final = 0o600
 _SCAN_BATCH: Final = 64
 _SCAN_BYTES: Final = 4 << 20
+_CREATE_ATTEMPTS: Final = 16
 
 
 @dataclass(slots=True)
@@ -271,10 +272,8 @@ class FileBackend:
 
     def _write(self, dirs: Dirs, key: bytes, value: bytes, expires_ms: int) -> int:
         group, shard, name = locate(key)
-        fd = dirs.shard(group, shard, create=True)
-        assert fd is not None  # noqa: S101 - create=True opens or raises
         temp = self._dir.temp_name()
-        entry = os.open(temp, O_TEMP, FILE_MODE, dir_fd=fd)
+        fd, entry = _create_temp(dirs, group, shard, temp)
         try:
             try:
                 os.fchmod(entry, FILE_MODE)
@@ -351,6 +350,9 @@ class FileBackend:
         self._dir.clean_temps_once()
         with Dirs(self._dir, durable=self._durable) as dirs:
             deleted = self._unlink(dirs, key)
+            if deleted:
+                group, shard, _ = locate(key)
+                dirs.prune(group, [shard])
         if deleted and self._quota:
             with self._quota_lock:
                 usage = self._usage.get(group_of(key)[0])
@@ -457,12 +459,18 @@ class FileBackend:
                 os.fsync(fd)
         return removed
 
+    def _prune(self, group: str) -> None:
+        with Dirs(self._dir, durable=self._durable) as dirs:
+            dirs.prune(group, dirs.shards(group))
+
     async def delete_prefix(self, prefix: bytes) -> int:
         removed = 0
         for group in await self._run(self._groups_for, prefix):
             for shard in await self._run(self._list, group, None):
                 names = await self._run(self._list, group, shard)
                 removed += await self._run(self._delete_names, group, shard, names, prefix)
+            if group != OTHER and group_prefix(group).startswith(prefix):
+                await self._run(self._prune, group)
             with self._quota_lock:
                 self._usage.pop(group, None)
         return removed
@@ -517,6 +525,23 @@ class FileBackend:
 
     async def aclose(self) -> None:
         self._closed = True
+
+
+def _create_temp(dirs: Dirs, group: str, shard: str, temp: str) -> tuple[int, int]:
+    """``(shard directory fd, temporary file fd)``, recreating directories that a concurrent
+    clear pruned under us (each retry means another process emptied and removed them)."""
+    for _ in range(_CREATE_ATTEMPTS - 1):
+        try:
+            return _open_temp(dirs, group, shard, temp)
+        except FileNotFoundError:
+            dirs.forget(group)
+    return _open_temp(dirs, group, shard, temp)
+
+
+def _open_temp(dirs: Dirs, group: str, shard: str, temp: str) -> tuple[int, int]:
+    fd = dirs.shard(group, shard, create=True)
+    assert fd is not None  # noqa: S101 - create=True opens or raises
+    return fd, os.open(temp, O_TEMP, FILE_MODE, dir_fd=fd)
 
 
 def from_url(
