@@ -26,6 +26,8 @@ Guarantees:
   one key leave one whole value. No lock files exist.
 * A truncated or corrupted entry (bad magic, length, key or CRC) is a miss and is deleted. Only
   real I/O failures raise, as :class:`~aiocache_secure.errors.BackendUnavailable`.
+* Clearing a namespace (and deleting its last entries) removes the directories it emptied, so
+  an erased namespace leaves no directory named after it; writers recreate pruned directories.
 * Expiry is an absolute time in the header: an expired entry is a miss, deleted when read, and
   removed by a sweep that writes drive forward a few hundred entries at a time once every
   ``sweep_interval`` seconds (no background task); :meth:`FileBackend.sweep` runs a full pass.
@@ -40,6 +42,10 @@ prefixes' usage, rescans a prefix when the estimate passes the limit by an eight
 ``sweep_interval``), and evicts down to the limit: a single writer process stays within 1.125x.
 Instances on one directory share its process-wide state (a registry keyed by path), so opening
 one per namespace costs no I/O after the first.
+
+Names and the entry format live in :mod:`._file_format`, directory traversal and the shared
+per-directory state (leftover cleanup, sweep) in :mod:`._file_dir`; docs/backends/file.md has
+the whole picture.
 """
 
 from __future__ import annotations
