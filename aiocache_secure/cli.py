@@ -57,14 +57,16 @@ async def _demo(directory: Path) -> None:
             )
         _say(f"get session:42 = {await sessions.get('session:42')!r}")
 
-        if files:
-            target, raw = files[0]
-            await anyio.Path(target).write_bytes(raw[:-1] + bytes([raw[-1] ^ 0x01]))
-            _say("flipped one bit of the entry file on disk ...")
-            _say(
-                f"get session:42 = {await sessions.get('session:42')!r}  "
-                f"(tampered entries are misses; stats.tampered = {sessions.stats.tampered})"
-            )
+        # An attacker with write access to the store rewrites the entry as a well-formed file
+        # whose ciphertext has one bit flipped.
+        store = manager.backend_of("sessions")
+        async for storage_key, envelope in store.scan(sessions.key_prefix):
+            await store.set(storage_key, envelope[:-1] + bytes([envelope[-1] ^ 1]), ttl=None)
+        _say("an attacker flipped one bit of the stored entry ...")
+        _say(
+            f"get session:42 = {await sessions.get('session:42')!r}  "
+            f"(tampered entries are misses; stats.tampered = {sessions.stats.tampered})"
+        )
 
         _say("\n-- private namespace 'user:7' with its own data key, then erase (crypto-shredding)")
         private = manager.namespace("user:7", backend=url, private=True)

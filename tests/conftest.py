@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-pytest_plugins: list[str] = ["tests.plugins.redis"]
+pytest_plugins: list[str] = ["tests.plugins.file", "tests.plugins.redis"]
 
-BACKENDS = ["memory", "redis", "redis-cluster", "redis-tls"]
+BACKENDS = ["memory", "file", "redis", "redis-cluster", "redis-tls"]
 ASYNCIO_ONLY: set[str] = {"redis", "redis-cluster", "redis-tls"}
 
 

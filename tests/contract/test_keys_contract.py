@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -12,15 +13,20 @@ from aiocache_secure.backend import Backend
 pytestmark = pytest.mark.anyio
 
 
-async def _manager(
-    backend_url: Any, keyring: Keyring, clock: ManualClock, **kw: Any
-) -> CacheManager:
-    return CacheManager(
-        keyring=keyring,
-        default_backend=backend_url() if callable(backend_url) else backend_url,
-        clock=clock,
-        **kw,
-    )
+@pytest.fixture
+async def make(backend_url: Any) -> AsyncIterator[Callable[..., CacheManager]]:
+    """Managers on the backend under test; backends built by a factory are closed afterwards."""
+    built: list[Backend] = []
+
+    def manager(keyring: Keyring, clock: ManualClock, **kw: Any) -> CacheManager:
+        backend = backend_url() if callable(backend_url) else backend_url
+        if not isinstance(backend, str):
+            built.append(backend)
+        return CacheManager(keyring=keyring, default_backend=backend, clock=clock, **kw)
+
+    yield manager
+    for backend in built:
+        await backend.aclose()
 
 
 async def key_ids(store: Backend, prefix: bytes) -> set[bytes]:
@@ -28,9 +34,11 @@ async def key_ids(store: Backend, prefix: bytes) -> set[bytes]:
 
 
 @pytest.mark.parametrize("hash_keys", [True, False])
-async def test_rotation(backend_url: Any, clock: ManualClock, hash_keys: bool) -> None:
+async def test_rotation(
+    backend_url: Any, make: Callable[..., CacheManager], clock: ManualClock, hash_keys: bool
+) -> None:
     old = Keyring.generate()
-    mgr = await _manager(backend_url, old, clock)
+    mgr = make(old, clock)
     async with mgr:
         ns = mgr.namespace("rot", encrypt=True, hash_keys=hash_keys)
         await ns.set_many({f"k{i}": i for i in range(20)}, ttl=600)
@@ -52,10 +60,10 @@ async def test_rotation(backend_url: Any, clock: ManualClock, hash_keys: bool) -
 
 
 async def test_dropping_old_key_makes_unrotated_entries_misses(
-    backend_url: Any, clock: ManualClock
+    backend_url: Any, make: Callable[..., CacheManager], clock: ManualClock
 ) -> None:
     old = Keyring.generate()
-    async with await _manager(backend_url, old, clock) as mgr:
+    async with make(old, clock) as mgr:
         ns = mgr.namespace("drop", encrypt=True)
         await ns.set("before", 1)
         new = old.rotate()
@@ -67,9 +75,11 @@ async def test_dropping_old_key_makes_unrotated_entries_misses(
         assert await ns.get("after") == 2
 
 
-async def test_private_namespace_erase(backend_url: Any, clock: ManualClock) -> None:
+async def test_private_namespace_erase(
+    backend_url: Any, make: Callable[..., CacheManager], clock: ManualClock
+) -> None:
     keyring = Keyring.generate()
-    async with await _manager(backend_url, keyring, clock) as mgr:
+    async with make(keyring, clock) as mgr:
         alice = mgr.namespace("user:alice", private=True)
         bob = mgr.namespace("user:bob", private=True)
         await alice.set_many({f"a{i}": i for i in range(10)})
@@ -92,10 +102,12 @@ async def test_private_namespace_erase(backend_url: Any, clock: ManualClock) -> 
         assert await alice.get("new") == 1
 
 
-async def test_private_namespace_rewrap_and_restart(backend_url: Any, clock: ManualClock) -> None:
+async def test_private_namespace_rewrap_and_restart(
+    backend_url: Any, make: Callable[..., CacheManager], clock: ManualClock
+) -> None:
     keyring = Keyring.generate()
     rotated = keyring.rotate()
-    async with await _manager(backend_url, keyring, clock) as mgr:
+    async with make(keyring, clock) as mgr:
         ns = mgr.namespace("user:1", private=True)
         await ns.set("k", "v")
         assert await mgr.rewrap(rotated) == 1
@@ -103,19 +115,21 @@ async def test_private_namespace_rewrap_and_restart(backend_url: Any, clock: Man
     if backend_url == "memory://":
         return  # memory does not outlive its manager; the rest checks a reload from the store
     # A new process that only holds the new key reads the re-wrapped data key.
-    async with await _manager(backend_url, rotated.without(keyring.primary_id), clock) as mgr2:
+    async with make(rotated.without(keyring.primary_id), clock) as mgr2:
         assert await mgr2.namespace("user:1", private=True).get("k") == "v"
     # The old keyring alone cannot unwrap the re-wrapped record: a typed error, and no silent
     # replacement of the data key (which would orphan the namespace's entries).
-    async with await _manager(backend_url, keyring, clock) as mgr3:
+    async with make(keyring, clock) as mgr3:
         with pytest.raises(IntegrityError):
             await mgr3.namespace("user:1", private=True).get("k")
-    async with await _manager(backend_url, rotated, clock) as mgr4:
+    async with make(rotated, clock) as mgr4:
         assert await mgr4.namespace("user:1", private=True).get("k") == "v"
 
 
-async def test_export_exactness_three_users(backend_url: Any, clock: ManualClock) -> None:
-    async with await _manager(backend_url, Keyring.generate(), clock) as mgr:
+async def test_export_exactness_three_users(
+    backend_url: Any, make: Callable[..., CacheManager], clock: ManualClock
+) -> None:
+    async with make(Keyring.generate(), clock) as mgr:
         users = {f"user:{u}": mgr.namespace(f"user:{u}", private=True) for u in range(3)}
         expected = {
             name: {f"{name}/k{i}": {"i": i, "who": name} for i in range(1000)} for name in users

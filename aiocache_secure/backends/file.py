@@ -1,0 +1,642 @@
+"""``file:///abs/dir``: one file per entry in a private directory, shareable between processes.
+
+Layout (every name below is derived from the storage key by a fixed encoding, never taken from it)::
+
+    <root>/                       0700, owned by this user (checked when the backend is built)
+      <tag>.<sep>/                one directory per namespace prefix: "acs1" + 32-hex tag + 1 byte
+        <shard>/                  2 hex digits of BLAKE2b(key): 256 shards keep directories small
+          k<hex(rest of key)>     an entry, when the rest of the key is at most 100 bytes
+          h<hex(BLAKE2b(key))>    an entry with a longer key (the full key is in its header)
+          .t<host>-<pid>-<rand>   a write in progress (or left over by a crashed writer)
+      _/                          keys that do not start with a namespace prefix, sharded alike
+
+Entry file (0600)::
+
+    "ACF1" | expires_ms u64 (0 = never) | key_len u32 | value_len u64 | crc32 u32 | key | value
+
+Guarantees:
+
+* Keys cannot escape the root: names are hex, so ``../x``, ``/abs``, NUL or ``..\\`` in a key are
+  just more hex digits. Every directory below the root is opened relative to its parent's
+  descriptor with ``O_NOFOLLOW``, and entries with ``O_NOFOLLOW | O_NONBLOCK``, so a symlink (or
+  a FIFO) planted inside the cache is never followed: reads miss, writes replace the link itself.
+* Writes are atomic: a temporary file created with ``O_EXCL | O_NOFOLLOW`` and mode 0600 in the
+  entry's own directory is written, fsynced and renamed over the entry (``durable=True`` also
+  fsyncs the directory). Readers see the old or the new entry, never a mix; concurrent writers of
+  one key leave one whole value. No lock files exist.
+* A truncated or corrupted entry (bad magic, length, key or CRC) is a miss and is deleted. Only
+  real I/O failures raise, as :class:`~aiocache_secure.errors.BackendUnavailable`.
+* Clearing a namespace (and deleting its last entries) removes the directories it emptied, so
+  an erased namespace leaves no directory named after it; writers recreate pruned directories.
+* Expiry is an absolute time in the header: an expired entry is a miss, deleted when read, and
+  removed by a sweep that writes drive forward a few hundred entries at a time once every
+  ``sweep_interval`` seconds (no background task); :meth:`FileBackend.sweep` runs a full pass.
+* Temporary files left by a crashed writer are removed once per directory per process, on the
+  first operation: those of a dead process on this host at once, any other after
+  ``temp_max_age`` seconds (a live writer's temporary file is never touched).
+
+Quotas (``max_entries`` / ``max_bytes``, charged the entry file's size) apply to each namespace
+prefix separately, so a namespace only ever evicts its own least recently used entries (by
+mtime, refreshed on every hit when a quota is set). Each instance keeps an estimate of its
+prefixes' usage, rescans a prefix when the estimate passes the limit by an eighth (or every
+``sweep_interval``), and evicts down to the limit: a single writer process stays within 1.125x.
+Instances on one directory share its process-wide state (a registry keyed by path), so opening
+one per namespace costs no I/O after the first.
+
+Names and the entry format live in :mod:`._file_format`, directory traversal and the shared
+per-directory state (leftover cleanup, sweep) in :mod:`._file_dir`; docs/backends/file.md has
+the whole picture.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import math
+import os
+import stat
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Final, TypeVar
+from urllib.parse import unquote, urlsplit
+
+import anyio.to_thread
+
+from ..clock import Clock, system_clock
+from ..errors import BackendUnavailable, ClosedError, ConfigurationError
+from ._file_dir import Dirs, open_directory, remove_if_same
+from ._file_format import (
+    HEAD,
+    NOT_THERE,
+    O_READ,
+    O_TEMP,
+    OTHER,
+    PREFIX_LEN,
+    encode_head,
+    expired,
+    group_of,
+    group_prefix,
+    is_entry,
+    key_from_name,
+    locate,
+    parse,
+    peek_key,
+    read_any,
+    write_all,
+)
+
+__all__ = ["FileBackend", "from_url"]
+
+_T = TypeVar("_T")
+
+FILE_MODE: Final = 0o600
+_SCAN_BATCH: Final = 64
+_SCAN_BYTES: Final = 4 << 20
+_CREATE_ATTEMPTS: Final = 16
+
+
+@dataclass(slots=True)
+class _Usage:
+    entries: int = 0
+    bytes: int = 0
+    checked: float = -math.inf
+
+
+# -- the backend ----------------------------------------------------------------------------------
+
+
+class FileBackend:
+    """Entries as files under ``directory`` (absolute; created 0700 when missing).
+
+    ``max_entries`` / ``max_bytes``: per-namespace quotas (see the module docstring).
+    ``durable``: also fsync the directory after each write, so a completed write survives a power
+    loss. ``fsync``: fsync each entry before it replaces the old one (on by default; with it off
+    a power loss may lose recent writes, but never leaves a torn entry readable: the length and
+    CRC checks turn it into a miss). ``sweep_interval``: seconds between expiry sweeps (and
+    quota rescans). ``repair_permissions``: chmod a group/other-accessible cache directory to
+    0700 with an ``insecure_config`` audit event instead of refusing it. ``temp_max_age``: age
+    after which a temporary file not provably owned by a dead local process is left-over.
+    """
+
+    __slots__ = (
+        "_clock",
+        "_closed",
+        "_dir",
+        "_durable",
+        "_fsync",
+        "_high",
+        "_max_bytes",
+        "_max_entries",
+        "_on_evict",
+        "_pending",
+        "_quota_lock",
+        "_sweep_interval",
+        "_usage",
+        "evictions",
+    )
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        max_entries: int | None = None,
+        max_bytes: int | None = None,
+        clock: Clock = system_clock,
+        on_evict: Callable[[int], None] | None = None,
+        durable: bool = False,
+        fsync: bool = True,
+        sweep_interval: float = 300.0,
+        repair_permissions: bool = False,
+        temp_max_age: float = 900.0,
+    ) -> None:
+        path = os.fspath(directory)
+        if not isinstance(path, str) or not os.path.isabs(path) or "\x00" in path:
+            raise ConfigurationError("file backend: the directory must be an absolute path")
+        for name, limit in (("max_entries", max_entries), ("max_bytes", max_bytes)):
+            if limit is not None and (
+                isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0
+            ):
+                raise ConfigurationError(f"{name} must be a positive int or None")
+        for name, flag in (
+            ("durable", durable),
+            ("fsync", fsync),
+            ("repair_permissions", repair_permissions),
+        ):
+            if not isinstance(flag, bool):
+                raise ConfigurationError(f"{name} must be True or False")
+        for name, seconds in (("sweep_interval", sweep_interval), ("temp_max_age", temp_max_age)):
+            if (
+                isinstance(seconds, bool)
+                or not isinstance(seconds, int | float)
+                or not 0 < seconds < math.inf
+            ):
+                raise ConfigurationError(f"{name} must be a positive number of seconds")
+        self._dir = open_directory(path, repair=repair_permissions, temp_max_age=temp_max_age)
+        self._max_entries = max_entries
+        self._max_bytes = max_bytes
+        self._high = (
+            None if max_entries is None else max_entries + max_entries // 8,
+            None if max_bytes is None else max_bytes + max_bytes // 8,
+        )
+        self._clock = clock
+        self._on_evict = on_evict
+        self._durable = durable
+        self._fsync = fsync or durable
+        self._sweep_interval = float(sweep_interval)
+        self._usage: dict[str, _Usage] = {}
+        self._quota_lock = threading.Lock()
+        self._pending = 0
+        self._closed = False
+        self.evictions = 0
+
+    def __repr__(self) -> str:
+        return f"FileBackend(durable={self._durable}, closed={self._closed})"
+
+    @property
+    def _quota(self) -> bool:
+        return self._max_entries is not None or self._max_bytes is not None
+
+    # -- plumbing ---------------------------------------------------------------------------------
+
+    async def _run(self, func: Callable[..., _T], *args: object) -> _T:
+        if self._closed:
+            raise ClosedError("the file backend is closed")
+        try:
+            result = await anyio.to_thread.run_sync(func, *args)
+        except OSError as exc:
+            code = errno.errorcode.get(exc.errno or 0, "unknown error")
+            raise BackendUnavailable(f"file backend: I/O failed ({code})") from exc
+        finally:
+            self._report_evictions()
+        return result
+
+    def _report_evictions(self) -> None:
+        with self._quota_lock:
+            count, self._pending = self._pending, 0
+        if count:
+            self.evictions += count
+            if self._on_evict is not None:
+                self._on_evict(count)
+
+    def _now_ms(self) -> int:
+        return math.floor(self._clock() * 1000)
+
+    def _after_write(self, groups: dict[str, tuple[int, int]]) -> None:
+        """Quota upkeep and the sweep, run in the worker thread after a write."""
+        if self._quota:
+            for group, (entries, size) in groups.items():
+                self._charge(group, entries, size)
+        now = self._clock()
+        self._dir.sweep_step(now, self._sweep_interval)
+
+    # -- reading ----------------------------------------------------------------------------------
+
+    def _read(self, dirs: Dirs, key: bytes, now_ms: int) -> bytes | None:
+        group, shard, name = locate(key)
+        fd = dirs.shard(group, shard, create=False)
+        if fd is None:
+            return None
+        try:
+            entry = os.open(name, O_READ, dir_fd=fd)
+        except OSError as exc:
+            if exc.errno in NOT_THERE:
+                return None
+            raise
+        try:
+            info = os.fstat(entry)
+            if not stat.S_ISREG(info.st_mode):
+                return None
+            parsed = parse(entry, info.st_size, key)
+            if parsed is not None and not expired(parsed[2], now_ms):
+                if self._quota:
+                    stamp = time.time_ns()
+                    with contextlib.suppress(PermissionError):  # LRU order is best effort
+                        os.utime(entry, ns=(stamp, stamp))
+                return parsed[1]
+        finally:
+            os.close(entry)
+        remove_if_same(fd, name, info)
+        return None
+
+    def _get_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
+        self._dir.clean_temps_once()
+        now_ms = self._now_ms()
+        with Dirs(self._dir, durable=False) as dirs:
+            return [self._read(dirs, key, now_ms) for key in keys]
+
+    async def get(self, key: bytes) -> bytes | None:
+        return (await self._run(self._get_many, (key,)))[0]
+
+    async def get_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
+        if not keys:
+            return []
+        return await self._run(self._get_many, list(keys))
+
+    # -- writing ----------------------------------------------------------------------------------
+
+    def _write(self, dirs: Dirs, key: bytes, value: bytes, expires_ms: int) -> int:
+        group, shard, name = locate(key)
+        temp = self._dir.temp_name()
+        fd, entry = _create_temp(dirs, group, shard, temp)
+        try:
+            try:
+                os.fchmod(entry, FILE_MODE)
+                head = encode_head(key, value, expires_ms)
+                write_all(entry, [head, key, value])
+                if self._quota:
+                    # Explicit nanosecond stamps: the kernel's own are jiffy-coarse, and LRU
+                    # eviction orders entries by them.
+                    stamp = time.time_ns()
+                    os.utime(entry, ns=(stamp, stamp))
+                if self._fsync:
+                    os.fsync(entry)
+            finally:
+                os.close(entry)
+            os.replace(temp, name, src_dir_fd=fd, dst_dir_fd=fd)
+        except BaseException:
+            try:
+                os.unlink(temp, dir_fd=fd)
+            except OSError:
+                pass
+            raise
+        if self._durable:
+            os.fsync(fd)
+        return len(head) + len(key) + len(value)
+
+    def _unlink(self, dirs: Dirs, key: bytes) -> bool:
+        group, shard, name = locate(key)
+        fd = dirs.shard(group, shard, create=False)
+        if fd is None:
+            return False
+        try:
+            os.unlink(name, dir_fd=fd)
+        except FileNotFoundError:
+            return False
+        if self._durable:
+            os.fsync(fd)
+        return True
+
+    def _set_many(self, items: Sequence[tuple[bytes, bytes]], ttl: float | None) -> None:
+        self._dir.clean_temps_once()
+        now = self._clock()
+        expires_ms = 0 if ttl is None else max(1, math.ceil((now + ttl) * 1000))
+        charged: dict[str, tuple[int, int]] = {}
+        dropped = 0
+        with Dirs(self._dir, durable=self._durable) as dirs:
+            for key, value in items:
+                if ttl is not None and ttl <= 0:
+                    self._unlink(dirs, key)
+                    continue
+                if self._max_bytes is not None and (
+                    HEAD.size + len(key) + len(value) > self._max_bytes
+                ):
+                    # An entry that can never fit is dropped rather than flushing the namespace.
+                    self._unlink(dirs, key)
+                    dropped += 1
+                    continue
+                with _shard_lock(dirs, key):
+                    size = self._write(dirs, key, value, expires_ms)
+                group = group_of(key)[0]
+                entries, total = charged.get(group, (0, 0))
+                charged[group] = (entries + 1, total + size)
+        if dropped:
+            with self._quota_lock:
+                self._pending += dropped
+        self._after_write(charged)
+
+    async def set(self, key: bytes, value: bytes, *, ttl: float | None) -> None:
+        await self._run(self._set_many, ((key, value),), ttl)
+
+    # -- atomic updates (AtomicBackend) ------------------------------------------------------------
+    #
+    # Writers of one shard directory serialize on an exclusive flock of that directory's own
+    # descriptor (plain writes included), so "read, compare, write" is atomic across processes
+    # sharing the cache directory, and no lock file is ever created or left behind.
+
+    def _swap(
+        self, key: bytes, value: bytes, ttl: float | None, expect: bytes | None, absent: bool
+    ) -> bool:
+        self._dir.clean_temps_once()
+        now = self._clock()
+        now_ms = math.floor(now * 1000)
+        expires_ms = 0 if ttl is None else max(1, math.ceil((now + ttl) * 1000))
+        with Dirs(self._dir, durable=self._durable) as dirs, _shard_lock(dirs, key):
+            current = self._read(dirs, key, now_ms)
+            if absent and current is not None:
+                return False
+            if not absent and (current is None or current != expect):
+                return False
+            size = self._write(dirs, key, value, expires_ms)
+        self._after_write({group_of(key)[0]: (1, size)})
+        return True
+
+    async def add(self, key: bytes, value: bytes, *, ttl: float | None) -> bool:
+        return await self._run(self._swap, key, value, ttl, None, True)
+
+    async def get_versioned(self, key: bytes) -> tuple[bytes, bytes] | None:
+        value = await self.get(key)
+        return None if value is None else (value, value)
+
+    async def compare_and_set(
+        self, key: bytes, token: bytes, value: bytes, *, ttl: float | None
+    ) -> bool:
+        return await self._run(self._swap, key, value, ttl, token, False)
+
+    async def set_many(self, items: Sequence[tuple[bytes, bytes]], *, ttl: float | None) -> None:
+        if items:
+            await self._run(self._set_many, list(items), ttl)
+
+    def _delete(self, key: bytes) -> bool:
+        self._dir.clean_temps_once()
+        with Dirs(self._dir, durable=self._durable) as dirs:
+            deleted = self._unlink(dirs, key)
+            if deleted:
+                group, shard, _ = locate(key)
+                dirs.prune(group, [shard])
+        if deleted and self._quota:
+            with self._quota_lock:
+                usage = self._usage.get(group_of(key)[0])
+                if usage is not None:
+                    usage.entries -= 1
+        self._after_write({})
+        return deleted
+
+    async def delete(self, key: bytes) -> bool:
+        return await self._run(self._delete, key)
+
+    # -- quotas -----------------------------------------------------------------------------------
+
+    def _charge(self, group: str, entries: int, size: int) -> None:
+        with self._quota_lock:
+            usage = self._usage.setdefault(group, _Usage())
+            usage.entries += entries
+            usage.bytes += size
+            high_entries, high_bytes = self._high
+            if not (
+                (high_entries is not None and usage.entries > high_entries)
+                or (high_bytes is not None and usage.bytes > high_bytes)
+                or time.monotonic() - usage.checked > self._sweep_interval
+            ):
+                return
+            self._pending += self._enforce(group, usage)
+
+    def _enforce(self, group: str, usage: _Usage) -> int:
+        """Rescan ``group`` and evict its least recently used entries down to the limits."""
+        files: list[tuple[int, int, str, str]] = []
+        with Dirs(self._dir, durable=False) as dirs:
+            for shard in dirs.shards(group):
+                fd = dirs.shard(group, shard, create=False)
+                if fd is None:
+                    continue
+                with os.scandir(fd) as entries:
+                    for item in entries:
+                        if not is_entry(item.name):
+                            continue
+                        try:
+                            info = item.stat(follow_symlinks=False)
+                        except FileNotFoundError:
+                            continue
+                        if stat.S_ISREG(info.st_mode):
+                            files.append((info.st_mtime_ns, info.st_size, shard, item.name))
+            count, total = len(files), sum(f[1] for f in files)
+            evicted = 0
+            if (self._max_entries is not None and count > self._max_entries) or (
+                self._max_bytes is not None and total > self._max_bytes
+            ):
+                files.sort()
+                for _, size, shard, name in files:
+                    if (self._max_entries is None or count <= self._max_entries) and (
+                        self._max_bytes is None or total <= self._max_bytes
+                    ):
+                        break
+                    fd = dirs.shard(group, shard, create=False)
+                    if fd is None:
+                        continue
+                    try:
+                        os.unlink(name, dir_fd=fd)
+                        evicted += 1
+                    except FileNotFoundError:
+                        pass
+                    count -= 1
+                    total -= size
+        usage.entries, usage.bytes, usage.checked = count, total, time.monotonic()
+        return evicted
+
+    # -- namespaces -------------------------------------------------------------------------------
+
+    def _groups_for(self, prefix: bytes) -> list[str]:
+        if len(prefix) >= PREFIX_LEN:
+            return [group_of(prefix)[0]]
+        with Dirs(self._dir, durable=False) as dirs:
+            return [g for g in dirs.groups() if g == OTHER or group_prefix(g).startswith(prefix)]
+
+    def _list(self, group: str, shard: str | None) -> list[str]:
+        with Dirs(self._dir, durable=False) as dirs:
+            return dirs.shards(group) if shard is None else dirs.names(group, shard)
+
+    def _delete_names(self, group: str, shard: str, names: list[str], prefix: bytes) -> int:
+        whole = group != OTHER and group_prefix(group).startswith(prefix)
+        removed = 0
+        with Dirs(self._dir, durable=False) as dirs:
+            fd = dirs.shard(group, shard, create=False)
+            if fd is None:
+                return 0
+            for name in names:
+                if not is_entry(name):
+                    continue
+                if not whole:
+                    key = key_from_name(group, name)
+                    if key is None:
+                        key = peek_key(fd, name)
+                    if key is None or not key.startswith(prefix):
+                        continue
+                try:
+                    os.unlink(name, dir_fd=fd)
+                    removed += 1
+                except FileNotFoundError:
+                    pass
+            if removed and self._durable:
+                os.fsync(fd)
+        return removed
+
+    def _prune(self, group: str) -> None:
+        with Dirs(self._dir, durable=self._durable) as dirs:
+            dirs.prune(group, dirs.shards(group))
+
+    async def delete_prefix(self, prefix: bytes) -> int:
+        removed = 0
+        for group in await self._run(self._groups_for, prefix):
+            for shard in await self._run(self._list, group, None):
+                names = await self._run(self._list, group, shard)
+                removed += await self._run(self._delete_names, group, shard, names, prefix)
+            if group != OTHER and group_prefix(group).startswith(prefix):
+                await self._run(self._prune, group)
+            with self._quota_lock:
+                self._usage.pop(group, None)
+        return removed
+
+    def _read_names(
+        self, group: str, shard: str, names: list[str], start: int, prefix: bytes
+    ) -> tuple[list[tuple[bytes, bytes]], int]:
+        found: list[tuple[bytes, bytes]] = []
+        size = 0
+        now_ms = self._now_ms()
+        with Dirs(self._dir, durable=False) as dirs:
+            fd = dirs.shard(group, shard, create=False)
+            if fd is None:
+                return found, len(names)
+            index = start
+            while index < len(names) and len(found) < _SCAN_BATCH and size < _SCAN_BYTES:
+                name = names[index]
+                index += 1
+                if not is_entry(name):
+                    continue
+                item = read_any(fd, name)
+                if item is None or expired(item[2], now_ms):
+                    continue
+                key, value, _ = item
+                if key.startswith(prefix) and locate(key) == (group, shard, name):
+                    found.append((key, value))
+                    size += len(value)
+        return found, index
+
+    async def scan(self, prefix: bytes) -> AsyncIterator[tuple[bytes, bytes]]:
+        for group in await self._run(self._groups_for, prefix):
+            for shard in await self._run(self._list, group, None):
+                names = await self._run(self._list, group, shard)
+                index = 0
+                while index < len(names):
+                    batch, index = await self._run(
+                        self._read_names, group, shard, names, index, prefix
+                    )
+                    for item in batch:
+                        yield item
+
+    # -- upkeep -----------------------------------------------------------------------------------
+
+    def _sweep_all(self) -> int:
+        self._dir.clean_temps_once()
+        return self._dir.full_sweep(self._clock(), self._sweep_interval)
+
+    async def sweep(self) -> int:
+        """Run a full expiry sweep of the whole directory now; returns how many entries it removed
+        (expired or malformed). Writes already drive sweeps; this is for tools and tests."""
+        return await self._run(self._sweep_all)
+
+    async def aclose(self) -> None:
+        self._closed = True
+
+
+@contextlib.contextmanager
+def _shard_lock(dirs: Dirs, key: bytes) -> Iterator[None]:
+    """Exclusive flock of the key's shard directory, on a descriptor of our own: the cached one
+    may be closed under us when a concurrent clear prunes the directory and we reopen it."""
+    group, shard, _ = locate(key)
+    for attempt in range(_CREATE_ATTEMPTS):
+        try:
+            fd = dirs.shard(group, shard, create=True)
+            break
+        except FileNotFoundError:
+            if attempt == _CREATE_ATTEMPTS - 1:
+                raise
+            dirs.forget(group)
+    assert fd is not None  # noqa: S101 - create=True opens or raises
+    # A fresh open file description (not a dup): the lock belongs to it alone, so closing it
+    # releases the lock whatever happens to the cached descriptor meanwhile.
+    lock = os.open(".", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(lock)
+
+
+def _create_temp(dirs: Dirs, group: str, shard: str, temp: str) -> tuple[int, int]:
+    """``(shard directory fd, temporary file fd)``, recreating directories that a concurrent
+    clear pruned under us (each retry means another process emptied and removed them)."""
+    for _ in range(_CREATE_ATTEMPTS - 1):
+        try:
+            return _open_temp(dirs, group, shard, temp)
+        except FileNotFoundError:
+            dirs.forget(group)
+    return _open_temp(dirs, group, shard, temp)
+
+
+def _open_temp(dirs: Dirs, group: str, shard: str, temp: str) -> tuple[int, int]:
+    fd = dirs.shard(group, shard, create=True)
+    assert fd is not None  # noqa: S101 - create=True opens or raises
+    return fd, os.open(temp, O_TEMP, FILE_MODE, dir_fd=fd)
+
+
+def from_url(
+    url: str,
+    *,
+    clock: Clock,
+    strict: bool,
+    max_entries: int | None,
+    max_bytes: int | None,
+    on_evict: Callable[[int], None] | None,
+) -> FileBackend:
+    """``file:///abs/dir`` (percent-encoded). No host, no query, no fragment: options are typed
+    keyword arguments of :class:`FileBackend`."""
+    parts = urlsplit(url)
+    if parts.scheme.lower() != "file" or not url.lower().startswith("file://"):
+        raise ConfigurationError("a file backend URL looks like file:///abs/dir")
+    if parts.netloc:
+        raise ConfigurationError("file:// URLs take no host: use file:///abs/dir")
+    if "?" in url or "#" in url:
+        raise ConfigurationError(
+            "file:// URLs take no query or fragment; pass options to FileBackend(...)"
+        )
+    try:
+        path = unquote(parts.path, errors="strict")
+    except UnicodeDecodeError as exc:
+        raise ConfigurationError("file:// URL paths must be UTF-8") from exc
+    if not path.startswith("/") or "\x00" in path:
+        raise ConfigurationError("file:// URLs need an absolute path: file:///abs/dir")
+    return FileBackend(
+        path, max_entries=max_entries, max_bytes=max_bytes, clock=clock, on_evict=on_evict
+    )
