@@ -16,10 +16,10 @@ import pytest
 
 from tests import servers
 
-pytest_plugins: list[str] = []
+pytest_plugins: list[str] = ["tests.plugins.mongo"]
 
-BACKENDS = ["memory"]
-ASYNCIO_ONLY: set[str] = set()
+BACKENDS = ["memory", "mongo", "mongo-motor"]
+ASYNCIO_ONLY: set[str] = {"mongo", "mongo-motor"}
 
 
 @pytest.fixture(params=["asyncio", "trio"])
