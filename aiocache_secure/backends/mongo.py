@@ -27,6 +27,8 @@ also drop documents whose ``exp`` has passed. ``exp`` is wall-clock time (``cloc
 ``time.time``), which must agree with the server's clock: the manager's injected clock is *not*
 used here, since a test clock behind real time would have the server delete fresh entries. The
 absolute expiry the layers above write into every entry stays authoritative either way.
+(nx-27017, the test server, turns a date that ``$set`` writes into an *existing* document into an
+ISO string, which its TTL emulation then ignores; reads parse such strings, so expiry holds.)
 
 Writes are ``update_one({_id}, {$set: {v, exp}}, upsert=True)`` (``bulk_write`` of the same,
 unordered, for :meth:`set_many`); reads are ``find_one`` by ``_id`` and one ``$in`` query.
@@ -146,6 +148,20 @@ def _converted(exc: BaseException) -> BackendError | ValueTooLarge:
     if isinstance(exc, NetworkTimeout | ExecutionTimeout | WTimeoutError):
         return BackendTimeout("the mongodb backend timed out")
     return BackendUnavailable("the mongodb backend failed")
+
+
+def _as_datetime(exp: object) -> datetime:
+    """``exp`` as a naive UTC datetime; anything unreadable counts as long expired."""
+    if isinstance(exp, str):
+        # nx-27017 (the test server) stores a date written by ``$set`` on an existing document
+        # as its ISO string; real MongoDB keeps the BSON date.
+        try:
+            exp = datetime.fromisoformat(exp)
+        except ValueError:
+            return datetime.min
+    if not isinstance(exp, datetime):
+        return datetime.min
+    return exp if exp.tzinfo is None else exp.astimezone(UTC).replace(tzinfo=None)
 
 
 def _check_name(kind: str, name: object, bad: frozenset[str], limit: int) -> str:
@@ -376,7 +392,7 @@ class MongoBackend:
     @staticmethod
     def _value(doc: dict[str, Any], now: datetime) -> bytes | None:
         exp = doc.get("exp")
-        if exp is not None and (not isinstance(exp, datetime) or exp <= now):
+        if exp is not None and _as_datetime(exp) <= now:
             return None
         value = doc.get("v")
         # Anything but binary was not written by this backend: b"" fails every check above.
