@@ -308,6 +308,13 @@ def _insecure_reasons(records: list[logging.LogRecord]) -> list[str]:
         ("mongodb://db.example.com:27017/cache", {}, "plaintext_to_remote_host"),
         ("mongodb://127.0.0.1,db.example.com/cache", {}, "plaintext_to_remote_host"),
         ("mongodb://db.example.com/?tls=false", {"tls": False}, "plaintext_to_remote_host"),
+        ("mongodb://127.0.0.1.nip.io/", {}, "plaintext_to_remote_host"),
+        ("mongodb://10.0.0.5/", {}, "plaintext_to_remote_host"),
+        (
+            "mongodb://localhost/?tls=true",
+            {"tls_allow_invalid_hostnames": True},
+            "tlsallowinvalidhostnames",
+        ),
     ],
 )
 async def test_insecure_transport_is_audited_or_refused(
@@ -326,6 +333,8 @@ async def test_insecure_transport_is_audited_or_refused(
         "mongodb://127.0.0.1:1/",
         "mongodb://localhost/db",
         "mongodb://[::1]:27017/db",
+        "mongodb://127.0.0.2/db",
+        "mongodb://%2Ftmp%2Fmongodb-27017.sock/db",
         "mongodb://db.example.com/?tls=true",
         "mongodb+srv://cluster.example.com/db",
     ],

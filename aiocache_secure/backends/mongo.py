@@ -47,6 +47,7 @@ The drivers need asyncio: under trio (or any other runtime) operations raise
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import math
 import sys
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -87,7 +88,6 @@ _SAFE: Final = "_.~:=!-"  # besides ASCII letters and digits, which quote_from_b
 _CODEC: Final = CodecOptions(document_class=dict, tz_aware=False)
 _VALUE: Final = {"_id": 0, "v": 1, "exp": 1}
 _KEY_VALUE: Final = {"_id": 1, "v": 1, "exp": 1}
-_LOOPBACK: Final = ("localhost", "::1", "[::1]")
 _INSECURE_TLS: Final = ("tlsinsecure", "tlsallowinvalidcertificates", "tlsallowinvalidhostnames")
 _BAD_DB_CHARS: Final = frozenset('/\\. "$\x00')
 _AUTH_MECHANISMS: Final = ("SCRAM-SHA-256", "SCRAM-SHA-1", "MONGODB-X509")
@@ -117,11 +117,12 @@ def id_range(prefix: bytes) -> dict[str, str]:
 
 
 def _is_loopback(host: str) -> bool:
-    return (
-        host.lower() in _LOOPBACK
-        or host.startswith("127.")
-        or host.endswith(".sock")  # a unix domain socket path
-    )
+    if host.lower() == "localhost" or (host.startswith("/") and host.endswith(".sock")):
+        return True  # ``.sock`` paths are unix domain sockets
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a name such as 127.attacker.example is not loopback
 
 
 _NEEDS_ASYNCIO: Final = (
