@@ -12,9 +12,12 @@ from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote_from_bytes
 
 import anyio
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from pymongo import AsyncMongoClient, MongoClient
 
 from aiocache_secure import (
@@ -82,6 +85,17 @@ def test_key_encoding_round_trips_and_is_canonical(key: bytes) -> None:
     doc_id = encode_key(key)
     assert doc_id.isascii() and doc_id.isprintable()
     assert decode_key(doc_id) == key
+
+
+@given(st.binary(max_size=40), st.binary(max_size=6))
+def test_key_encoding_is_a_prefix_code(key: bytes, prefix: bytes) -> None:
+    # What delete_prefix and scan rely on: a key is in the id range of a prefix iff it starts
+    # with that prefix.
+    doc_id, bounds = encode_key(key), id_range(prefix)
+    inside = bounds["$gte"] <= doc_id and ("$lt" not in bounds or doc_id < bounds["$lt"])
+    assert inside == key.startswith(prefix)
+    assert decode_key(doc_id) == key
+    assert doc_id == quote_from_bytes(key, safe="_.~:=!-")
 
 
 def test_key_encoding_keeps_package_keys_readable_and_rejects_planted_spellings() -> None:

@@ -49,6 +49,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import math
+import string
 import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime
@@ -85,6 +86,7 @@ DEFAULT_DATABASE: Final = "aiocache_secure"
 DEFAULT_COLLECTION: Final = "aiocache_secure"
 TTL_INDEX: Final = "aiocache_secure_exp"
 _SAFE: Final = "_.~:=!-"  # besides ASCII letters and digits, which quote_from_bytes keeps
+_SAFE_BYTES: Final = (string.ascii_letters + string.digits + _SAFE).encode("ascii")
 _CODEC: Final = CodecOptions(document_class=dict, tz_aware=False)
 _VALUE: Final = {"_id": 0, "v": 1, "exp": 1}
 _KEY_VALUE: Final = {"_id": 1, "v": 1, "exp": 1}
@@ -95,6 +97,8 @@ _AUTH_MECHANISMS: Final = ("SCRAM-SHA-256", "SCRAM-SHA-1", "MONGODB-X509")
 
 def encode_key(key: bytes) -> str:
     """A storage key as a document ``_id``: prefix-free, printable ASCII, reversible."""
+    if not key.translate(None, _SAFE_BYTES):  # the common case: nothing to escape
+        return key.decode("ascii")
     return quote_from_bytes(key, safe=_SAFE)
 
 
@@ -390,10 +394,9 @@ class MongoBackend:
     def _now(self) -> datetime:
         return datetime.fromtimestamp(self._clock(), UTC).replace(tzinfo=None)
 
-    @staticmethod
-    def _value(doc: dict[str, Any], now: datetime) -> bytes | None:
+    def _value(self, doc: dict[str, Any]) -> bytes | None:
         exp = doc.get("exp")
-        if exp is not None and _as_datetime(exp) <= now:
+        if exp is not None and _as_datetime(exp) <= self._now():
             return None
         value = doc.get("v")
         # Anything but binary was not written by this backend: b"" fails every check above.
@@ -408,7 +411,7 @@ class MongoBackend:
             doc = await self._coll.find_one({"_id": encode_key(key)}, _VALUE)
         except (PyMongoError, BSONError) as exc:
             raise _converted(exc) from exc
-        return None if doc is None else self._value(doc, self._now())
+        return None if doc is None else self._value(doc)
 
     async def get_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
         if not keys:
@@ -417,10 +420,9 @@ class MongoBackend:
             await self._prepare()
         ids = [encode_key(key) for key in keys]
         found: dict[str, bytes | None] = {}
-        now = self._now()
         try:
             async for doc in self._coll.find({"_id": {"$in": list(set(ids))}}, _KEY_VALUE):
-                found[doc["_id"]] = self._value(doc, now)
+                found[doc["_id"]] = self._value(doc)
         except (PyMongoError, BSONError) as exc:
             raise _converted(exc) from exc
         return [found.get(doc_id) for doc_id in ids]
@@ -487,7 +489,7 @@ class MongoBackend:
                 except (PyMongoError, BSONError) as exc:
                     raise _converted(exc) from exc
                 key = decode_key(doc.get("_id"))
-                value = self._value(doc, self._now())
+                value = self._value(doc)
                 if key is not None and key.startswith(prefix) and value is not None:
                     yield key, value
         finally:
