@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-pytest_plugins: list[str] = ["tests.plugins.file", "tests.plugins.redis"]
+pytest_plugins: list[str] = ["tests.plugins.file", "tests.plugins.redis", "tests.plugins.mongo"]
 
-BACKENDS = ["memory", "file", "redis", "redis-cluster", "redis-tls"]
-ASYNCIO_ONLY: set[str] = {"redis", "redis-cluster", "redis-tls"}
+BACKENDS = ["memory", "file", "redis", "redis-cluster", "redis-tls", "mongo", "mongo-motor"]
+ASYNCIO_ONLY: set[str] = {"redis", "redis-cluster", "redis-tls", "mongo", "mongo-motor"}
 
 
 @pytest.fixture(params=["asyncio", "trio"])
