@@ -94,6 +94,7 @@ class Cache:
         "_stack",
         "_strict",
         "_dummy",
+        "_pad_last",
         "name",
         "policy",
         "stats",
@@ -130,6 +131,7 @@ class Cache:
         self._last_error_log = -math.inf
         self._padding = TimingPadding() if policy.pad_timing else None
         self._dummy: Callable[[], object] | None = None
+        self._pad_last: tuple[bytes, bytes] | None = None
         self._prepare: Callable[[], Awaitable[None]] | None = None
         self._prepare_lock = anyio.Lock()
         if self._padding is not None:
@@ -281,20 +283,32 @@ class Cache:
             self._backend_failed(exc)
             data = None
         if data is None:
-            assert self._dummy is not None  # noqa: S101 - set whenever padding is on
-            self._dummy()
+            # Replay the last hit's work (decrypt its envelope, parse its frame), so a miss
+            # costs what a hit costs, tail included; before any hit, a same-shaped dummy.
+            last = self._pad_last
+            if last is None:
+                assert self._dummy is not None  # noqa: S101 - set whenever padding is on
+                self._dummy()
+            else:
+                if self._encryption is not None:
+                    self._encryption.replay()
+                self._open_frame(*last)
             ok, value = False, None
         else:
             ok, value = self._open_frame(raw, data)
-        assert self._padding is not None  # noqa: S101 - this method runs only when padding is on
-        self._padding.wait(started)
+            if ok:
+                self._pad_last = (raw, data)
         if ok:
             self.stats.hits += 1
-            return value
-        if data is not None:
-            await self._discard(raw, value)
-        self.stats.misses += 1
-        return default
+        else:
+            self.stats.misses += 1
+            if data is not None:
+                await self._discard(raw, value)
+        result = value if ok else default
+        assert self._padding is not None  # noqa: S101 - this method runs only when padding is on
+        # Nothing that depends on the outcome runs after the deadline.
+        self._padding.wait(started)
+        return result
 
     async def get_many(self, keys: Iterable[str], default: Any = None) -> list[Any]:
         raws = [self._key(k) for k in keys]
@@ -415,8 +429,15 @@ class Cache:
         self.stats.deletes += count
         return count
 
+    def forget_padding_sample(self) -> None:
+        """Drop the last hit kept for timing padding (after a clear or an erase)."""
+        self._pad_last = None
+        if self._encryption is not None:
+            self._encryption.forget_replay()
+
     async def clear(self) -> int:
         """Delete every entry of this namespace (and only this namespace)."""
+        self.forget_padding_sample()
         self._check_open()
         if self._prepare is not None:
             await self._run_prepare()

@@ -387,6 +387,7 @@ class CacheManager:
         removed = await store.delete_prefix(KEY_FORMAT + tag + b":")
         removed += await store.delete_prefix(KEY_FORMAT + tag + b"=")
         if record is not None:
+            record.cache.forget_padding_sample()
             if record.data_key is not None:
                 record.data_key.forget()
                 record.cache.set_prepare(lambda: self._load_data_key(record))

@@ -28,7 +28,7 @@ from ..backend import Backend
 from ..clock import Clock
 from ..policy import Policy
 from .base import Layer
-from .encryption import Encryption, KeySource
+from .encryption import Encryption, KeySource, PaddedEncryption
 from .keys import HashedKeys, PrefixedKeys
 from .limits import SizeLimit
 
@@ -76,7 +76,7 @@ def compose(backend: Backend, policy: Policy, spec: StackSpec) -> Stack:
     if spec.keys is not None:
         layers.append(
             (
-                Encryption,
+                PaddedEncryption if policy.pad_timing else Encryption,
                 {
                     "keys": spec.keys,
                     "namespace": spec.namespace,

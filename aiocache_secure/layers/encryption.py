@@ -32,7 +32,7 @@ import logging
 import os
 import struct
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -44,7 +44,15 @@ from ..errors import IntegrityError
 from ..keyring import Keyring
 from .base import Layer
 
-__all__ = ["ENVELOPE_OVERHEAD", "VERSION", "Encryption", "KeySource", "KeyringKeys", "StaticKey"]
+__all__ = [
+    "ENVELOPE_OVERHEAD",
+    "VERSION",
+    "Encryption",
+    "KeySource",
+    "KeyringKeys",
+    "PaddedEncryption",
+    "StaticKey",
+]
 
 VERSION: Final = 1
 _HEADER: Final = struct.Struct(">B4sQ12s")
@@ -241,6 +249,12 @@ class Encryption(Layer):
             await self._reject(storage_key, reason)
         return frame
 
+    def replay(self) -> None:
+        """Timing padding: repeat the last successful decryption (see :class:`PaddedEncryption`)."""
+
+    def forget_replay(self) -> None:
+        """Drop what :meth:`replay` would repeat."""
+
     async def get(self, key: bytes) -> bytes | None:
         return await self._opened(key, await self.inner.get(key))
 
@@ -302,3 +316,28 @@ class Encryption(Layer):
         if count:
             audit.emit("key_rotated", level=logging.INFO, namespace=self._namespace, entries=count)
         return count
+
+
+class PaddedEncryption(Encryption):
+    """Encryption for ``pad_timing=True`` namespaces: remembers the last envelope it opened so
+    that a miss can repeat exactly the work of a hit (:meth:`replay`)."""
+
+    __slots__ = ("_last",)
+
+    def __init__(self, inner: Backend, **kwargs: Any) -> None:
+        super().__init__(inner, **kwargs)
+        self._last: tuple[bytes, bytes] | None = None
+
+    async def get(self, key: bytes) -> bytes | None:
+        envelope = await self.inner.get(key)
+        frame = await self._opened(key, envelope)
+        if frame is not None and envelope is not None:
+            self._last = (key, envelope)
+        return frame
+
+    def replay(self) -> None:
+        if self._last is not None:
+            self.open(*self._last)
+
+    def forget_replay(self) -> None:
+        self._last = None
