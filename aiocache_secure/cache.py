@@ -582,7 +582,12 @@ class Cache:
                 continue
             yield key, value
 
-    async def export(self, path: str | os.PathLike[str]) -> int:
+    async def export(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        progress: Callable[[int], None] | None = None,
+    ) -> int:
         """Write every entry as JSON Lines (``{"key": ..., "value": ...}``) atomically, mode 0600.
 
         Values must be JSON-representable. Returns the number of entries written.
@@ -603,6 +608,8 @@ class Cache:
                     line = json.dumps({"key": key, "value": value}, ensure_ascii=False)
                     await out.write(line + "\n")
                     count += 1
+                    if progress is not None:
+                        progress(count)
                 await out.flush()
             os.chmod(tmp, 0o600)
             os.replace(tmp, target)
@@ -611,11 +618,11 @@ class Cache:
             raise
         return count
 
-    async def rotate_keys(self) -> int:
+    async def rotate_keys(self, *, progress: Callable[[int], None] | None = None) -> int:
         """Re-encrypt every entry not sealed under the primary key; returns how many."""
         self._check_open()
         if self._prepare is not None:
             await self._run_prepare()
         if self._encryption is None:
             return 0
-        return await self._encryption.rotate(self._prefix)
+        return await self._encryption.rotate(self._prefix, progress=progress)

@@ -143,16 +143,18 @@ async def _stats(manager: CacheManager, args: argparse.Namespace) -> int:
 
 async def _export(manager: CacheManager, args: argparse.Namespace) -> int:
     cache = _namespace(manager, args.namespace)
+    bar = _Bar(f"export {args.namespace}", enabled=not args.json)
     if args.out is not None:
-        count = await cache.export(args.out)
+        count = await cache.export(args.out, progress=bar)
+        bar.done(count)
         _progress(f"exported {count} entries to {args.out}")
         return 0
     count = 0
     async for key, value in cache.items():
         print(json.dumps({"key": key, "value": value}, ensure_ascii=False))
         count += 1
-        if count % 1000 == 0:
-            _progress(f"... {count} entries")
+        bar(count)
+    bar.done(count)
     _progress(f"exported {count} entries")
     return 0
 
@@ -171,8 +173,10 @@ async def _rotate(manager: CacheManager, args: argparse.Namespace) -> int:
     for name, cache in manager.namespaces.items():
         if not cache.policy.encrypt:
             continue
-        _progress(f"re-encrypting {name} ...")
-        rows.append({"namespace": name, "reencrypted": await cache.rotate_keys()})
+        bar = _Bar(f"re-encrypting {name}", enabled=not args.json)
+        count = await cache.rotate_keys(progress=bar)
+        bar.done(count)
+        rows.append({"namespace": name, "reencrypted": count})
     rewrapped = await manager.rewrap()
     _emit(
         args,
@@ -194,6 +198,26 @@ def _namespace(manager: CacheManager, name: str) -> Cache:
 
 def _progress(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
+
+
+class _Bar:
+    """A one-line progress counter on a terminal's stderr; silent otherwise (scripts, --json)."""
+
+    def __init__(self, label: str, *, enabled: bool) -> None:
+        self.label = label
+        self.enabled = enabled and sys.stderr.isatty()
+        self.started = time.monotonic()
+
+    def __call__(self, count: int) -> None:
+        if self.enabled and count % 100 == 0:
+            rate = count / max(time.monotonic() - self.started, 1e-9)
+            sys.stderr.write(f"\r{self.label}: {count:,} entries ({rate:,.0f}/s)")
+            sys.stderr.flush()
+
+    def done(self, count: int) -> None:
+        if self.enabled:
+            sys.stderr.write(f"\r{self.label}: {count:,} entries, done\n")
+            sys.stderr.flush()
 
 
 def _confirm(name: str) -> bool:

@@ -211,9 +211,9 @@ class MongoBackend:
 
     Timeouts, in seconds: ``server_selection_timeout`` (how fast an unreachable server fails,
     default 3), ``connect_timeout`` (default 3), ``socket_timeout`` (one network read or write;
-    default None, the driver's: no limit). Set ``socket_timeout`` to bound a server that accepts
-    connections but stops answering; the driver then arms a timer per operation, which costs
-    about 10% of a cached read's client CPU (measured by ``benchmarks/mongo.py``).
+    default 5, so a server that accepts connections but stops answering fails the operation with
+    ``BackendTimeout`` instead of hanging it; ``None`` removes the bound, which saves the driver's
+    per-operation timer, about 10% of a cached read's client CPU in ``benchmarks/mongo.py``).
     ``batch_size`` bounds the documents :meth:`scan` holds at once. ``create_ttl_index=False``
     skips the index creation (for a user without ``createIndex`` rights; create it yourself).
     """
@@ -251,7 +251,7 @@ class MongoBackend:
         auth_mechanism: str | None = None,
         server_selection_timeout: float = 3.0,
         connect_timeout: float = 3.0,
-        socket_timeout: float | None = None,
+        socket_timeout: float | None = 5.0,
         batch_size: int = 500,
         create_ttl_index: bool = True,
         strict: bool = False,

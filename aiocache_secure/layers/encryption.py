@@ -297,7 +297,7 @@ class Encryption(Layer):
             if frame is not None:
                 yield key, frame
 
-    async def rotate(self, prefix: bytes) -> int:
+    async def rotate(self, prefix: bytes, *, progress: Callable[[int], None] | None = None) -> int:
         """Re-seal every entry under ``prefix`` that is not under the primary key."""
         primary = self._keys.primary_id
         # Keys only: holding every stale envelope would load the namespace into memory.
@@ -313,6 +313,8 @@ class Encryption(Layer):
                 continue
             await self.inner.set(key, self.seal(key, frame), ttl=ttl)
             count += 1
+            if progress is not None:
+                progress(count)
         if count:
             audit.emit("key_rotated", level=logging.INFO, namespace=self._namespace, entries=count)
         return count
