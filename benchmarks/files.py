@@ -1,6 +1,6 @@
 """File backend throughput beside diskcache, measured in the same run on the same disk.
 
-    /work/main/.venv/bin/python benchmarks/files.py [--seconds 1.0] [--repeat 3] [--dir PATH]
+    .venv/bin/python -m benchmarks.files [--seconds 1.0] [--repeat 3] [--dir PATH]
 
 Subjects, each on its own fresh directory under ``--dir`` (default: the system temp dir):
 

@@ -1,7 +1,7 @@
 """Memory namespace get-hit / get-miss / set in ns/op, beside aiocache and cashews, same run.
 
     .venv/bin/pip install -r benchmarks/requirements.txt
-    .venv/bin/python benchmarks/memory.py [--rounds 5] [--ops 20000]
+    .venv/bin/python -m benchmarks.memory [--rounds 5] [--ops 20000]
 
 Each figure is the best of ``--rounds`` rounds of ``--ops`` operations (the minimum is the least
 noisy estimate of cost on a shared machine). Ratios are peer time / our time (> 1: we are faster).

@@ -1,6 +1,6 @@
 """MongoDB: ops/s of raw AsyncMongoClient vs MongoBackend vs the secure stack, same server and run.
 
-    python benchmarks/mongo.py [--ops 3000]
+    .venv/bin/python -m benchmarks.mongo [--ops 3000]
 
 Starts nx-27017 on a free loopback port (in-memory), or uses ``AIOCACHE_SECURE_MONGO_URL``.
 Three clients, one operation at a time (latency-bound, which is where client overhead shows):

@@ -1,6 +1,6 @@
 """dudect-style timing test: can a caller tell a hit from a miss by latency?
 
-    .venv/bin/python benchmarks/timing.py [--pairs 20000] [--backends memory,file]
+    .venv/bin/python -m benchmarks.timing [--pairs 20000] [--backends memory,file]
 
 For each backend, an unpadded (control) and a padded namespace are measured. Classes (hit on a
 stored key / miss on an absent one) are interleaved in random order, gc is off, the first 10%
