@@ -12,6 +12,25 @@ import asyncio
 import contextlib
 import socket
 import struct
+import time
+from typing import Any
+
+
+async def until_ok(store: Any, key: bytes, expected: bytes, limit: float) -> float:
+    """Seconds until ``store.get(key)`` returns ``expected`` again; AssertionError after
+    ``limit`` seconds. Backend errors on the way are what recovery looks like."""
+    from aiocache_secure import BackendError
+
+    started = time.monotonic()
+    while True:
+        try:
+            if await store.get(key) == expected:
+                return time.monotonic() - started
+        except BackendError:
+            pass
+        if time.monotonic() - started > limit:
+            raise AssertionError("the backend did not recover in time")
+        await asyncio.sleep(0.05)
 
 
 class FaultProxy:

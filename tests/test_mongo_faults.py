@@ -5,12 +5,11 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 
-import anyio
 import pytest
 
 from aiocache_secure import BackendError, BackendTimeout
 from aiocache_secure.backends.mongo import MongoBackend
-from tests.proxy import FaultProxy
+from tests.proxy import FaultProxy, until_ok
 from tests.test_mongo_backend import SOCKET_LEAK, settle
 
 pytestmark = pytest.mark.anyio
@@ -37,19 +36,6 @@ def _store(proxy: FaultProxy, collection: str, timeout: float) -> MongoBackend:
     )
 
 
-async def _until_ok(store: MongoBackend, key: bytes, expected: bytes, limit: float) -> float:
-    started = time.monotonic()
-    while True:
-        try:
-            if await store.get(key) == expected:
-                return time.monotonic() - started
-        except BackendError:
-            pass
-        if time.monotonic() - started > limit:
-            raise AssertionError("the backend did not recover in time")
-        await anyio.sleep(0.05)
-
-
 @SOCKET_LEAK
 async def test_blackhole_times_out_then_recovers(proxy: FaultProxy, mongo_collection: str) -> None:
     store = _store(proxy, mongo_collection, 0.5)
@@ -63,7 +49,7 @@ async def test_blackhole_times_out_then_recovers(proxy: FaultProxy, mongo_collec
     assert time.monotonic() - started < 2 * 0.5 + 3.0  # bounded: never a hang
     proxy.blackhole = False
     proxy.drop_connections()
-    assert await _until_ok(store, b"acs1k", b"v", limit=5.0) < 5.0
+    assert await until_ok(store, b"acs1k", b"v", limit=5.0) < 5.0
     await store.aclose()
     await settle()
 
@@ -78,7 +64,7 @@ async def test_latency_above_the_socket_timeout(proxy: FaultProxy, mongo_collect
         await store.get(b"acs1k")
     assert time.monotonic() - started < 2 * 0.5 + 2.0  # PyMongo retries a read once
     proxy.latency = 0.0
-    assert await _until_ok(store, b"acs1k", b"v", limit=5.0) < 5.0
+    assert await until_ok(store, b"acs1k", b"v", limit=5.0) < 5.0
     await store.aclose()
     await settle()
 
@@ -98,6 +84,6 @@ async def test_reset_mid_reply_never_returns_another_value(
     except BackendError:
         pass
     assert proxy.resets == 1
-    assert await _until_ok(store, b"acs1small", b"small", limit=5.0) < 5.0
+    assert await until_ok(store, b"acs1small", b"small", limit=5.0) < 5.0
     assert await store.get(b"acs1big") == big
     await store.aclose()

@@ -34,7 +34,7 @@ from aiocache_secure.backends.redis import RedisBackend, escape_glob, parse_url
 from aiocache_secure.clock import system_clock
 from tests import servers
 from tests.plugins.redis import TLS_PASSWORD, TlsServer
-from tests.proxy import FaultProxy
+from tests.proxy import FaultProxy, until_ok
 
 pytestmark = pytest.mark.anyio
 
@@ -513,19 +513,6 @@ async def proxy(redis_server: str) -> AsyncIterator[FaultProxy]:
         yield running
 
 
-async def _until_ok(store: RedisBackend, key: bytes, expected: bytes, limit: float) -> float:
-    started = time.monotonic()
-    while True:
-        try:
-            if await store.get(key) == expected:
-                return time.monotonic() - started
-        except BackendError:
-            pass
-        if time.monotonic() - started > limit:
-            raise AssertionError("the backend did not recover in time")
-        await asyncio.sleep(0.05)
-
-
 @pytest.mark.parametrize("auto_batch", [True, False])
 async def test_timeouts_and_recovery_through_a_blackhole(
     proxy: FaultProxy, auto_batch: bool
@@ -543,7 +530,7 @@ async def test_timeouts_and_recovery_through_a_blackhole(
         await store.get_many([key, key])
     assert time.monotonic() - started < 3 * 0.3 + 1.0
     proxy.blackhole = False  # the blackhole swallowed the SET: the old value is still there
-    assert await _until_ok(store, key, b"v", limit=5.0) < 5.0
+    assert await until_ok(store, key, b"v", limit=5.0) < 5.0
     await store.delete(key)
     await store.aclose()
 
@@ -649,7 +636,7 @@ async def test_sigstop_times_out_and_sigcont_recovers(own_server: tuple[int, Pat
             assert time.monotonic() - started < 0.3 + 1.0
         finally:
             os.kill(proc.pid, signal.SIGCONT)
-        assert await _until_ok(store, b"k", b"v", limit=5.0) < 5.0
+        assert await until_ok(store, b"k", b"v", limit=5.0) < 5.0
         await store.aclose()
 
 
