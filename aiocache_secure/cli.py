@@ -126,18 +126,29 @@ async def _stats(manager: CacheManager, args: argparse.Namespace) -> int:
                 "bytes": size,
                 "encrypted": cache.policy.encrypt,
                 "private": cache.policy.private,
+                # Published by running applications (CacheManager.publish_stats), summed.
+                "counters": await manager.read_stats(name),
             }
         )
-    _emit(
-        args,
-        rows,
-        [
+    lines = []
+    for r in rows:
+        counters = r["counters"]
+        activity = (
+            "  "
+            + " ".join(
+                f"{k}={counters.get(k, 0)}"
+                for k in ("hits", "misses", "sets", "evictions", "tampered", "errors")
+            )
+            if counters
+            else "  (no published counters)"
+        )
+        lines.append(
             f"{r['namespace']:<30} {r['entries']:>8} entries {r['bytes']:>12} bytes"
             + ("  encrypted" if r["encrypted"] else "")
             + ("  private" if r["private"] else "")
-            for r in rows
-        ],
-    )
+            + activity
+        )
+    _emit(args, rows, lines)
     return 0
 
 

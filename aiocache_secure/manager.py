@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import TracebackType
@@ -23,7 +25,7 @@ from .layers import StackSpec, compose
 from .layers.encryption import KeyringKeys, KeySource, StaticKey
 from .layers.keys import KEY_FORMAT, namespace_tag
 from .metrics import MeteredCache, MetricsHook
-from .policy import DEFAULT_MAX_VALUE_BYTES, Policy, validate_namespace_name
+from .policy import DEFAULT_MAX_VALUE_BYTES, Policy, check_ttl, validate_namespace_name
 from .serializers import get_serializer
 from .stats import Stats
 from .vault import Vault
@@ -89,6 +91,7 @@ class CacheManager:
         self._owned: list[Backend] = []
         self._namespaces: dict[str, _Namespace] = {}
         self._vault_store: Backend | None = None
+        self._publisher = secrets.token_hex(8).encode("ascii")
         if key_vault is not None:
             self._vault_store = self._open_shared(key_vault)
 
@@ -386,6 +389,7 @@ class CacheManager:
         destroyed = await vault.destroy(tag) if vault is not None else False
         removed = await store.delete_prefix(KEY_FORMAT + tag + b":")
         removed += await store.delete_prefix(KEY_FORMAT + tag + b"=")
+        await store.delete_prefix(stats_prefix(tag))
         if record is not None:
             record.cache.forget_padding_sample()
             if record.data_key is not None:
@@ -401,6 +405,45 @@ class CacheManager:
             )
             return True
         return False
+
+    async def publish_stats(self, *, ttl: float = 300.0) -> int:
+        """Write every namespace's counters to its store, for ``aiocache-secure stats``.
+
+        One record per namespace and manager (``acs1<tag>!stats:<random manager id>``, counts
+        only, expiring after ``ttl`` seconds so stopped processes drop out); call it periodically
+        from a running application. Returns how many records were written.
+        """
+        self._check_open()
+        ttl = check_ttl(ttl)
+        written = 0
+        for record in self._namespaces.values():
+            body = {**record.cache.stats.as_dict(), "published_at": self._clock()}
+            await record.store.set(
+                stats_prefix(record.tag) + self._publisher,
+                json.dumps(body, separators=(",", ":")).encode("ascii"),
+                ttl=ttl,
+            )
+            written += 1
+        return written
+
+    async def read_stats(self, name: str) -> dict[str, int]:
+        """The counters of namespace ``name`` summed over every process that published them."""
+        self._check_open()
+        record = self._namespaces.get(name)
+        if record is None:
+            raise KeyError("no namespace of that name in this manager")
+        totals: dict[str, int] = {}
+        async for _, raw in record.store.scan(stats_prefix(record.tag)):
+            try:
+                body = json.loads(raw)
+            except ValueError:
+                continue
+            if not isinstance(body, dict):
+                continue
+            for field, value in body.items():
+                if field in Stats.__dataclass_fields__ and type(value) is int:
+                    totals[field] = totals.get(field, 0) + value
+        return totals
 
     async def rewrap(self, keyring: Keyring | None = None) -> int:
         """Adopt ``keyring`` (if given), then re-wrap every private namespace's data key under
@@ -426,6 +469,10 @@ class CacheManager:
             ):
                 count += 1
         return count
+
+
+def stats_prefix(tag: bytes) -> bytes:
+    return KEY_FORMAT + tag + b"!stats:"
 
 
 def _policy_fields(policy: Policy) -> dict[str, Any]:

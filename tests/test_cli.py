@@ -178,12 +178,19 @@ def test_operations_on_a_file_backend(tmp_path: Path) -> None:
         "    async with cfg.manager() as m:\n"
         "        await m.namespace('users', max_value_bytes=1000).set_many({'a': 1, 'b': [2]})\n"
         "        await m.namespace('user:7', private=True, max_value_bytes=1000).set('email', 'x@y')\n"
+        "        users = m.namespace('users', max_value_bytes=1000)\n"
+        "        await users.get('a'); await users.get('zz')\n"
+        "        assert await m.publish_stats() == 2\n"
         "anyio.run(main)\n"
     )
     subprocess.run([sys.executable, "-c", seed], check=True, timeout=60)
     base = ("--config", str(config))
     stats = json.loads(cli(*base, "--json", "stats").stdout)
     assert {r["namespace"]: r["entries"] for r in stats} == {"users": 2, "user:7": 1}
+    counters = {r["namespace"]: r["counters"] for r in stats}
+    assert counters["users"]["hits"] == 1 and counters["users"]["misses"] == 1
+    assert counters["users"]["sets"] == 2 and counters["user:7"]["sets"] == 1
+    assert "hits=1 misses=1" in cli(*base, "stats").stdout
     exported = cli(*base, "export", "users")
     assert exported.returncode == 0, exported.stderr
     rows = [json.loads(line) for line in exported.stdout.splitlines()]

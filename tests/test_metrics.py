@@ -79,3 +79,27 @@ async def test_metrics_hook_type_checked() -> None:
     async with CacheManager() as mgr:
         with pytest.raises(TypeError):
             mgr.namespace("x", metrics=object())  # type: ignore[arg-type]
+
+
+async def test_published_stats_sum_across_managers() -> None:
+    store = MemoryBackend()
+    keyring = Keyring.generate()
+    async with CacheManager(keyring=keyring) as one, CacheManager(keyring=keyring) as two:
+        a = one.namespace("shared", backend=store)
+        b = two.namespace("shared", backend=store)
+        await a.set("k", 1)
+        await a.get("k")
+        await b.get("k")
+        await b.get("nope")
+        assert await one.publish_stats() == 1
+        assert await two.publish_stats() == 1
+        totals = await one.read_stats("shared")
+        assert totals["hits"] == 2 and totals["misses"] == 1 and totals["sets"] == 1
+        await a.clear()  # entries only: published counters stay
+        assert (await two.read_stats("shared"))["hits"] == 2
+        await one.erase("shared")
+        assert await two.read_stats("shared") == {}
+        with pytest.raises(ValueError):
+            await one.publish_stats(ttl=-1)
+        with pytest.raises(KeyError):
+            await one.read_stats("unknown")
