@@ -47,12 +47,13 @@ The drivers need asyncio: under trio (or any other runtime) operations raise
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import math
 import secrets
 import string
 import sys
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final
 from urllib.parse import quote_from_bytes, unquote_to_bytes
@@ -148,6 +149,15 @@ def _require_asyncio() -> None:
         asyncio.get_running_loop()
     except RuntimeError:
         raise ConfigurationError(_NEEDS_ASYNCIO) from None
+
+
+@contextlib.contextmanager
+def _driver_errors() -> Iterator[None]:
+    """Driver exceptions become the project's, at the boundary, without their messages."""
+    try:
+        yield
+    except (PyMongoError, BSONError) as exc:
+        raise _converted(exc) from exc
 
 
 def _converted(exc: BaseException) -> BackendError | ValueTooLarge:
@@ -386,10 +396,8 @@ class MongoBackend:
         if self._closed:
             raise BackendUnavailable("the mongodb backend is closed")
         if self._create_index:
-            try:
+            with _driver_errors():
                 await self._coll.create_index([("exp", 1)], name=TTL_INDEX, expireAfterSeconds=0)
-            except (PyMongoError, BSONError) as exc:
-                raise _converted(exc) from exc
         self._ready = True
 
     def _expiry(self, ttl: float | None) -> datetime | None:
@@ -413,10 +421,8 @@ class MongoBackend:
     async def get(self, key: bytes) -> bytes | None:
         if not self._ready:
             await self._prepare()
-        try:
+        with _driver_errors():
             doc = await self._coll.find_one({"_id": encode_key(key)})
-        except (PyMongoError, BSONError) as exc:
-            raise _converted(exc) from exc
         return None if doc is None else self._value(doc)
 
     async def get_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
@@ -426,11 +432,9 @@ class MongoBackend:
             await self._prepare()
         ids = [encode_key(key) for key in keys]
         found: dict[str, bytes | None] = {}
-        try:
+        with _driver_errors():
             async for doc in self._coll.find({"_id": {"$in": list(set(ids))}}):
                 found[doc["_id"]] = self._value(doc)
-        except (PyMongoError, BSONError) as exc:
-            raise _converted(exc) from exc
         return [found.get(doc_id) for doc_id in ids]
 
     async def set(self, key: bytes, value: bytes, *, ttl: float | None) -> None:
@@ -438,14 +442,12 @@ class MongoBackend:
             await self._prepare()
         doc_id = encode_key(key)
         update = {"$set": {"v": value, "exp": self._expiry(ttl), "r": _revision()}}
-        try:
+        with _driver_errors():
             try:
                 await self._coll.update_one({"_id": doc_id}, update, upsert=True)
             except DuplicateKeyError:
                 # Two upserts of one new _id raced; the second now finds the document.
                 await self._coll.update_one({"_id": doc_id}, update, upsert=True)
-        except (PyMongoError, BSONError) as exc:
-            raise _converted(exc) from exc
 
     async def set_many(self, items: Sequence[tuple[bytes, bytes]], *, ttl: float | None) -> None:
         if not items:
@@ -461,10 +463,8 @@ class MongoBackend:
             )
             for doc_id, value in latest.items()
         ]
-        try:
+        with _driver_errors():
             await self._coll.bulk_write(requests, ordered=False)
-        except (PyMongoError, BSONError) as exc:
-            raise _converted(exc) from exc
 
     # -- atomic updates (AtomicBackend) -----------------------------------------------------------
     #
@@ -477,7 +477,7 @@ class MongoBackend:
             await self._prepare()
         doc_id = encode_key(key)
         doc = {"_id": doc_id, "v": value, "exp": self._expiry(ttl), "r": _revision()}
-        try:
+        with _driver_errors():
             try:
                 await self._coll.insert_one(doc)
                 return True
@@ -490,17 +490,13 @@ class MongoBackend:
                 {"_id": doc_id, "r": current["r"]},
                 {"$set": {"v": value, "exp": doc["exp"], "r": doc["r"]}},
             )
-        except (PyMongoError, BSONError) as exc:
-            raise _converted(exc) from exc
         return bool(result.matched_count)
 
     async def get_versioned(self, key: bytes) -> tuple[bytes, bytes] | None:
         if not self._ready:
             await self._prepare()
-        try:
+        with _driver_errors():
             doc = await self._coll.find_one({"_id": encode_key(key)})
-        except (PyMongoError, BSONError) as exc:
-            raise _converted(exc) from exc
         if doc is None:
             return None
         value = self._value(doc)
@@ -516,31 +512,25 @@ class MongoBackend:
             return False
         if not self._ready:
             await self._prepare()
-        try:
+        with _driver_errors():
             result = await self._coll.update_one(
                 {"_id": encode_key(key), "r": token.decode("ascii")},
                 {"$set": {"v": value, "exp": self._expiry(ttl), "r": _revision()}},
             )
-        except (PyMongoError, BSONError) as exc:
-            raise _converted(exc) from exc
         return bool(result.matched_count)
 
     async def delete(self, key: bytes) -> bool:
         if not self._ready:
             await self._prepare()
-        try:
+        with _driver_errors():
             result = await self._coll.delete_one({"_id": encode_key(key)})
-        except (PyMongoError, BSONError) as exc:
-            raise _converted(exc) from exc
         return bool(result.deleted_count)
 
     async def delete_prefix(self, prefix: bytes) -> int:
         if not self._ready:
             await self._prepare()
-        try:
+        with _driver_errors():
             result = await self._coll.delete_many({"_id": id_range(prefix)})
-        except (PyMongoError, BSONError) as exc:
-            raise _converted(exc) from exc
         return int(result.deleted_count)
 
     async def scan(self, prefix: bytes) -> AsyncIterator[tuple[bytes, bytes]]:
@@ -573,10 +563,8 @@ class MongoBackend:
         self._ready = False
         if not self._owned:
             return
-        try:
+        with _driver_errors():
             await self._client.close()
-        except (PyMongoError, BSONError) as exc:
-            raise _converted(exc) from exc
 
 
 def from_url(
