@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
+import anyio
 import pytest
 
 from aiocache_secure import BackendError, BackendTimeout
 from aiocache_secure.backends.mongo import MongoBackend
+from tests import servers
+from tests.plugins.mongo import nx_server
 from tests.proxy import FaultProxy, until_ok
 from tests.test_mongo_backend import SOCKET_LEAK, settle
 
@@ -87,3 +92,42 @@ async def test_reset_mid_reply_never_returns_another_value(
     assert await until_ok(store, b"acs1small", b"small", limit=5.0) < 5.0
     assert await store.get(b"acs1big") == big
     await store.aclose()
+
+
+@SOCKET_LEAK
+async def test_sigstop_times_out_and_sigkill_restart_recovers(tmp_path: Path) -> None:
+    port = servers.free_port()
+    server = nx_server(tmp_path, port)
+    _, proc = await anyio.to_thread.run_sync(server.__enter__)
+    store = MongoBackend(
+        f"mongodb://127.0.0.1:{port}/db", socket_timeout=0.5, server_selection_timeout=0.5
+    )
+    try:
+        await store.set(b"acs1k", b"v", ttl=None)
+        proc.send_signal(signal.SIGSTOP)  # a frozen server: accepts nothing, answers nothing
+        started = time.monotonic()
+        with pytest.raises(BackendError):
+            await store.get(b"acs1k")
+        assert time.monotonic() - started < 2 * 0.5 + 2.0
+        proc.send_signal(signal.SIGCONT)
+        assert await until_ok(store, b"acs1k", b"v", limit=5.0) < 5.0
+        proc.kill()  # SIGKILL: the in-memory database is gone with the process
+        await anyio.to_thread.run_sync(proc.wait)
+        with pytest.raises(BackendError):
+            await store.get(b"acs1k")
+        await anyio.to_thread.run_sync(server.__exit__, None, None, None)
+        server = nx_server(tmp_path, port)
+        await anyio.to_thread.run_sync(server.__enter__)
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                await store.set(b"acs1k", b"again", ttl=None)
+                break
+            except BackendError:
+                assert time.monotonic() < deadline, "no recovery within 5 s of the restart"
+                await anyio.sleep(0.1)
+        assert await store.get(b"acs1k") == b"again"
+    finally:
+        await store.aclose()
+        await anyio.to_thread.run_sync(server.__exit__, None, None, None)
+        await settle()
