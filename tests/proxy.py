@@ -33,6 +33,21 @@ async def until_ok(store: Any, key: bytes, expected: bytes, limit: float) -> flo
         await asyncio.sleep(0.05)
 
 
+async def until_written(store: Any, key: bytes, value: bytes, limit: float) -> float:
+    """Seconds until ``store.set(key, value)`` succeeds again; AssertionError after ``limit``."""
+    from aiocache_secure import BackendError
+
+    started = time.monotonic()
+    while True:
+        try:
+            await store.set(key, value, ttl=None)
+            return time.monotonic() - started
+        except BackendError:
+            if time.monotonic() - started > limit:
+                raise AssertionError("the backend did not recover in time") from None
+            await asyncio.sleep(0.1)
+
+
 class FaultProxy:
     def __init__(self, target_port: int, *, host: str = "127.0.0.1") -> None:
         self.target = (host, target_port)
