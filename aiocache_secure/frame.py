@@ -18,10 +18,10 @@ from typing import Final
 
 from .errors import IntegrityError
 
-__all__ = ["HEADER", "MAX_KEY_BYTES", "expiry_ms", "pack", "unpack"]
+__all__ = ["HEAD", "HEADER", "MAX_KEY_BYTES", "expiry_ms", "pack", "unpack"]
 
-_HEAD: Final = struct.Struct(">QH")
-HEADER: Final = _HEAD.size
+HEAD: Final = struct.Struct(">QH")
+HEADER: Final = HEAD.size
 MAX_KEY_BYTES: Final = 4096
 
 
@@ -32,14 +32,14 @@ def expiry_ms(expires_at: float | None) -> int:
 
 
 def pack(expires_ms: int, key: bytes, payload: bytes) -> bytes:
-    return _HEAD.pack(expires_ms, len(key)) + key + payload
+    return HEAD.pack(expires_ms, len(key)) + key + payload
 
 
 def unpack(frame: bytes) -> tuple[int, bytes, bytes]:
     """``(expires_ms, embedded_key, payload)``; IntegrityError on a malformed frame."""
     if len(frame) < HEADER:
         raise IntegrityError
-    expires_ms, key_len = _HEAD.unpack_from(frame)
+    expires_ms, key_len = HEAD.unpack_from(frame)
     end = HEADER + key_len
     if key_len > MAX_KEY_BYTES or len(frame) < end:
         raise IntegrityError
@@ -49,4 +49,4 @@ def unpack(frame: bytes) -> tuple[int, bytes, bytes]:
 def read_expiry(frame: bytes) -> int:
     if len(frame) < HEADER:
         raise IntegrityError
-    return int(_HEAD.unpack_from(frame)[0])
+    return int(HEAD.unpack_from(frame)[0])

@@ -24,6 +24,7 @@ from .keys import KeyWrapper
 from .layers import StackSpec, compose
 from .layers.encryption import KeyringKeys, KeySource, StaticKey
 from .layers.keys import KEY_FORMAT, namespace_tag
+from .memo import DEFAULT_MEMO_BYTES, Memo
 from .metrics import MeteredCache, MetricsHook
 from .policy import DEFAULT_MAX_VALUE_BYTES, Policy, check_ttl, validate_namespace_name
 from .serializers import get_serializer
@@ -58,6 +59,8 @@ class CacheManager:
     namespaces' wrapped data keys live (default: beside the data in each namespace's backend).
     ``key_wrapper``: a KMS (:class:`~aiocache_secure.keys.KmsKeyWrapper`) that wraps private
     namespaces' data keys instead of the keyring, so the master key need not be in the process.
+    ``memo_bytes``: the budget of the verified-read memo shared by this manager's namespaces
+    (recent storage keys and opened entries; see :mod:`aiocache_secure.memo`); 0 turns it off.
     """
 
     def __init__(
@@ -69,7 +72,9 @@ class CacheManager:
         clock: Clock = system_clock,
         key_vault: str | Backend | None = None,
         key_wrapper: KeyWrapper | None = None,
+        memo_bytes: int = DEFAULT_MEMO_BYTES,
     ) -> None:
+        memo = Memo(memo_bytes)
         if keyring is not None and not isinstance(keyring, Keyring):
             raise TypeError("keyring must be a Keyring")
         if not isinstance(strict, bool):
@@ -81,6 +86,7 @@ class CacheManager:
         if key_wrapper is not None and not isinstance(key_wrapper, KeyWrapper):
             raise TypeError("key_wrapper must implement KeyWrapper (wrap/unwrap)")
         self._key_wrapper = key_wrapper
+        self._memo = memo if memo_bytes else None
         self._keyring = keyring
         self._ephemeral: Keyring | None = None
         self._default_backend = default_backend
@@ -136,6 +142,8 @@ class CacheManager:
                 failures += 1
         self._owned.clear()
         self._shared.clear()
+        if self._memo is not None:
+            self._memo.clear()
         if failures:
             raise BackendError(f"{failures} backend(s) failed to close cleanly")
 
@@ -148,6 +156,11 @@ class CacheManager:
     @property
     def keyring(self) -> Keyring | None:
         return self._keyring
+
+    @property
+    def memo(self) -> Memo | None:
+        """The verified-read memo shared by this manager's namespaces (``None`` when off)."""
+        return self._memo
 
     def _current_keyring(self) -> Keyring:
         if self._keyring is not None:
@@ -248,6 +261,7 @@ class CacheManager:
         serializer: str = "json",
         strict: bool | None = None,
         metrics: MetricsHook | None = None,
+        memo: bool = True,
     ) -> Cache:
         """The namespace ``name``, created on first call (same arguments: the same object)."""
         self._check_open()
@@ -268,6 +282,7 @@ class CacheManager:
             private,
             serializer,
             strict,
+            memo,
         )
         existing = self._namespaces.get(name)
         if existing is not None:
@@ -280,6 +295,8 @@ class CacheManager:
             raise TypeError("metrics must implement MetricsHook (a record() method)")
         if encrypt is not None and not isinstance(encrypt, bool):
             raise TypeError("encrypt must be True, False or None")
+        if not isinstance(memo, bool):
+            raise TypeError("memo must be True or False")
         if private and encrypt is False:
             raise ConfigurationError("private namespaces are always encrypted")
 
@@ -335,6 +352,7 @@ class CacheManager:
             clock=self._clock,
             on_tamper=lambda: setattr(stats, "tampered", stats.tampered + 1),
             on_limit=lambda: None,
+            memo=self._memo if memo else None,
         )
         stack = compose(store, policy, spec)
         cache = (Cache if metrics is None else MeteredCache)(
@@ -386,6 +404,8 @@ class CacheManager:
             store, leaves = self._resolve_backend(chosen, Policy(), Stats())
             tag = self._tag(name, leaves_process=leaves)
             vault = Vault(self._vault_store or store, self._current_keyring, self._key_wrapper)
+        if self._memo is not None:
+            self._memo.discard_prefix(KEY_FORMAT + tag)
         destroyed = await vault.destroy(tag) if vault is not None else False
         removed = await store.delete_prefix(KEY_FORMAT + tag + b":")
         removed += await store.delete_prefix(KEY_FORMAT + tag + b"=")

@@ -26,6 +26,7 @@ from typing import Any
 
 from ..backend import Backend
 from ..clock import Clock
+from ..memo import Memo
 from ..policy import Policy
 from .base import Layer
 from .encryption import Encryption, KeySource, PaddedEncryption
@@ -47,6 +48,7 @@ class StackSpec:
     clock: Clock
     on_tamper: Callable[[], None]
     on_limit: Callable[[], None]
+    memo: Memo | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +59,8 @@ class Stack:
 
 
 def compose(backend: Backend, policy: Policy, spec: StackSpec) -> Stack:
+    # A memo hit is faster than a first read: padded namespaces never use one.
+    memo = None if policy.pad_timing else spec.memo
     layers: list[tuple[type[Layer], dict[str, Any]]] = []
     if policy.max_value_bytes is not None:
         layers.append(
@@ -70,7 +74,7 @@ def compose(backend: Backend, policy: Policy, spec: StackSpec) -> Stack:
             )
         )
     if policy.hash_keys:
-        layers.append((HashedKeys, {"tag": spec.tag, "prf_key": spec.prf_key}))
+        layers.append((HashedKeys, {"tag": spec.tag, "prf_key": spec.prf_key, "memo": memo}))
     else:
         layers.append((PrefixedKeys, {"tag": spec.tag}))
     if spec.keys is not None:
@@ -84,6 +88,7 @@ def compose(backend: Backend, policy: Policy, spec: StackSpec) -> Stack:
                     "clock": spec.clock,
                     "strict": policy.strict,
                     "on_tamper": spec.on_tamper,
+                    "memo": memo,
                 },
             )
         )

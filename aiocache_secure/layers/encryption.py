@@ -42,6 +42,7 @@ from ..backend import Backend
 from ..clock import Clock
 from ..errors import IntegrityError
 from ..keyring import Keyring
+from ..memo import ENTRY_OVERHEAD, Memo
 from .base import Layer
 
 __all__ = [
@@ -77,6 +78,11 @@ class KeySource(Protocol):
     @property
     def primary_id(self) -> bytes: ...
 
+    @property
+    def epoch(self) -> int:
+        """Changes whenever the keys this source can open with change (see :mod:`..memo`)."""
+        ...
+
     def cipher(self, key_id: bytes) -> AESGCM | None: ...
 
 
@@ -86,23 +92,34 @@ class KeyringKeys:
     ``keyring`` is a callable so that a manager can adopt a rotated keyring for every namespace.
     """
 
-    __slots__ = ("_ciphers", "_info", "_keyring", "_seen")
+    __slots__ = ("_ciphers", "_epoch", "_info", "_keyring", "_seen")
 
     def __init__(self, keyring: Callable[[], Keyring], namespace: str) -> None:
         self._keyring = keyring
         self._info = b"acs1/encryption/" + namespace.encode("utf-8")
         self._ciphers: dict[bytes, AESGCM] = {}
         self._seen: Keyring | None = None
+        self._epoch = 0
 
     @property
     def primary_id(self) -> bytes:
         return self._keyring().primary_id
 
-    def cipher(self, key_id: bytes) -> AESGCM | None:
+    def _current(self) -> Keyring:
         keyring = self._keyring()
         if keyring is not self._seen:
             self._ciphers.clear()
             self._seen = keyring
+            self._epoch += 1
+        return keyring
+
+    @property
+    def epoch(self) -> int:
+        self._current()
+        return self._epoch
+
+    def cipher(self, key_id: bytes) -> AESGCM | None:
+        keyring = self._current()
         cipher = self._ciphers.get(key_id)
         if cipher is None:
             if key_id not in keyring:
@@ -118,19 +135,26 @@ class StaticKey:
     it again when the namespace is erased.
     """
 
-    __slots__ = ("_cipher", "_key_id")
+    __slots__ = ("_cipher", "_epoch", "_key_id")
 
     def __init__(self) -> None:
         self._key_id = b""
         self._cipher: AESGCM | None = None
+        self._epoch = 0
 
     def load(self, key_id: bytes, key: bytes) -> None:
         self._key_id = key_id
         self._cipher = AESGCM(key)
+        self._epoch += 1
 
     def forget(self) -> None:
         self._key_id = b""
         self._cipher = None
+        self._epoch += 1
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch
 
     @property
     def loaded(self) -> bool:
@@ -149,6 +173,7 @@ class Encryption(Layer):
         "_clock",
         "_counts",
         "_keys",
+        "_memo",
         "_namespace",
         "_ns_id",
         "_aad_ns",
@@ -166,9 +191,11 @@ class Encryption(Layer):
         clock: Clock,
         strict: bool,
         on_tamper: Callable[[], None],
+        memo: Memo | None = None,
     ) -> None:
         super().__init__(inner)
         self._keys = keys
+        self._memo = memo
         self._namespace = namespace
         self._ns_id = namespace_id
         self._clock = clock
@@ -231,7 +258,28 @@ class Encryption(Layer):
                 return None, "replayed" if late > REPLAY_GRACE_MS else "expired"
         return frame, ""
 
+    def _open_memo(
+        self, memo: Memo, storage_key: bytes, envelope: bytes, epoch: int
+    ) -> tuple[bytes | None, str]:
+        """:meth:`open`, through the verified-read memo (see :mod:`aiocache_secure.memo`)."""
+        hit = memo.get(storage_key)
+        if hit is not None and hit[1] == epoch and hit[2] == envelope:
+            expires_ms: int = hit[3]
+            if expires_ms:
+                late = self._clock() * 1000 - expires_ms
+                if late >= 0:
+                    memo.discard(storage_key)
+                    return None, "replayed" if late > REPLAY_GRACE_MS else "expired"
+            return hit[4], ""
+        frame, reason = self.open(storage_key, envelope)
+        if frame is not None:
+            size = len(storage_key) + len(envelope) + len(frame) + ENTRY_OVERHEAD
+            expires_ms = _EXPIRY.unpack_from(frame)[0]
+            memo.put(storage_key, (size, epoch, envelope, expires_ms, frame))
+        return frame, reason
+
     async def _reject(self, storage_key: bytes, reason: str) -> None:
+        self._forget(storage_key)
         try:
             await self.inner.delete(storage_key)
         finally:
@@ -256,27 +304,65 @@ class Encryption(Layer):
         """Drop what :meth:`replay` would repeat."""
 
     async def get(self, key: bytes) -> bytes | None:
-        return await self._opened(key, await self.inner.get(key))
+        envelope = await self.inner.get(key)
+        memo = self._memo
+        if memo is None or envelope is None:
+            return await self._opened(key, envelope)
+        frame, reason = self._open_memo(memo, key, envelope, self._keys.epoch)
+        if frame is None:
+            await self._reject(key, reason)
+        return frame
 
     async def get_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
         envelopes = await self.inner.get_many(keys)
+        memo = self._memo
+        epoch = 0 if memo is None else self._keys.epoch
+        found = None if memo is None else memo.get
         frames: list[bytes | None] = []
         for key, envelope in zip(keys, envelopes, strict=True):
             frame: bytes | None = None
             if envelope is not None:
-                frame, reason = self.open(key, envelope)
+                if found is not None:
+                    # The common case of _open_memo() inlined: a hit on an entry without expiry.
+                    hit = found(key)
+                    if hit is not None and not hit[3] and hit[1] == epoch and hit[2] == envelope:
+                        frames.append(hit[4])
+                        continue
+                if memo is None:
+                    frame, reason = self.open(key, envelope)
+                else:
+                    frame, reason = self._open_memo(memo, key, envelope, epoch)
                 if frame is None:
                     await self._reject(key, reason)
+                    if memo is not None:  # the keys may have changed during the await
+                        epoch = self._keys.epoch
             frames.append(frame)
         return frames
 
+    def _forget(self, key: bytes) -> None:
+        if self._memo is not None:
+            self._memo.discard(key)
+
     async def set(self, key: bytes, value: bytes, *, ttl: float | None) -> None:
+        self._forget(key)
         await self.inner.set(key, self.seal(key, value), ttl=ttl)
 
     async def set_many(self, items: Sequence[tuple[bytes, bytes]], *, ttl: float | None) -> None:
+        for key, _ in items:
+            self._forget(key)
         await self.inner.set_many([(k, self.seal(k, v)) for k, v in items], ttl=ttl)
 
+    async def delete(self, key: bytes) -> bool:
+        self._forget(key)
+        return await self.inner.delete(key)
+
+    async def delete_prefix(self, prefix: bytes) -> int:
+        if self._memo is not None:
+            self._memo.discard_prefix(prefix)
+        return await self.inner.delete_prefix(prefix)
+
     async def add(self, key: bytes, value: bytes, *, ttl: float | None) -> bool:
+        self._forget(key)
         return await super().add(key, self.seal(key, value), ttl=ttl)
 
     async def get_versioned(self, key: bytes) -> tuple[bytes, bytes] | None:
@@ -289,6 +375,7 @@ class Encryption(Layer):
     async def compare_and_set(
         self, key: bytes, token: bytes, value: bytes, *, ttl: float | None
     ) -> bool:
+        self._forget(key)
         return await super().compare_and_set(key, token, self.seal(key, value), ttl=ttl)
 
     async def scan(self, prefix: bytes) -> AsyncIterator[tuple[bytes, bytes]]:

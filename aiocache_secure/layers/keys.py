@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Final
 
 from ..backend import Backend
+from ..memo import ENTRY_OVERHEAD, Memo
 from .base import Layer
 
 __all__ = ["KEY_FORMAT", "HashedKeys", "PrefixedKeys", "namespace_tag"]
@@ -33,24 +34,48 @@ def namespace_tag(tag_key: bytes, name: str) -> bytes:
 
 
 class HashedKeys(Layer):
-    __slots__ = ("_prf", "prefix")
+    __slots__ = ("_memo", "_memo_prefix", "_prf", "prefix")
 
-    def __init__(self, inner: Backend, *, tag: bytes, prf_key: bytes) -> None:
+    def __init__(
+        self, inner: Backend, *, tag: bytes, prf_key: bytes, memo: Memo | None = None
+    ) -> None:
         super().__init__(inner)
         self.prefix = KEY_FORMAT + tag + b":"
         # Copying a keyed state is cheaper than keying a new one on every call.
         self._prf = hashlib.blake2b(key=prf_key, digest_size=24)
+        self._memo = memo
+        # "#" where storage keys have ":" or "=": memo keys never collide with storage keys,
+        # which the same memo holds opened envelopes under.
+        self._memo_prefix = KEY_FORMAT + tag + b"#"
 
     def storage_key(self, key: bytes) -> bytes:
+        memo = self._memo
+        if memo is not None:
+            memo_key = self._memo_prefix + key
+            found = memo.get(memo_key)
+            if found is not None:
+                return found[1]  # type: ignore[no-any-return]
         prf = self._prf.copy()
         prf.update(key)
-        return self.prefix + prf.hexdigest().encode("ascii")
+        storage_key = self.prefix + prf.hexdigest().encode("ascii")
+        if memo is not None:
+            memo.put(memo_key, (len(memo_key) + len(storage_key) + ENTRY_OVERHEAD, storage_key))
+        return storage_key
 
     async def get(self, key: bytes) -> bytes | None:
         return await self.inner.get(self.storage_key(key))
 
     async def get_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
-        return await self.inner.get_many([self.storage_key(k) for k in keys])
+        memo = self._memo
+        if memo is None:
+            return await self.inner.get_many([self.storage_key(k) for k in keys])
+        # storage_key(), with its memo lookup inlined: this runs once per key of a batch.
+        found, memo_prefix = memo.get, self._memo_prefix
+        storage_keys = []
+        for key in keys:
+            hit = found(memo_prefix + key)
+            storage_keys.append(self.storage_key(key) if hit is None else hit[1])
+        return await self.inner.get_many(storage_keys)
 
     async def set(self, key: bytes, value: bytes, *, ttl: float | None) -> None:
         await self.inner.set(self.storage_key(key), value, ttl=ttl)
@@ -75,6 +100,8 @@ class HashedKeys(Layer):
     async def delete_prefix(self, prefix: bytes) -> int:
         if prefix:
             raise ValueError("a namespace with hashed keys can only be cleared as a whole")
+        if self._memo is not None:
+            self._memo.discard_prefix(self._memo_prefix)
         return await self.inner.delete_prefix(self.prefix)
 
     def scan(self, prefix: bytes) -> AsyncIterator[tuple[bytes, bytes]]:

@@ -164,3 +164,72 @@ async def test_garbage_in_plain_namespace_is_a_miss(
         assert await ns.get("k", MISSING) is MISSING
         await ns.set("k", "v")
     assert ns.stats.tampered == 4
+
+
+async def _read(cache: Cache, key: str, how: str) -> object:
+    if how == "get":
+        return await cache.get(key, MISSING)
+    (value,) = await cache.get_many([key], MISSING)
+    return value
+
+
+@pytest.mark.parametrize("how", ["get", "get_many"])
+@pytest.mark.parametrize("mutation", ["key_id", "expiry", "tag", "truncate", "older_entry"])
+async def test_tamper_after_a_memoized_read(
+    manager: CacheManager,
+    enc_ns: Cache,
+    how: str,
+    mutation: str,
+    audit_records: Callable[[], list[logging.LogRecord]],
+) -> None:
+    """The verified-read memo vouches only for the exact bytes it verified: warm it with a read,
+    change the stored entry in any way, and the next read is still a tamper-detected miss."""
+    memo = manager.memo
+    assert memo is not None
+    await enc_ns.set("k", {"secret": "old"}, ttl=300)
+    store = manager.backend_of(enc_ns.name)
+    ((key, older),) = (await stored(store, enc_ns)).items()
+    await enc_ns.set("k", {"secret": "v" * 40}, ttl=300)
+    assert await _read(enc_ns, "k", how) == {"secret": "v" * 40}
+    assert await _read(enc_ns, "k", how) == {"secret": "v" * 40}  # served by the memo
+    assert len(memo) >= 1
+    ((_, value),) = (await stored(store, enc_ns)).items()
+    mutated = bytearray(value)
+    if mutation == "key_id":
+        mutated[2] ^= 0x01
+    elif mutation == "expiry":
+        mutated[11] ^= 0x01
+    elif mutation == "tag":
+        mutated[-1] ^= 0x01
+    elif mutation == "truncate":
+        del mutated[-1]
+    if mutation == "older_entry":
+        # An earlier, authentic envelope of the same key is not tampering (it decrypts), but
+        # it must come back as what it is, never as the memoized newer value.
+        await store.set(key, older, ttl=None)
+        assert await _read(enc_ns, "k", how) == {"secret": "old"}
+        return
+    before = enc_ns.stats.tampered
+    await store.set(key, bytes(mutated), ttl=None)
+    assert await _read(enc_ns, "k", how) is MISSING
+    assert enc_ns.stats.tampered == before + 1
+    assert await _read(enc_ns, "k", how) is MISSING
+    assert enc_ns.stats.tampered == before + 1
+
+
+async def test_strict_get_many_raises(
+    manager: CacheManager, make_ns: Callable[..., Cache]
+) -> None:
+    ns = make_ns("strictmany", encrypt=True, strict=True)
+    await ns.set("bad", "v")
+    store = manager.backend_of(ns.name)
+    ((key, value),) = (await stored(store, ns)).items()
+    await ns.set_many({"a": 1, "c": 3})
+    assert await ns.get_many(["a", "bad", "c"]) == [1, "v", 3]
+    await store.set(key, value[:-1] + bytes([value[-1] ^ 1]), ttl=None)
+    hits = ns.stats.hits
+    with pytest.raises(IntegrityError):
+        await ns.get_many(["a", "bad", "c"])
+    assert ns.stats.tampered == 1
+    assert ns.stats.hits == hits  # the batch failed as a whole: nothing was returned
+    assert await ns.get_many(["a", "bad", "c"], MISSING) == [1, MISSING, 3]

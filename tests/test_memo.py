@@ -1,0 +1,193 @@
+"""The verified-read memo: bounded, invalidated with the keys, purged on erase, never used where
+it would change what a read returns or how long it takes (timing padding)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from aiocache_secure import MISSING, CacheManager, Keyring, ManualClock
+from aiocache_secure.memo import DEFAULT_MEMO_BYTES, ENTRY_OVERHEAD, Memo
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+async def manager(tmp_path: Path) -> AsyncIterator[CacheManager]:
+    async with CacheManager(
+        keyring=Keyring.generate(), default_backend=f"file://{tmp_path}", clock=ManualClock()
+    ) as mgr:
+        yield mgr
+
+
+def test_memo_bounds_its_bytes_and_skips_large_entries() -> None:
+    memo = Memo(16 * 1000)
+    for n in range(1000):
+        memo.put(b"k%d" % n, (100, n))
+    assert memo.nbytes <= memo.limit
+    assert len(memo) == 160
+    assert memo.get(b"k999") == (100, 999)
+    assert memo.get(b"k0") is None  # first in, first out
+    memo.put(b"big", (1001, "x"))  # over limit/16: not kept, and not flushing the rest
+    assert memo.get(b"big") is None
+    assert len(memo) == 160
+    memo.put(b"k999", (50, "replaced"))
+    assert memo.get(b"k999") == (50, "replaced")
+    assert memo.nbytes == 159 * 100 + 50
+    memo.discard_prefix(b"k99")
+    assert memo.get(b"k999") is None and memo.get(b"k990") is None
+    memo.clear()
+    assert len(memo) == 0 and memo.nbytes == 0
+
+
+def test_memo_repr_shows_counts_only() -> None:
+    memo = Memo(1 << 20)
+    memo.put(b"canary-key", (ENTRY_OVERHEAD, b"canary-value"))
+    assert "canary" not in repr(memo)
+    assert repr(memo) == f"Memo(entries=1, bytes={ENTRY_OVERHEAD}, limit={1 << 20})"
+
+
+@pytest.mark.parametrize(
+    ("limit", "error"), [("1", TypeError), (1.5, TypeError), (True, TypeError), (-1, ValueError)]
+)
+async def test_bad_memo_bytes(limit: object, error: type[Exception]) -> None:
+    with pytest.raises(error, match="memo_bytes"):
+        CacheManager(memo_bytes=limit)  # type: ignore[arg-type]
+
+
+async def test_bad_memo_flag(manager: CacheManager) -> None:
+    with pytest.raises(TypeError, match="memo must be True or False"):
+        manager.namespace("x", memo=1)  # type: ignore[arg-type]
+
+
+async def test_default_budget_and_off_switches(tmp_path: Path) -> None:
+    async with CacheManager(keyring=Keyring.generate()) as default:
+        assert default.memo is not None and default.memo.limit == DEFAULT_MEMO_BYTES
+    async with CacheManager(keyring=Keyring.generate(), memo_bytes=0) as off:
+        assert off.memo is None
+        ns = off.namespace("n", backend=f"file://{tmp_path}")
+        await ns.set("k", "v")
+        assert await ns.get("k") == "v"
+        assert await ns.get_many(["k", "k"]) == ["v", "v"]
+
+
+async def test_hits_come_from_the_memo_and_match_fresh_reads(manager: CacheManager) -> None:
+    ns = manager.namespace("users")
+    await ns.set_many({f"k{n}": {"n": n} for n in range(50)})
+    first = await ns.get_many([f"k{n}" for n in range(50)])
+    memo = manager.memo
+    assert memo is not None
+    size = len(memo)
+    assert size >= 100  # a storage key and an opened entry per key
+    again = await ns.get_many([f"k{n}" for n in range(50)])
+    assert again == first == [{"n": n} for n in range(50)]
+    assert again[0] is not first[0]  # values are decoded afresh: callers may mutate them
+    assert len(memo) == size
+    assert ns.stats.hits == 100
+
+
+async def test_writes_and_deletes_drop_entries(manager: CacheManager) -> None:
+    ns = manager.namespace("users")
+    memo = manager.memo
+    assert memo is not None
+    await ns.set("a", 1)
+    assert await ns.get("a") == 1
+    with_entry = len(memo)
+    await ns.set("a", 2)
+    assert len(memo) == with_entry - 1  # the opened entry went, the storage key stayed
+    assert await ns.get("a") == 2
+    await ns.delete("a")
+    assert len(memo) == with_entry - 1
+    assert await ns.get("a") is None
+    await ns.set_many({"b": 1, "c": 2})
+    assert await ns.get_many(["b", "c"]) == [1, 2]
+    await ns.clear()
+    assert len(memo) == 0
+    assert await ns.get_many(["b", "c"]) == [None, None]
+
+
+async def test_expiry_is_checked_on_every_memo_hit(manager: CacheManager) -> None:
+    clock = manager.namespace("probe").clock
+    assert isinstance(clock, ManualClock)
+    ns = manager.namespace("sessions")
+    await ns.set("s", "token", ttl=10)
+    assert await ns.get("s") == "token"
+    assert await ns.get_many(["s"]) == ["token"]
+    clock.advance(11)
+    assert await ns.get("s", MISSING) is MISSING
+    await ns.set("s", "token", ttl=10)
+    assert await ns.get_many(["s"]) == ["token"]
+    clock.advance(11)
+    assert await ns.get_many(["s"], MISSING) == [MISSING]
+    assert ns.stats.tampered == 0
+
+
+async def test_a_new_keyring_invalidates_what_the_old_one_verified(tmp_path: Path) -> None:
+    old = Keyring.generate()
+    store = f"file://{tmp_path}"
+    async with CacheManager(keyring=old, default_backend=store) as writer:
+        await writer.namespace("users").set("k", "sealed under the old key")
+    newer = old.rotate()
+    async with CacheManager(keyring=newer, default_backend=store) as reader:
+        ns = reader.namespace("users")
+        assert await ns.get("k") == "sealed under the old key"
+        assert await ns.get_many(["k"]) == ["sealed under the old key"]
+        # Retire the old key with the index key kept, as an operator would after rotate_keys.
+        retired = newer.without(old.primary_id)
+        await reader.rewrap(retired)
+        assert await ns.get("k", MISSING) is MISSING  # its key is gone: never served again
+        assert ns.stats.tampered == 1
+
+
+async def test_erase_purges_a_private_namespace(manager: CacheManager) -> None:
+    private = manager.namespace("user:42", private=True)
+    public = manager.namespace("public")
+    await private.set("card", "4111")
+    await public.set("motd", "hello")
+    assert await private.get("card") == "4111"
+    assert await public.get("motd") == "hello"
+    memo = manager.memo
+    assert memo is not None
+    assert len(memo) == 4
+    assert await manager.erase("user:42")
+    assert len(memo) == 2  # the public namespace keeps its entries
+    assert await private.get("card") is None
+    assert await public.get("motd") == "hello"
+
+
+async def test_padded_and_opted_out_namespaces_stay_out(manager: CacheManager) -> None:
+    memo = manager.memo
+    assert memo is not None
+    padded = manager.namespace("padded", pad_timing=True)
+    opted_out = manager.namespace("optout", memo=False)
+    for ns in (padded, opted_out):
+        await ns.set("k", "v")
+        assert await ns.get("k") == "v"
+        assert await ns.get_many(["k"]) == ["v"]
+    assert len(memo) == 0
+
+
+async def test_close_clears(tmp_path: Path) -> None:
+    manager = CacheManager(keyring=Keyring.generate(), default_backend=f"file://{tmp_path}")
+    ns = manager.namespace("n")
+    await ns.set("k", "v")
+    assert await ns.get("k") == "v"
+    memo = manager.memo
+    assert memo is not None and len(memo) > 0
+    await manager.aclose()
+    assert len(memo) == 0
+
+
+async def test_get_many_key_validation(manager: CacheManager) -> None:
+    ns = manager.namespace("n")
+    await ns.set("k", 1)
+    assert await ns.get_many(k for k in ["k", "missing"]) == [1, None]
+    assert await ns.get_many(("k",)) == [1]
+    with pytest.raises(TypeError, match="cache keys must be str"):
+        await ns.get_many(["k", b"k"])  # type: ignore[list-item]
+    with pytest.raises(ValueError, match="lone surrogates"):
+        await ns.get_many(["k", "\ud800"])
+    with pytest.raises(ValueError, match="limited to 4096 bytes"):
+        await ns.get_many(["k", "x" * 4097])
