@@ -22,6 +22,20 @@ def stack_name(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    keep, drop = [], []
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        encrypting = item.get_closest_marker("encrypting_stacks") is not None
+        if encrypting and not STACKS[params.get("stack_name", "encrypted")]["encrypt"]:
+            drop.append(item)
+        else:
+            keep.append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
 @pytest.fixture
 def clock() -> ManualClock:
     return ManualClock()

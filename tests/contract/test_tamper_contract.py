@@ -173,6 +173,7 @@ async def _read(cache: Cache, key: str, how: str) -> object:
     return value
 
 
+@pytest.mark.encrypting_stacks
 @pytest.mark.parametrize("how", ["get", "get_many"])
 @pytest.mark.parametrize("mutation", ["key_id", "expiry", "tag", "truncate", "older_entry"])
 async def test_tamper_after_a_memoized_read(
@@ -217,6 +218,7 @@ async def test_tamper_after_a_memoized_read(
     assert enc_ns.stats.tampered == before + 1
 
 
+@pytest.mark.encrypting_stacks
 async def test_strict_get_many_raises(
     manager: CacheManager, make_ns: Callable[..., Cache]
 ) -> None:
