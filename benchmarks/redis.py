@@ -11,7 +11,7 @@ redis.asyncio (hiredis parser). "secure" is a full aiocache_secure namespace (ha
 AES-256-GCM encryption, size limit) with its verified-read memo at the default 8 MiB, then the same
 with the memo off, so that every read hashes its key and decrypts its entry; "backend" is our
 RedisBackend alone (bytes in, bytes out). Every contender reads the same 1,000 keys over and over:
-a hot set, which the memo serves whole for 100 B values, not for 10 KB ones (20 MB > 8 MiB).
+a hot set, which the memo serves whole for 100 B values; it never keeps 10 KB ones.
 Peers: ``pip install -r benchmarks/requirements.txt``.
 """
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from aiocache_secure import MISSING, CacheManager, Keyring, ManualClock
-from aiocache_secure.memo import DEFAULT_MEMO_BYTES, ENTRY_OVERHEAD, Memo
+from aiocache_secure.memo import DEFAULT_MEMO_BYTES, ENTRY_OVERHEAD, MAX_ENTRY_BYTES, Memo
 
 pytestmark = pytest.mark.anyio
 
@@ -33,6 +33,10 @@ def test_memo_bounds_its_bytes_and_skips_large_entries() -> None:
     memo.put(b"big", (1001, "x"))  # over limit/16: not kept, and not flushing the rest
     assert memo.get(b"big") is None
     assert len(memo) == 160
+    roomy = Memo(1 << 30)
+    roomy.put(b"large", (MAX_ENTRY_BYTES + 1, "x"))  # a large value is never kept
+    roomy.put(b"fits", (MAX_ENTRY_BYTES, "x"))
+    assert roomy.get(b"large") is None and roomy.get(b"fits") == (MAX_ENTRY_BYTES, "x")
     memo.put(b"k999", (50, "replaced"))
     assert memo.get(b"k999") == (50, "replaced")
     assert memo.nbytes == 159 * 100 + 50
