@@ -184,6 +184,14 @@ async def test_close_clears(tmp_path: Path) -> None:
     assert len(memo) == 0
 
 
+async def test_get_many_reads_what_only_the_slow_path_decodes(manager: CacheManager) -> None:
+    ns = manager.namespace("n")
+    await ns.set_many({"big": 2**70, "surrogate": "\udcff", "plain": 1})
+    for _ in range(2):  # the second read goes through the memo
+        assert await ns.get_many(["big", "surrogate", "plain"]) == [2**70, "\udcff", 1]
+    assert ns.stats.tampered == 0
+
+
 async def test_get_many_key_validation(manager: CacheManager) -> None:
     ns = manager.namespace("n")
     await ns.set("k", 1)
