@@ -220,19 +220,16 @@ class Cache:
 
         ``now_ms`` lets a batch read the clock once; by default it is read here.
         """
-        # frame.unpack(), inlined: this runs once per entry read.
-        if len(data) < frame.HEADER:
-            return False, "bad"
-        expires_ms, key_len = _FRAME_HEAD.unpack_from(data)
-        start = frame.HEADER + key_len
-        if key_len > frame.MAX_KEY_BYTES or len(data) < start:
+        try:
+            expires_ms, embedded, payload = frame.unpack(data)
+        except IntegrityError:
             return False, "bad"
         if expires_ms and expires_ms <= (self._clock() * 1000 if now_ms < 0 else now_ms):
             return False, "expired"
-        if self._embed and not hmac.compare_digest(data[frame.HEADER : start], key):
+        if self._embed and not hmac.compare_digest(embedded, key):
             return False, "bad"
         try:
-            return True, self._serializer.loads(data[start:])
+            return True, self._serializer.loads(payload)
         except SerializationError:
             return False, "bad"
 

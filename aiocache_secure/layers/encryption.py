@@ -252,11 +252,16 @@ class Encryption(Layer):
             return None, "auth_failed"
         if frame[:8] != expires:
             return None, "malformed"
-        if expires_ms:
-            late = self._clock() * 1000 - expires_ms
-            if late >= 0:
-                return None, "replayed" if late > REPLAY_GRACE_MS else "expired"
+        if expires_ms and (reason := self._lapsed(expires_ms)):
+            return None, reason
         return frame, ""
+
+    def _lapsed(self, expires_ms: int) -> str:
+        """ "expired" or "replayed" (long past its expiry) if ``expires_ms`` has passed, else ""."""
+        late = self._clock() * 1000 - expires_ms
+        if late < 0:
+            return ""
+        return "replayed" if late > REPLAY_GRACE_MS else "expired"
 
     def _open_memo(
         self, memo: Memo, storage_key: bytes, envelope: bytes, epoch: int
@@ -264,12 +269,9 @@ class Encryption(Layer):
         """:meth:`open`, through the verified-read memo (see :mod:`aiocache_secure.memo`)."""
         hit = memo.get(storage_key)
         if hit is not None and hit[1] == epoch and hit[2] == envelope:
-            expires_ms: int = hit[3]
-            if expires_ms:
-                late = self._clock() * 1000 - expires_ms
-                if late >= 0:
-                    memo.discard(storage_key)
-                    return None, "replayed" if late > REPLAY_GRACE_MS else "expired"
+            if hit[3] and (reason := self._lapsed(hit[3])):
+                memo.discard(storage_key)
+                return None, reason
             return hit[4], ""
         frame, reason = self.open(storage_key, envelope)
         if frame is not None:

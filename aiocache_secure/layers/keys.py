@@ -50,16 +50,21 @@ class HashedKeys(Layer):
 
     def storage_key(self, key: bytes) -> bytes:
         memo = self._memo
-        if memo is not None:
-            memo_key = self._memo_prefix + key
-            found = memo.get(memo_key)
-            if found is not None:
-                return found[1]  # type: ignore[no-any-return]
+        if memo is None:
+            return self._derive(key)
+        memo_key = self._memo_prefix + key
+        found = memo.get(memo_key)
+        return self._derive(key, memo_key) if found is None else found[1]
+
+    def _derive(self, key: bytes, memo_key: bytes = b"") -> bytes:
+        """The PRF itself; remembered under ``memo_key`` when one is given."""
         prf = self._prf.copy()
         prf.update(key)
         storage_key = self.prefix + prf.hexdigest().encode("ascii")
-        if memo is not None:
-            memo.put(memo_key, (len(memo_key) + len(storage_key) + ENTRY_OVERHEAD, storage_key))
+        if memo_key and self._memo is not None:
+            self._memo.put(
+                memo_key, (len(memo_key) + len(storage_key) + ENTRY_OVERHEAD, storage_key)
+            )
         return storage_key
 
     async def get(self, key: bytes) -> bytes | None:
@@ -73,8 +78,9 @@ class HashedKeys(Layer):
         found, memo_prefix = memo.get, self._memo_prefix
         storage_keys = []
         for key in keys:
-            hit = found(memo_prefix + key)
-            storage_keys.append(self.storage_key(key) if hit is None else hit[1])
+            memo_key = memo_prefix + key
+            hit = found(memo_key)
+            storage_keys.append(self._derive(key, memo_key) if hit is None else hit[1])
         return await self.inner.get_many(storage_keys)
 
     async def set(self, key: bytes, value: bytes, *, ttl: float | None) -> None:
