@@ -25,17 +25,29 @@ def anyio_backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+def deselect(
+    config: pytest.Config,
+    items: list[pytest.Item],
+    drop_if: Callable[[pytest.Item, dict[str, Any]], bool],
+) -> None:
+    """Deselect (not skip) the items whose parametrization ``drop_if`` rejects."""
     keep, drop = [], []
     for item in items:
         params = getattr(getattr(item, "callspec", None), "params", {})
-        if params.get("anyio_backend") == "trio" and params.get("backend_name") in ASYNCIO_ONLY:
-            drop.append(item)
-        else:
-            keep.append(item)
+        (drop if drop_if(item, params) else keep).append(item)
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    deselect(
+        config,
+        items,
+        lambda _, params: (
+            params.get("anyio_backend") == "trio" and params.get("backend_name") in ASYNCIO_ONLY
+        ),
+    )
 
 
 @pytest.fixture(scope="session")

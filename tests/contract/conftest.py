@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from aiocache_secure import Cache, CacheManager, Keyring, ManualClock
+from tests.conftest import deselect
 
 STACKS = {
     "plain": {"hash_keys": False, "encrypt": False},
@@ -23,17 +24,14 @@ def stack_name(request: pytest.FixtureRequest) -> str:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    keep, drop = [], []
-    for item in items:
-        params = getattr(getattr(item, "callspec", None), "params", {})
-        encrypting = item.get_closest_marker("encrypting_stacks") is not None
-        if encrypting and not STACKS[params.get("stack_name", "encrypted")]["encrypt"]:
-            drop.append(item)
-        else:
-            keep.append(item)
-    if drop:
-        config.hook.pytest_deselected(items=drop)
-        items[:] = keep
+    deselect(
+        config,
+        items,
+        lambda item, params: (
+            item.get_closest_marker("encrypting_stacks") is not None
+            and not STACKS[params.get("stack_name", "encrypted")]["encrypt"]
+        ),
+    )
 
 
 @pytest.fixture
