@@ -8,6 +8,7 @@ key validation, (de)serialization, TTL resolution, the expiry check on read, sta
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import logging
 import math
@@ -91,6 +92,7 @@ class Cache:
         "_prefix",
         "_prepare",
         "_prepare_lock",
+        "_updating",
         "_serializer",
         "_stack",
         "_strict",
@@ -135,6 +137,7 @@ class Cache:
         self._pad_last: tuple[bytes, bytes] | None = None
         self._prepare: Callable[[], Awaitable[None]] | None = None
         self._prepare_lock = anyio.Lock()
+        self._updating: dict[bytes, tuple[anyio.Lock, list[int]]] = {}
         if self._padding is not None:
             self._dummy = self._make_dummy()
 
@@ -528,23 +531,24 @@ class Cache:
         self._check_open()
         if self._prepare is not None:
             await self._run_prepare()
-        for attempt in range(_CAS_RETRIES):
-            found = await self._versioned(raw)
-            if found is None:
-                data, seconds = self._frame(raw, delta, ttl)
-                if await self._atomic.add(raw, data, ttl=seconds):
+        async with self._one_updater(raw):
+            for attempt in range(_CAS_RETRIES):
+                found = await self._versioned(raw)
+                if found is None:
+                    data, seconds = self._frame(raw, delta, ttl)
+                    if await self._atomic.add(raw, data, ttl=seconds):
+                        self.stats.sets += 1
+                        return delta
+                    continue
+                (value, expires_ms), token = found
+                if isinstance(value, bool) or not isinstance(value, int):
+                    raise TypeError("incr needs the stored value to be an int")
+                new = value + delta
+                data, seconds = self._refresh(raw, new, expires_ms)
+                if await self._atomic.compare_and_set(raw, token, data, ttl=seconds):
                     self.stats.sets += 1
-                    return delta
-                continue
-            (value, expires_ms), token = found
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError("incr needs the stored value to be an int")
-            new = value + delta
-            data, seconds = self._refresh(raw, new, expires_ms)
-            if await self._atomic.compare_and_set(raw, token, data, ttl=seconds):
-                self.stats.sets += 1
-                return new
-            await _backoff(attempt)
+                    return new
+                await _backoff(attempt)
         raise ContentionError("incr() lost its race too many times")
 
     async def expire(self, key: str, ttl: float | None) -> bool:
@@ -558,17 +562,18 @@ class Cache:
         if self._prepare is not None:
             await self._run_prepare()
         try:
-            for attempt in range(_CAS_RETRIES):
-                found = await self._versioned(raw)
-                if found is None:
-                    return False
-                (value, _), token = found
-                payload = self._serializer.dumps(value)
-                expires = frame.expiry_ms(None if seconds is None else self._clock() + seconds)
-                data = frame.pack(expires, raw if self._embed else b"", payload)
-                if await self._atomic.compare_and_set(raw, token, data, ttl=seconds):
-                    return True
-                await _backoff(attempt)
+            async with self._one_updater(raw):
+                for attempt in range(_CAS_RETRIES):
+                    found = await self._versioned(raw)
+                    if found is None:
+                        return False
+                    (value, _), token = found
+                    payload = self._serializer.dumps(value)
+                    expires = frame.expiry_ms(None if seconds is None else self._clock() + seconds)
+                    data = frame.pack(expires, raw if self._embed else b"", payload)
+                    if await self._atomic.compare_and_set(raw, token, data, ttl=seconds):
+                        return True
+                    await _backoff(attempt)
         except BackendError as exc:
             self._backend_failed(exc)
             return False
@@ -577,6 +582,27 @@ class Cache:
     async def touch(self, key: str) -> bool:
         """Re-arm ``key`` with the namespace's default lifetime."""
         return await self.expire(key, None)
+
+    @contextlib.asynccontextmanager
+    async def _one_updater(self, raw: bytes) -> AsyncIterator[None]:
+        """Queue this process's read-modify-write updates of one key behind each other.
+
+        Compare-and-set keeps updates atomic across processes; inside one, callers that would
+        only make each other retry wait their turn instead (20 tasks racing one counter could
+        otherwise starve one of them past the retry bound).
+        """
+        entry = self._updating.get(raw)
+        if entry is None:
+            entry = self._updating[raw] = (anyio.Lock(), [0])
+        lock, users = entry
+        users[0] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            users[0] -= 1
+            if not users[0]:
+                del self._updating[raw]
 
     async def _versioned(self, raw: bytes) -> tuple[tuple[Any, int], bytes] | None:
         """``((value, expires_ms), token)`` of a live entry, else None (dead ones discarded)."""

@@ -71,6 +71,7 @@ async def test_concurrent_increments_sum_exactly(ns: Cache) -> None:
         for _ in range(20):
             tg.start_soon(worker)
     assert await ns.get("hits") == 1000
+    assert ns._updating == {}  # noqa: SLF001 - the per-key queues are gone with their users
 
 
 async def test_concurrent_add_has_one_winner(ns: Cache) -> None:
