@@ -36,6 +36,7 @@ from .errors import (
 from .frame import HEAD as _FRAME_HEAD
 from .layers.encryption import Encryption
 from .layers.padding import TimingPadding
+from .memo import ENTRY_OVERHEAD, Memo
 from .policy import Policy
 from .serializers import Serializer
 from .stats import Stats
@@ -60,6 +61,8 @@ MISSING: Final = _Missing()
 """Pass as ``default=`` to tell a miss from a cached ``None``."""
 
 _BURST_SECONDS: Final = 10.0
+# Values a memo hit may hand out again as the very same object: immutable ones only.
+_SHAREABLE: Final = frozenset({str, int, float, bool, type(None), bytes})
 _CAS_RETRIES: Final = 64
 
 
@@ -88,6 +91,8 @@ class Cache:
         "_last_error_log",
         "_lifecycle",
         "_atomic",
+        "_memo",
+        "_memo_prefix",
         "_padding",
         "_prefix",
         "_prepare",
@@ -115,6 +120,8 @@ class Cache:
         stats: Stats,
         encryption: Encryption | None,
         key_prefix: bytes,
+        memo: Memo | None = None,
+        memo_prefix: bytes = b"",
     ) -> None:
         self.name = name
         self.policy = policy
@@ -128,6 +135,8 @@ class Cache:
         self._lifecycle = lifecycle
         self._encryption = encryption
         self._prefix = key_prefix
+        self._memo = memo
+        self._memo_prefix = memo_prefix
         self._embed = policy.hash_keys and encryption is not None
         self._strict = policy.strict
         self._fail_open = policy.fail_open
@@ -236,7 +245,26 @@ class Cache:
         except SerializationError:
             return False, "bad"
 
+    def _remember(self, memo_key: bytes, data: bytes, value: Any) -> None:
+        """Keep the value read from the memoized frame ``data`` (see :mod:`.memo`).
+
+        Only a hit on the very same frame object is served from it: the encryption layer hands
+        out one object per verified envelope, so identity means "the envelope fetched now is the
+        one verified before" (and this entry keeps the object alive, so its id is not reused).
+        Immutable values are shared; others are decoded again from the payload on every hit.
+        """
+        assert self._memo is not None  # noqa: S101 - called only when the memo is on
+        expires_ms, key_len = _FRAME_HEAD.unpack_from(data)
+        start = 0 if type(value) in _SHAREABLE else frame.HEADER + key_len
+        size = len(memo_key) + 2 * len(data) + ENTRY_OVERHEAD
+        self._memo.put(memo_key, (size, data, expires_ms, None if start else value, start))
+
+    def _forget(self, raw: bytes) -> None:
+        if self._memo is not None:
+            self._memo.discard(self._memo_prefix + raw)
+
     async def _discard(self, key: bytes, reason: object) -> None:
+        self._forget(key)
         try:
             await self._stack.delete(key)
         except BackendError as exc:
@@ -274,9 +302,19 @@ class Cache:
             self._backend_failed(exc)
             data = None
         if data is not None:
+            memo = self._memo
+            if memo is not None:
+                memo_key = self._memo_prefix + raw
+                hit = memo.get(memo_key)
+                if hit is not None and hit[1] is data:
+                    if not (hit[2] and hit[2] <= self._clock() * 1000):
+                        self.stats.hits += 1
+                        return hit[3] if not hit[4] else self._serializer.loads(data[hit[4] :])
             ok, value = self._open_frame(raw, data)
             if ok:
                 self.stats.hits += 1
+                if memo is not None:
+                    self._remember(memo_key, data, value)
                 return value
             await self._discard(raw, value)
         self.stats.misses += 1
@@ -344,9 +382,19 @@ class Cache:
         now_ms = self._clock() * 1000
         head, header, loads = _FRAME_HEAD.unpack_from, frame.HEADER, self._serializer.loads_fast
         embed, same = self._embed, hmac.compare_digest
+        memo, memo_prefix = self._memo, self._memo_prefix
+        recall = None if memo is None else memo.get
+        memo_key = b""
         try:
             for raw, data in zip(raws, found, strict=True):
                 if data is not None:
+                    if recall is not None:  # get()'s memo hit, inlined
+                        memo_key = memo_prefix + raw
+                        hit = recall(memo_key)
+                        if hit is not None and hit[1] is data and not (hit[2] and hit[2] <= now_ms):
+                            out.append(hit[3] if not hit[4] else loads(data[hit[4] :]))
+                            hits += 1
+                            continue
                     # The common case of _open_frame() inlined: a well-formed live entry.
                     if len(data) >= header:
                         expires_ms, key_len = head(data)
@@ -358,15 +406,21 @@ class Cache:
                             and (not embed or same(data[header:start], raw))
                         ):
                             try:
-                                out.append(loads(data[start:]))
-                                hits += 1
-                                continue
+                                value = loads(data[start:])
                             except Exception:  # noqa: S110 - _open_frame() classifies it
                                 pass
+                            else:
+                                out.append(value)
+                                hits += 1
+                                if recall is not None:
+                                    self._remember(memo_key, data, value)
+                                continue
                     ok, value = self._open_frame(raw, data, now_ms)
                     if ok:  # e.g. a json payload only the standard library reads (ints > 64 bits)
                         hits += 1
                         out.append(value)
+                        if recall is not None:
+                            self._remember(memo_key, data, value)
                         continue
                     await self._discard(raw, value)
                 out.append(default)
@@ -413,6 +467,7 @@ class Cache:
         self._check_open()
         if self._prepare is not None:
             await self._run_prepare()
+        self._forget(raw)
         try:
             await self._stack.set(raw, data, ttl=seconds)
         except BackendError as exc:
@@ -435,6 +490,8 @@ class Cache:
             await self._run_prepare()
         if not batch:
             return
+        for raw, _ in batch:
+            self._forget(raw)
         try:
             await self._stack.set_many(batch, ttl=seconds)
         except BackendError as exc:
@@ -447,6 +504,7 @@ class Cache:
         self._check_open()
         if self._prepare is not None:
             await self._run_prepare()
+        self._forget(raw)
         try:
             deleted = await self._stack.delete(raw)
         except BackendError as exc:
@@ -462,6 +520,7 @@ class Cache:
             await self._run_prepare()
         count = 0
         for raw in raws:
+            self._forget(raw)
             try:
                 count += await self._stack.delete(raw)
             except BackendError as exc:
@@ -478,6 +537,8 @@ class Cache:
     async def clear(self) -> int:
         """Delete every entry of this namespace (and only this namespace)."""
         self.forget_padding_sample()
+        if self._memo is not None:
+            self._memo.discard_prefix(self._memo_prefix)
         self._check_open()
         if self._prepare is not None:
             await self._run_prepare()
@@ -498,6 +559,7 @@ class Cache:
         self._check_open()
         if self._prepare is not None:
             await self._run_prepare()
+        self._forget(raw)
         try:
             for _ in range(_CAS_RETRIES):
                 if await self._atomic.add(raw, data, ttl=seconds):
@@ -531,6 +593,7 @@ class Cache:
         self._check_open()
         if self._prepare is not None:
             await self._run_prepare()
+        self._forget(raw)
         async with self._one_updater(raw):
             for attempt in range(_CAS_RETRIES):
                 found = await self._versioned(raw)
@@ -561,6 +624,7 @@ class Cache:
         self._check_open()
         if self._prepare is not None:
             await self._run_prepare()
+        self._forget(raw)
         try:
             async with self._one_updater(raw):
                 for attempt in range(_CAS_RETRIES):

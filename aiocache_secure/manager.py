@@ -365,6 +365,8 @@ class CacheManager:
             stats=stats,
             encryption=stack.encryption,
             key_prefix=stack.key_prefix,
+            memo=stack.memo,
+            memo_prefix=stack.memo_prefix,
         )
         if metrics is not None:
             cast(MeteredCache, cache).set_metrics(metrics)

@@ -2,7 +2,7 @@
 
 Run from the repository root (it starts its own redis-server on a free loopback port)::
 
-    python -m benchmarks.redis [--seconds 0.5] [--rounds 3]
+    python -m benchmarks.redis [--seconds 0.5] [--rounds 3] [--case get_many ...]
 
 (not ``python benchmarks/redis.py``: that would shadow the ``redis`` package).
 
@@ -223,13 +223,14 @@ async def measure(op: Op, concurrency: int, seconds: float, span: int) -> float:
     return count / elapsed
 
 
-async def run(port: int, seconds: float, rounds: int) -> None:
+async def run(port: int, seconds: float, rounds: int, only: list[str]) -> None:
     cases = [
         (f"{op} c={conc} {label}", op, conc, size)
         for size, label in ((100, "100B"), (10_000, "10KB"))
         for op in ("get", "set")
         for conc in (1, 50)
     ] + [("get_many(100) c=1 100B", "get_many", 1, 100)]
+    cases = [case for case in cases if not only or any(word in case[0] for word in only)]
     names = [c.name for c in CONTENDERS]
     print(f"best of {rounds} interleaved rounds of {seconds}s; ops/s and ratio to raw")
     print(f"{'case':24}" + "".join(f"{n:>24}" for n in names))
@@ -254,10 +255,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=0.5, help="measuring time per round")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per case")
+    parser.add_argument(
+        "--case", action="append", default=[], help="run the cases whose title contains this"
+    )
     args = parser.parse_args()
     warnings.simplefilter("ignore", DeprecationWarning)  # peers call redis-py's old close()
     with redis_server() as port:
-        asyncio.run(run(port, args.seconds, args.rounds))
+        asyncio.run(run(port, args.seconds, args.rounds, args.case))
 
 
 if __name__ == "__main__":

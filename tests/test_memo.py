@@ -84,7 +84,7 @@ async def test_hits_come_from_the_memo_and_match_fresh_reads(manager: CacheManag
     memo = manager.memo
     assert memo is not None
     size = len(memo)
-    assert size >= 100  # a storage key and an opened entry per key
+    assert size == 150  # per key: its storage key, its opened envelope and its decoded value
     again = await ns.get_many([f"k{n}" for n in range(50)])
     assert again == first == [{"n": n} for n in range(50)]
     assert again[0] is not first[0]  # values are decoded afresh: callers may mutate them
@@ -100,10 +100,18 @@ async def test_writes_and_deletes_drop_entries(manager: CacheManager) -> None:
     assert await ns.get("a") == 1
     with_entry = len(memo)
     await ns.set("a", 2)
-    assert len(memo) == with_entry - 1  # the opened entry went, the storage key stayed
+    assert len(memo) == with_entry - 2  # the opened envelope and value went, the storage key stayed
     assert await ns.get("a") == 2
     await ns.delete("a")
-    assert len(memo) == with_entry - 1
+    assert len(memo) == with_entry - 2
+    assert await ns.add("a", 3)
+    assert await ns.get("a") == 3
+    assert await ns.incr("a") == 4
+    assert len(memo) == with_entry - 2
+    assert await ns.get("a") == 4
+    assert await ns.expire("a", 60)
+    assert len(memo) == with_entry - 2
+    await ns.delete("a")
     assert await ns.get("a") is None
     await ns.set_many({"b": 1, "c": 2})
     assert await ns.get_many(["b", "c"]) == [1, 2]
@@ -154,9 +162,9 @@ async def test_erase_purges_a_private_namespace(manager: CacheManager) -> None:
     assert await public.get("motd") == "hello"
     memo = manager.memo
     assert memo is not None
-    assert len(memo) == 4
+    assert len(memo) == 6
     assert await manager.erase("user:42")
-    assert len(memo) == 2  # the public namespace keeps its entries
+    assert len(memo) == 3  # the public namespace keeps its entries
     assert await private.get("card") is None
     assert await public.get("motd") == "hello"
 
@@ -203,3 +211,40 @@ async def test_get_many_key_validation(manager: CacheManager) -> None:
         await ns.get_many(["k", "\ud800"])
     with pytest.raises(ValueError, match="limited to 4096 bytes"):
         await ns.get_many(["k", "x" * 4097])
+
+
+async def test_immutable_values_are_shared_mutable_ones_decoded_afresh(
+    manager: CacheManager,
+) -> None:
+    ns = manager.namespace("n")
+    await ns.set_many({"s": "text", "d": {"a": [1]}, "n": None})
+    first = await ns.get_many(["s", "d", "n"])
+    again = await ns.get_many(["s", "d", "n"])
+    single = [await ns.get(k, MISSING) for k in ("s", "d", "n")]
+    assert first == again == single == ["text", {"a": [1]}, None]
+    assert again[0] is first[0] and single[0] is first[0]  # a str cannot be changed by a caller
+    again[1]["a"].append(2)  # a caller mutating what it got changes nothing for the next read
+    assert await ns.get("d") == {"a": [1]} and await ns.get_many(["d"]) == [{"a": [1]}]
+    assert single[1] is not first[1] and single[1] is not again[1]
+    assert ns.stats.hits == 11 and ns.stats.misses == 0
+
+
+async def test_a_value_rewritten_by_another_manager_is_read_fresh(tmp_path: Path) -> None:
+    keyring, store = Keyring.generate(), f"file://{tmp_path}"
+    async with (
+        CacheManager(keyring=keyring, default_backend=store) as reader,
+        CacheManager(keyring=keyring, default_backend=store) as writer,
+    ):
+        ns, other = reader.namespace("users"), writer.namespace("users")
+        await other.set("k", "first")
+        for _ in range(2):  # the second read of each is a memo hit
+            assert await ns.get("k") == "first"
+            assert await ns.get_many(["k"]) == ["first"]
+        await other.set("k", "second")  # behind the reader's back: its memo still has "first"
+        assert await ns.get("k") == "second"
+        await other.set("k", "third")
+        assert await ns.get_many(["k"]) == ["third"]
+        await other.delete("k")
+        assert await ns.get("k", MISSING) is MISSING
+        assert await ns.get_many(["k"], MISSING) == [MISSING]
+        assert ns.stats.tampered == 0

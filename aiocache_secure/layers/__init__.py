@@ -30,7 +30,7 @@ from ..memo import Memo
 from ..policy import Policy
 from .base import Layer
 from .encryption import Encryption, KeySource, PaddedEncryption
-from .keys import HashedKeys, PrefixedKeys
+from .keys import KEY_FORMAT, HashedKeys, PrefixedKeys
 from .limits import SizeLimit
 
 __all__ = ["Layer", "Stack", "StackSpec", "compose"]
@@ -56,6 +56,10 @@ class Stack:
     top: Backend
     encryption: Encryption | None
     key_prefix: bytes
+    # The facade's share of the verified-read memo (decoded values of memoized frames), under
+    # keys starting with ``memo_prefix``; None unless the stack encrypts through the memo.
+    memo: Memo | None = None
+    memo_prefix: bytes = b""
 
 
 def compose(backend: Backend, policy: Policy, spec: StackSpec) -> Stack:
@@ -101,7 +105,14 @@ def compose(backend: Backend, policy: Policy, spec: StackSpec) -> Stack:
 
     encryption = next((layer for layer in built if isinstance(layer, Encryption)), None)
     key_layer = next(layer for layer in built if isinstance(layer, HashedKeys | PrefixedKeys))
-    return Stack(top=backend, encryption=encryption, key_prefix=key_layer.prefix)
+    return Stack(
+        top=backend,
+        encryption=encryption,
+        key_prefix=key_layer.prefix,
+        memo=memo if encryption is not None else None,
+        # "$" where storage keys have ":" or "=" and HashedKeys' memo keys "#".
+        memo_prefix=KEY_FORMAT + spec.tag + b"$",
+    )
 
 
 def layer_names(stack: Backend) -> Sequence[str]:
