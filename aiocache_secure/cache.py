@@ -93,6 +93,7 @@ class Cache:
         "_atomic",
         "_memo",
         "_memo_prefix",
+        "_storage_key",
         "_padding",
         "_prefix",
         "_prepare",
@@ -120,6 +121,7 @@ class Cache:
         stats: Stats,
         encryption: Encryption | None,
         key_prefix: bytes,
+        storage_key: Callable[[bytes], bytes] | None = None,
         memo: Memo | None = None,
         memo_prefix: bytes = b"",
     ) -> None:
@@ -135,8 +137,11 @@ class Cache:
         self._lifecycle = lifecycle
         self._encryption = encryption
         self._prefix = key_prefix
-        self._memo = memo
+        # The memo's share of the facade (see _remember), on encrypted stacks whose layers
+        # memoize: the key layer's mapping lets a batch of memoized keys skip the layers.
+        self._memo = memo if encryption is not None and storage_key is not None else None
         self._memo_prefix = memo_prefix
+        self._storage_key = storage_key
         self._embed = policy.hash_keys and encryption is not None
         self._strict = policy.strict
         self._fail_open = policy.fail_open
@@ -245,19 +250,32 @@ class Cache:
         except SerializationError:
             return False, "bad"
 
-    def _remember(self, memo_key: bytes, data: bytes, value: Any) -> None:
-        """Keep the value read from the memoized frame ``data`` (see :mod:`.memo`).
+    def _remember(self, memo_key: bytes, raw: bytes, data: bytes, value: Any) -> None:
+        """Memoize the value read from ``data``, a frame the encryption layer's memo holds.
 
-        Only a hit on the very same frame object is served from it: the encryption layer hands
-        out one object per verified envelope, so identity means "the envelope fetched now is the
-        one verified before" (and this entry keeps the object alive, so its id is not reused).
-        Immutable values are shared; others are decoded again from the payload on every hit.
+        Entry: ``(size, frame, expires_ms, value, payload offset, storage key, epoch, envelope)``.
+        Immutable values are shared (offset 0); others are decoded from the payload on each hit.
+
+        ``get`` serves it when the stack returns this very frame object again: the encryption
+        layer hands out one object per verified envelope, so identity means "the envelope fetched
+        now is the one verified before" (the entry keeps the object alive: its id is not reused).
+        ``get_many`` serves it when the store returns, under the storage key, the envelope bytes
+        that were verified, under the same key epoch: what the layers' own memo hits require.
         """
-        assert self._memo is not None  # noqa: S101 - called only when the memo is on
+        assert self._memo is not None and self._encryption is not None  # noqa: S101 - memo on
+        assert self._storage_key is not None  # noqa: S101 - set whenever the memo is
+        storage_key = self._storage_key(raw)
+        verified = self._encryption.verified(storage_key, data)
+        if verified is None:  # not memoized below (too large): identity would never recur
+            return
+        epoch, envelope = verified
         expires_ms, key_len = _FRAME_HEAD.unpack_from(data)
         start = 0 if type(value) in _SHAREABLE else frame.HEADER + key_len
-        size = len(memo_key) + 2 * len(data) + ENTRY_OVERHEAD
-        self._memo.put(memo_key, (size, data, expires_ms, None if start else value, start))
+        # Counts the frame, envelope and storage key it shares with the layers' entries: it may
+        # outlive them, and a budget must bound what it keeps alive.
+        size = len(memo_key) + 2 * len(data) + len(envelope) + len(storage_key) + ENTRY_OVERHEAD
+        entry = (size, data, expires_ms, None if start else value, start, storage_key, epoch)
+        self._memo.put(memo_key, (*entry, envelope))
 
     def _forget(self, raw: bytes) -> None:
         if self._memo is not None:
@@ -314,7 +332,7 @@ class Cache:
             if ok:
                 self.stats.hits += 1
                 if memo is not None:
-                    self._remember(memo_key, data, value)
+                    self._remember(memo_key, raw, data, value)
                 return value
             await self._discard(raw, value)
         self.stats.misses += 1
@@ -372,6 +390,65 @@ class Cache:
             await self._run_prepare()
         if not raws:
             return []
+        if self._memo is not None:
+            done = await self._get_many_memoized(raws, default, self._memo)
+            if done is not None:
+                return done
+        return await self._get_many(raws, default)
+
+    async def _get_many_memoized(
+        self, raws: list[bytes], default: Any, memo: Memo
+    ) -> list[Any] | None:
+        """A batch whose every key is in the memo: one round trip straight to the store.
+
+        The layers' work for such a batch is known: the storage keys are memoized, and an
+        envelope that equals the one verified under the current key epoch opens to the memoized
+        frame. Entries the store no longer holds are misses, as through the layers; any other
+        difference (rewritten, re-keyed, expired) sends those keys through the layers again,
+        which judge them in full. ``None`` when a key is not memoized: the caller reads through
+        the layers.
+        """
+        recall, memo_prefix = memo.get, self._memo_prefix
+        entries = []
+        for raw in raws:
+            entry = recall(memo_prefix + raw)
+            if entry is None:
+                return None
+            entries.append(entry)
+        encryption = self._encryption
+        assert encryption is not None  # noqa: S101 - the memo is on only for encrypted stacks
+        try:
+            found = await encryption.inner.get_many([entry[5] for entry in entries])
+        except BackendError as exc:
+            self._backend_failed(exc)
+            found = [None] * len(raws)
+        # loads, not loads_fast: these payloads decoded before, some perhaps only by the fallback.
+        epoch, now_ms, loads = encryption.epoch, self._clock() * 1000, self._serializer.loads
+        out: list[Any] = []
+        again: list[int] = []
+        hits = 0
+        for index, (entry, envelope) in enumerate(zip(entries, found, strict=True)):
+            if envelope is not None:
+                if (
+                    entry[7] == envelope
+                    and entry[6] == epoch
+                    and not (entry[2] and entry[2] <= now_ms)
+                ):
+                    out.append(entry[3] if not entry[4] else loads(entry[1][entry[4] :]))
+                    hits += 1
+                    continue
+                again.append(index)
+            out.append(default)
+        if again:  # counts its own reads; if it raises (strict mode), the batch returned nothing
+            values = await self._get_many([raws[i] for i in again], default)
+            for index, value in zip(again, values, strict=True):
+                out[index] = value
+        self.stats.hits += hits
+        self.stats.misses += len(out) - hits - len(again)
+        return out
+
+    async def _get_many(self, raws: list[bytes], default: Any) -> list[Any]:
+        """``get_many`` through the layers."""
         try:
             found = await self._stack.get_many(raws)
         except BackendError as exc:
@@ -413,14 +490,14 @@ class Cache:
                                 out.append(value)
                                 hits += 1
                                 if recall is not None:
-                                    self._remember(memo_key, data, value)
+                                    self._remember(memo_key, raw, data, value)
                                 continue
                     ok, value = self._open_frame(raw, data, now_ms)
                     if ok:  # e.g. a json payload only the standard library reads (ints > 64 bits)
                         hits += 1
                         out.append(value)
                         if recall is not None:
-                            self._remember(memo_key, data, value)
+                            self._remember(memo_key, raw, data, value)
                         continue
                     await self._discard(raw, value)
                 out.append(default)

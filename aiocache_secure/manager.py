@@ -364,7 +364,8 @@ class CacheManager:
             lifecycle=self._lifecycle,
             stats=stats,
             encryption=stack.encryption,
-            key_prefix=stack.key_prefix,
+            key_prefix=stack.key_layer.prefix,
+            storage_key=stack.key_layer.storage_key,
             memo=stack.memo,
             memo_prefix=stack.memo_prefix,
         )

@@ -6,7 +6,9 @@
 * the facade (``Cache``): (key, frame object) → decoded value (frame checks and deserialization,
   ~0.3 µs for a short JSON string). The encryption layer returns one object per verified
   envelope, so the same object means the same verified bytes; immutable values are handed out
-  again as the same object, anything mutable is decoded afresh on every hit.
+  again as the same object, anything mutable is decoded afresh on every hit. A ``get_many``
+  whose every key is memoized fetches the memoized storage keys straight from the store and
+  compares each envelope with the verified one (see ``Cache._get_many_memoized``).
 
 All are deterministic functions of their inputs, so a memo hit returns exactly what recomputing
 would. An envelope hit requires the envelope fetched from the store *now* to be byte-for-byte the

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import shutil
 import socket
 import subprocess
@@ -39,7 +40,9 @@ Op = Callable[[int], Awaitable[Any]]
 
 
 @contextlib.contextmanager
-def redis_server() -> Iterator[int]:
+def redis_server(*, pin: bool = False) -> Iterator[int]:
+    """A private redis-server on a free loopback port; ``pin`` puts it on the last CPU and this
+    process on the first (every contender is measured under the same placement)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = int(sock.getsockname()[1])
@@ -52,6 +55,10 @@ def redis_server() -> Iterator[int]:
              "--appendonly", "no", "--dir", tmp, "--logfile", ""],
             stdout=subprocess.DEVNULL,
         )  # fmt: skip
+        cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+        if pin and len(cpus) >= 2:
+            os.sched_setaffinity(proc.pid, {cpus[-1]})
+            os.sched_setaffinity(0, {cpus[0]})
         try:
             for _ in range(200):
                 with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port)):
@@ -258,9 +265,15 @@ def main() -> None:
     parser.add_argument(
         "--case", action="append", default=[], help="run the cases whose title contains this"
     )
+    parser.add_argument(
+        "--no-pin",
+        dest="pin",
+        action="store_false",
+        help="let the OS place this process and the server (default: one CPU each)",
+    )
     args = parser.parse_args()
     warnings.simplefilter("ignore", DeprecationWarning)  # peers call redis-py's old close()
-    with redis_server() as port:
+    with redis_server(pin=args.pin) as port:
         asyncio.run(run(port, args.seconds, args.rounds, args.case))
 
 

@@ -3,12 +3,13 @@ it would change what a read returns or how long it takes (timing padding)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import pytest
 
-from aiocache_secure import MISSING, CacheManager, Keyring, ManualClock
+from aiocache_secure import MISSING, BackendUnavailable, CacheManager, Keyring, ManualClock
+from aiocache_secure.backends.memory import MemoryBackend
 from aiocache_secure.memo import DEFAULT_MEMO_BYTES, ENTRY_OVERHEAD, MAX_ENTRY_BYTES, Memo
 
 pytestmark = pytest.mark.anyio
@@ -194,9 +195,11 @@ async def test_close_clears(tmp_path: Path) -> None:
 
 async def test_get_many_reads_what_only_the_slow_path_decodes(manager: CacheManager) -> None:
     ns = manager.namespace("n")
-    await ns.set_many({"big": 2**70, "surrogate": "\udcff", "plain": 1})
-    for _ in range(2):  # the second read goes through the memo
-        assert await ns.get_many(["big", "surrogate", "plain"]) == [2**70, "\udcff", 1]
+    stdlib_only = {"big": 2**70, "surrogate": "\udcff", "list": [2**70], "dict": {"s": "\udcff"}}
+    await ns.set_many({**stdlib_only, "plain": 1})
+    keys = [*stdlib_only, "plain"]
+    for _ in range(3):  # through the layers, then memoized batches
+        assert await ns.get_many(keys) == [*stdlib_only.values(), 1]
     assert ns.stats.tampered == 0
 
 
@@ -248,3 +251,84 @@ async def test_a_value_rewritten_by_another_manager_is_read_fresh(tmp_path: Path
         assert await ns.get("k", MISSING) is MISSING
         assert await ns.get_many(["k"], MISSING) == [MISSING]
         assert ns.stats.tampered == 0
+
+
+class CountingStore(MemoryBackend):
+    """A memory store that counts batch reads and can be taken down (not a contract backend)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[int] = []
+        self.down = False
+
+    async def get_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
+        if self.down:
+            raise BackendUnavailable("test store is down")
+        self.batches.append(len(keys))
+        return await super().get_many(keys)
+
+
+async def test_a_memoized_batch_is_one_store_read_and_a_changed_entry_a_second() -> None:
+    keyring, store = Keyring.generate(), CountingStore()
+    async with (
+        CacheManager(keyring=keyring) as reader,
+        CacheManager(keyring=keyring) as writer,
+    ):
+        ns = reader.namespace("users", backend=store, encrypt=True)
+        other = writer.namespace("users", backend=store, encrypt=True)
+        keys = [f"k{n}" for n in range(20)]
+        await other.set_many({k: {"n": k} for k in keys})
+        assert await ns.get_many(keys) == [{"n": k} for k in keys]  # through the layers
+        assert await ns.get_many(keys + keys[:3]) == [{"n": k} for k in keys + keys[:3]]
+        assert store.batches == [20, 23]  # the second: every key memoized, one read
+        await other.set("k7", "changed")
+        await other.delete("k8")
+        store.batches.clear()
+        values = await ns.get_many(keys, MISSING)
+        assert values[7] == "changed" and values[8] is MISSING
+        assert values[:7] == [{"n": k} for k in keys[:7]]
+        assert store.batches == [20, 1]  # k7 went through the layers again; k8 is simply gone
+        store.batches.clear()
+        assert await ns.get_many(["k7", "new"]) == ["changed", None]  # "new" is not memoized
+        assert store.batches == [2]
+        assert ns.stats.tampered == 0
+        assert ns.stats.hits == 20 + 23 + 19 + 1 and ns.stats.misses == 1 + 1
+
+
+async def test_a_memoized_batch_sees_a_new_keyring_and_tampering() -> None:
+    old = Keyring.generate()
+    store = CountingStore()
+    async with CacheManager(keyring=old) as manager:
+        ns = manager.namespace("users", backend=store, encrypt=True)
+        await ns.set("a", "1")
+        before = {key async for key, _ in store.scan(b"")}
+        await ns.set("b", "2")
+        (key_b,) = {key async for key, _ in store.scan(b"")} - before
+        assert await ns.get_many(["a", "b"]) == ["1", "2"]
+        # Flip one ciphertext bit of b's entry in place: its envelope no longer matches the memo.
+        damaged = bytearray(await store.get(key_b) or b"")
+        damaged[-1] ^= 1
+        await store.set(key_b, bytes(damaged), ttl=None)
+        assert await ns.get_many(["a", "b"], MISSING) == ["1", MISSING]
+        assert ns.stats.tampered == 1
+        await manager.rewrap(old.rotate().without(old.primary_id))
+        assert await ns.get_many(["a"], MISSING) == [MISSING]  # its key is gone: never again
+        assert ns.stats.tampered == 2
+
+
+@pytest.mark.parametrize("fail_open", [True, False])
+async def test_a_memoized_batch_with_the_store_down(fail_open: bool) -> None:
+    store = CountingStore()
+    async with CacheManager(keyring=Keyring.generate()) as manager:
+        ns = manager.namespace("n", backend=store, encrypt=True, fail_open=fail_open)
+        await ns.set_many({"a": 1, "b": 2})
+        assert await ns.get_many(["a", "b"]) == [1, 2]
+        store.down = True
+        if fail_open:
+            assert await ns.get_many(["a", "b"], MISSING) == [MISSING, MISSING]
+            assert ns.stats.errors == 1 and ns.stats.misses == 2
+        else:
+            with pytest.raises(BackendUnavailable):
+                await ns.get_many(["a", "b"])
+        store.down = False
+        assert await ns.get_many(["a", "b"]) == [1, 2]

@@ -55,7 +55,7 @@ class StackSpec:
 class Stack:
     top: Backend
     encryption: Encryption | None
-    key_prefix: bytes
+    key_layer: HashedKeys | PrefixedKeys
     # The facade's share of the verified-read memo (decoded values of memoized frames), under
     # keys starting with ``memo_prefix``; None unless the stack encrypts through the memo.
     memo: Memo | None = None
@@ -108,7 +108,7 @@ def compose(backend: Backend, policy: Policy, spec: StackSpec) -> Stack:
     return Stack(
         top=backend,
         encryption=encryption,
-        key_prefix=key_layer.prefix,
+        key_layer=key_layer,
         memo=memo if encryption is not None else None,
         # "$" where storage keys have ":" or "=" and HashedKeys' memo keys "#".
         memo_prefix=KEY_FORMAT + spec.tag + b"$",

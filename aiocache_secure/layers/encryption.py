@@ -341,6 +341,19 @@ class Encryption(Layer):
             frames.append(frame)
         return frames
 
+    @property
+    def epoch(self) -> int:
+        """The key source's epoch (see :class:`KeySource`)."""
+        return self._keys.epoch
+
+    def verified(self, storage_key: bytes, frame: bytes) -> tuple[int, bytes] | None:
+        """``(epoch, envelope)`` if the memo holds this very ``frame`` object for ``storage_key``:
+        the envelope that was authenticated to produce it, and the key epoch it was under."""
+        hit = None if self._memo is None else self._memo.get(storage_key)
+        if hit is None or hit[4] is not frame:
+            return None
+        return hit[1], hit[2]
+
     def _forget(self, key: bytes) -> None:
         if self._memo is not None:
             self._memo.discard(key)

@@ -219,9 +219,7 @@ async def test_tamper_after_a_memoized_read(
 
 
 @pytest.mark.encrypting_stacks
-async def test_strict_get_many_raises(
-    manager: CacheManager, make_ns: Callable[..., Cache]
-) -> None:
+async def test_strict_get_many_raises(manager: CacheManager, make_ns: Callable[..., Cache]) -> None:
     ns = make_ns("strictmany", encrypt=True, strict=True)
     await ns.set("bad", "v")
     store = manager.backend_of(ns.name)
