@@ -7,11 +7,13 @@ Run from the repository root (it starts its own redis-server on a free loopback 
 (not ``python benchmarks/redis.py``: that would shadow the ``redis`` package).
 
 Every contender talks to the same private server in the same run; ratios are against raw
-redis.asyncio (hiredis parser). "secure" is a full aiocache_secure namespace (hashed keys,
-AES-256-GCM encryption, size limit) with its verified-read memo at the default 8 MiB, then the same
-with the memo off, so that every read hashes its key and decrypts its entry; "backend" is our
-RedisBackend alone (bytes in, bytes out). Every contender reads the same 1,000 keys over and over:
-a hot set, which the memo serves whole for 100 B values; it never keeps 10 KB ones.
+redis.asyncio (hiredis parser). With two CPUs or more, the server runs on the last and this
+process on the first, so they never queue for one CPU (``--no-pin`` leaves it to the OS).
+"secure" is a full aiocache_secure namespace (hashed keys, AES-256-GCM encryption, size limit)
+with its verified-read memo at the default 8 MiB, then the same with the memo off, so that every
+read hashes its key and decrypts its entry; "backend" is our RedisBackend alone (bytes in, bytes
+out). Every contender reads the same 1,000 keys over and over: a hot set, which the memo serves
+whole for 100 B values; it never keeps 10 KB ones.
 Peers: ``pip install -r benchmarks/requirements.txt``.
 """
 
