@@ -277,6 +277,19 @@ class Cache:
         entry = (size, data, expires_ms, None if start else value, start, storage_key, epoch)
         self._memo.put(memo_key, (*entry, envelope))
 
+    def _recall(self, memo_key: bytes, data: bytes, now_ms: float) -> tuple[Any, ...] | None:
+        """The memo entry that serves ``data``, the frame the stack just returned, or None."""
+        assert self._memo is not None  # noqa: S101 - called only when the memo is on
+        hit = self._memo.get(memo_key)
+        if hit is None or hit[1] is not data or (hit[2] and hit[2] <= now_ms):
+            return None
+        return hit
+
+    def _memoized_value(self, entry: tuple[Any, ...]) -> Any:
+        """An entry's value: the same object if immutable, else decoded afresh from its frame
+        (by ``loads``, not ``loads_fast``: some payloads only its fallback decodes)."""
+        return entry[3] if not entry[4] else self._serializer.loads(entry[1][entry[4] :])
+
     def _forget(self, raw: bytes) -> None:
         if self._memo is not None:
             self._memo.discard(self._memo_prefix + raw)
@@ -320,15 +333,14 @@ class Cache:
             self._backend_failed(exc)
             data = None
         if data is not None:
-            memo = self._memo
+            memo, now_ms = self._memo, self._clock() * 1000
             if memo is not None:
                 memo_key = self._memo_prefix + raw
-                hit = memo.get(memo_key)
-                if hit is not None and hit[1] is data:
-                    if not (hit[2] and hit[2] <= self._clock() * 1000):
-                        self.stats.hits += 1
-                        return hit[3] if not hit[4] else self._serializer.loads(data[hit[4] :])
-            ok, value = self._open_frame(raw, data)
+                hit = self._recall(memo_key, data, now_ms)
+                if hit is not None:
+                    self.stats.hits += 1
+                    return self._memoized_value(hit)
+            ok, value = self._open_frame(raw, data, now_ms)
             if ok:
                 self.stats.hits += 1
                 if memo is not None:
@@ -422,8 +434,7 @@ class Cache:
         except BackendError as exc:
             self._backend_failed(exc)
             found = [None] * len(raws)
-        # loads, not loads_fast: these payloads decoded before, some perhaps only by the fallback.
-        epoch, now_ms, loads = encryption.epoch, self._clock() * 1000, self._serializer.loads
+        epoch, now_ms, value_of = encryption.epoch, self._clock() * 1000, self._memoized_value
         out: list[Any] = []
         again: list[int] = []
         hits = 0
@@ -434,7 +445,8 @@ class Cache:
                     and entry[6] == epoch
                     and not (entry[2] and entry[2] <= now_ms)
                 ):
-                    out.append(entry[3] if not entry[4] else loads(entry[1][entry[4] :]))
+                    # _memoized_value() called only for values it must decode afresh.
+                    out.append(entry[3] if not entry[4] else value_of(entry))
                     hits += 1
                     continue
                 again.append(index)
@@ -459,17 +471,16 @@ class Cache:
         now_ms = self._clock() * 1000
         head, header, loads = _FRAME_HEAD.unpack_from, frame.HEADER, self._serializer.loads_fast
         embed, same = self._embed, hmac.compare_digest
-        memo, memo_prefix = self._memo, self._memo_prefix
-        recall = None if memo is None else memo.get
+        memoize, memo_prefix = self._memo is not None, self._memo_prefix
         memo_key = b""
         try:
             for raw, data in zip(raws, found, strict=True):
                 if data is not None:
-                    if recall is not None:  # get()'s memo hit, inlined
+                    if memoize:  # keys of a batch not wholly memoized may still be
                         memo_key = memo_prefix + raw
-                        hit = recall(memo_key)
-                        if hit is not None and hit[1] is data and not (hit[2] and hit[2] <= now_ms):
-                            out.append(hit[3] if not hit[4] else loads(data[hit[4] :]))
+                        hit = self._recall(memo_key, data, now_ms)
+                        if hit is not None:
+                            out.append(self._memoized_value(hit))
                             hits += 1
                             continue
                     # The common case of _open_frame() inlined: a well-formed live entry.
@@ -489,14 +500,14 @@ class Cache:
                             else:
                                 out.append(value)
                                 hits += 1
-                                if recall is not None:
+                                if memoize:
                                     self._remember(memo_key, raw, data, value)
                                 continue
                     ok, value = self._open_frame(raw, data, now_ms)
                     if ok:  # e.g. a json payload only the standard library reads (ints > 64 bits)
                         hits += 1
                         out.append(value)
-                        if recall is not None:
+                        if memoize:
                             self._remember(memo_key, raw, data, value)
                         continue
                     await self._discard(raw, value)

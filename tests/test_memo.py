@@ -200,6 +200,9 @@ async def test_get_many_reads_what_only_the_slow_path_decodes(manager: CacheMana
     keys = [*stdlib_only, "plain"]
     for _ in range(3):  # through the layers, then memoized batches
         assert await ns.get_many(keys) == [*stdlib_only.values(), 1]
+    # A batch with a key never read goes through the layers, meeting memoized frames on the way.
+    assert await ns.get_many([*keys, "absent"]) == [*stdlib_only.values(), 1, None]
+    assert [await ns.get(k) for k in keys] == [*stdlib_only.values(), 1]
     assert ns.stats.tampered == 0
 
 
