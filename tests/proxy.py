@@ -13,39 +13,44 @@ import contextlib
 import socket
 import struct
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 
-async def until_ok(store: Any, key: bytes, expected: bytes, limit: float) -> float:
-    """Seconds until ``store.get(key)`` returns ``expected`` again; AssertionError after
-    ``limit`` seconds. Backend errors on the way are what recovery looks like."""
+async def _until(attempt: Callable[[], Awaitable[bool]], limit: float, pause: float) -> float:
+    """Seconds until ``attempt()`` returns True; AssertionError after ``limit`` seconds.
+    Backend errors on the way are what recovery looks like."""
     from aiocache_secure import BackendError
 
     started = time.monotonic()
     while True:
         try:
-            if await store.get(key) == expected:
+            if await attempt():
                 return time.monotonic() - started
         except BackendError:
             pass
         if time.monotonic() - started > limit:
             raise AssertionError("the backend did not recover in time")
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(pause)
+
+
+async def until_ok(store: Any, key: bytes, expected: bytes, limit: float) -> float:
+    """Seconds until ``store.get(key)`` returns ``expected`` again."""
+
+    async def attempt() -> bool:
+        return bool(await store.get(key) == expected)
+
+    return await _until(attempt, limit, 0.05)
 
 
 async def until_written(store: Any, key: bytes, value: bytes, limit: float) -> float:
-    """Seconds until ``store.set(key, value)`` succeeds again; AssertionError after ``limit``."""
-    from aiocache_secure import BackendError
+    """Seconds until ``store.set(key, value)`` succeeds again."""
 
-    started = time.monotonic()
-    while True:
-        try:
-            await store.set(key, value, ttl=None)
-            return time.monotonic() - started
-        except BackendError:
-            if time.monotonic() - started > limit:
-                raise AssertionError("the backend did not recover in time") from None
-            await asyncio.sleep(0.1)
+    async def attempt() -> bool:
+        await store.set(key, value, ttl=None)
+        return True
+
+    return await _until(attempt, limit, 0.1)
 
 
 class FaultProxy:
