@@ -10,6 +10,7 @@ import signal
 import time
 import traceback
 import uuid
+import warnings
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from aiocache_secure import (
     ClosedError,
     ConfigurationError,
     Keyring,
+    cached,
 )
 from aiocache_secure.backends import open_backend
 from aiocache_secure.backends._rediswire import Wire
@@ -689,6 +691,78 @@ async def test_cluster_node_stopped_times_out_then_recovers(redis_cluster: list[
         await asyncio.sleep(0.05)
     assert await store.delete_prefix(prefix) == len(keys)
     await store.aclose()
+
+
+def _cluster_calls(store: RedisBackend) -> dict[str, Callable[[], Any]]:
+    async def scan() -> None:
+        async for _ in store.scan(b"acs1"):
+            pass
+
+    return {
+        "get": lambda: store.get(b"acs1-k"),
+        "set": lambda: store.set(b"acs1-k", b"v", ttl=5),
+        "get_many": lambda: store.get_many([b"acs1-a", b"acs1-b"]),
+        "set_many": lambda: store.set_many([(b"acs1-a", b"v")], ttl=5),
+        "delete": lambda: store.delete(b"acs1-k"),
+        "delete_prefix": lambda: store.delete_prefix(b"acs1"),
+        "scan": scan,
+        "add": lambda: store.add(b"acs1-k", b"v", ttl=5),
+        "acquire_lease": lambda: store.acquire_lease(b"acs1-lease", 5.0),
+        "release_lease": lambda: store.release_lease(b"acs1-lease", b"token"),
+    }
+
+
+async def _assert_every_call_fails_closed(store: RedisBackend, port: int) -> None:
+    for name, call in _cluster_calls(store).items():
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with pytest.raises((BackendUnavailable, BackendTimeout)) as info:
+                await call()
+        assert not [w for w in caught if issubclass(w.category, RuntimeWarning)], name
+        rendered = f"{info.value} {info.value!r}"
+        assert str(port) not in rendered and "127.0.0.1" not in rendered, name
+
+
+async def test_unreachable_cluster_fails_closed_with_our_errors() -> None:
+    port = servers.free_port()  # nothing listens there
+    store = RedisBackend(f"redis+cluster://127.0.0.1:{port}", timeout=1.0)
+    await _assert_every_call_fails_closed(store, port)
+    await store.aclose()
+
+    calls = 0
+
+    async with CacheManager(default_backend=f"redis+cluster://127.0.0.1:{port}") as manager:
+        lenient = manager.namespace("lenient", encrypt=False, fail_open=True)
+        assert await lenient.get("k", default=MISSING) is MISSING
+        strict = manager.namespace("strict", encrypt=False)
+        with pytest.raises(BackendUnavailable) as info:
+            await strict.get("k")
+        assert str(port) not in str(info.value)
+
+        @cached(namespace="memo", ttl=60, manager=manager)
+        async def compute(x: int) -> int:
+            nonlocal calls
+            calls += 1
+            return x * 2
+
+        manager.namespace("memo", encrypt=False)
+        assert await compute(21) == 42
+        assert calls == 1
+
+
+async def test_blackholed_cluster_discovery_stays_within_the_timeout(
+    redis_cluster: list[int],
+) -> None:
+    async with FaultProxy(redis_cluster[0]) as proxy:
+        proxy.blackhole = True
+        store = RedisBackend(f"redis+cluster://127.0.0.1:{proxy.port}", timeout=0.3)
+        started = time.monotonic()
+        await _assert_every_call_fails_closed(store, proxy.port)
+        # Ten calls, each bounded by its 0.3 s timeout: generous, not a speed claim.
+        assert time.monotonic() - started < 10 * (0.3 + 1.0)
+        proxy.blackhole = False
+        assert await until_ok(store, b"acs1-none", None, limit=5.0) < 5.0  # type: ignore[arg-type]
+        await store.aclose()
 
 
 # -- lease ----------------------------------------------------------------------------------------

@@ -22,7 +22,8 @@ one ``insecure_config`` audit event (``ConfigurationError`` under ``strict=True`
 password nor the URL reaches a ``repr``, an exception message or a log line: driver exceptions
 become ``BackendUnavailable("redis backend unreachable")`` (or ``BackendTimeout``, or
 ``BackendUnavailable("redis backend refused the command")`` for server-side errors such as an ACL
-``NOPERM``) raised ``from`` the driver's exception.
+``NOPERM``) raised ``from`` the driver's exception. One context manager, :func:`_driver_errors`,
+does that conversion around every call, Cluster topology discovery included.
 
 Commands. ``set`` is ``SET key value PX ms`` (``ttl`` in float seconds, at least 1 ms);
 ``get_many`` is one ``MGET`` (on a cluster one ``MGET`` per hash slot, pipelined per node);
@@ -70,9 +71,10 @@ import math
 import os
 import re
 import secrets
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from functools import partial
+from typing import Any, Final, TypeVar
 from urllib.parse import unquote
 
 from redis.asyncio import Redis, RedisCluster
@@ -80,7 +82,13 @@ from redis.asyncio.cluster import ClusterNode
 from redis.asyncio.connection import Connection, SSLConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import AuthenticationError, NoScriptError, RedisError, ResponseError
+from redis.exceptions import (
+    AuthenticationError,
+    NoScriptError,
+    RedisClusterException,
+    RedisError,
+    ResponseError,
+)
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .. import audit
@@ -228,7 +236,9 @@ def parse_url(url: str) -> RedisAddress:
 
 # -- driver errors -------------------------------------------------------------------------------
 
-_DRIVER_ERRORS: Final = (RedisError, OSError, TimeoutError)
+# RedisClusterException (topology discovery, slot routing) is not a RedisError.
+_DRIVER_ERRORS: Final = (RedisError, RedisClusterException, OSError, TimeoutError)
+_T = TypeVar("_T")
 
 
 def _convert(exc: BaseException) -> BackendError:
@@ -241,6 +251,16 @@ def _convert(exc: BaseException) -> BackendError:
     if isinstance(exc, ResponseError):
         return BackendUnavailable("redis backend refused the command")
     return BackendUnavailable("redis backend unreachable")
+
+
+@contextlib.contextmanager
+def _driver_errors() -> Iterator[None]:
+    """Driver exceptions leave as the project's own, in one place (httpx's
+    ``map_httpcore_exceptions``): their messages carry host:port and more, ours never do."""
+    try:
+        yield
+    except _DRIVER_ERRORS as exc:
+        raise _convert(exc) from exc
 
 
 def _fail(future: asyncio.Future[Any], exc: BaseException) -> None:
@@ -490,23 +510,30 @@ class RedisBackend:
     async def _command(self, *command: Any) -> Any:
         """One command on the standalone wire; errors converted."""
         assert self._wire is not None  # noqa: S101 - standalone only
-        try:
+        with _driver_errors():
             reply = (await self._wire.run((command,)))[0]
-        except _DRIVER_ERRORS as exc:
-            raise _convert(exc) from exc
         if isinstance(reply, Exception):
             raise _convert(reply) from reply
         return reply
 
-    async def _cluster(self, awaitable: Any) -> Any:
-        """One cluster client call within the timeout; errors converted."""
-        try:
+    async def _cluster(self, call: Callable[[], Awaitable[_T]]) -> _T:
+        """``call()`` on the cluster client, topology discovery included, within the timeout;
+        errors converted. ``call`` is only invoked once discovery succeeded, so a failed
+        discovery leaves no coroutine behind unawaited."""
+        with _driver_errors():
             async with asyncio.timeout(self._timeout):
                 if not self._cluster_ready:
                     await self._initialize_cluster()
-                return await awaitable
-        except _DRIVER_ERRORS as exc:
-            raise _convert(exc) from exc
+                return await call()
+
+    async def _cluster_pipeline(
+        self, commands: Sequence[tuple[Any, ...]], *, raise_on_error: bool = True
+    ) -> list[Any]:
+        pipe = self._redis.pipeline()
+        for command in commands:
+            pipe.execute_command(*command)
+        replies: list[Any] = await pipe.execute(raise_on_error=raise_on_error)
+        return replies
 
     async def _initialize_cluster(self) -> None:
         # A burst of first commands on a fresh RedisCluster would each start the topology
@@ -531,7 +558,7 @@ class RedisBackend:
             if self._wire is not None:
                 value: bytes | None = await self._command(b"GET", key)
             else:
-                value = await self._cluster(self._redis.get(key))
+                value = await self._cluster(partial(self._redis.get, key))
             return value
         finally:
             self._busy -= 1
@@ -547,7 +574,7 @@ class RedisBackend:
             if self._wire is not None:
                 await self._command(*_set_command(key, value, px))
             else:
-                await self._cluster(self._redis.set(key, value, px=px))
+                await self._cluster(partial(self._redis.set, key, value, px=px))
         finally:
             self._busy -= 1
 
@@ -587,13 +614,9 @@ class RedisBackend:
             if self._wire is not None:
                 replies = await self._wire.run(commands)
             else:
-                async with asyncio.timeout(self._timeout):
-                    if not self._cluster_ready:
-                        await self._initialize_cluster()
-                    pipe = self._redis.pipeline()
-                    for command in commands:
-                        pipe.execute_command(*command)
-                    replies = await pipe.execute(raise_on_error=False)
+                replies = await self._cluster(
+                    partial(self._cluster_pipeline, commands, raise_on_error=False)
+                )
             for (shape, ops), reply in zip(groups, replies, strict=True):
                 if isinstance(reply, Exception):
                     for op in ops:
@@ -603,7 +626,7 @@ class RedisBackend:
                 for op, value in zip(ops, values, strict=True):
                     if not op.future.done():
                         op.future.set_result(value)
-        except _DRIVER_ERRORS as exc:
+        except (*_DRIVER_ERRORS, BackendError) as exc:
             for op in live:
                 _fail(op.future, exc)
         except BaseException:
@@ -622,7 +645,7 @@ class RedisBackend:
         if self._wire is not None:
             values: list[bytes | None] = await self._command(b"MGET", *keys)
             return values
-        return await self._cluster(self._cluster_mget(list(keys)))  # type: ignore[no-any-return]
+        return await self._cluster(partial(self._cluster_mget, list(keys)))
 
     async def _cluster_mget(self, keys: list[bytes]) -> list[bytes | None]:
         client = self._redis
@@ -646,26 +669,19 @@ class RedisBackend:
             return
         commands = [_set_command(key, value, px) for key, value in items]
         if self._wire is not None:
-            try:
+            with _driver_errors():
                 replies = await self._wire.run(commands)
-            except _DRIVER_ERRORS as exc:
-                raise _convert(exc) from exc
             for reply in replies:
                 if isinstance(reply, Exception):
                     raise _convert(reply) from reply
             return
-        if not self._cluster_ready:
-            await self._initialize_cluster()
-        pipe = self._redis.pipeline()
-        for command in commands:
-            pipe.execute_command(*command)
-        await self._cluster(pipe.execute())
+        await self._cluster(partial(self._cluster_pipeline, commands))
 
     async def delete(self, key: bytes) -> bool:
         self._bind()
         if self._wire is not None:
             return bool(await self._command(b"UNLINK", key))
-        return bool(await self._cluster(self._redis.unlink(key)))
+        return bool(await self._cluster(partial(self._redis.unlink, key)))
 
     # -- namespaces: clear and export -------------------------------------------------------------
 
@@ -676,7 +692,7 @@ class RedisBackend:
         if self._wire is not None:
             nodes: list[Any] = [None]
         else:
-            await self._cluster(self._redis.initialize())
+            await self._cluster(self._redis.initialize)
             nodes = list(self._redis.get_primaries())
         for node in nodes:
             cursor = 0
@@ -685,7 +701,7 @@ class RedisBackend:
                 if node is None:
                     raw_cursor, keys = await self._command(*command)
                 else:
-                    raw_cursor, keys = await self._cluster(node.execute_command(*command))
+                    raw_cursor, keys = await self._cluster(partial(node.execute_command, *command))
                 cursor = int(raw_cursor)
                 keys = [k for k in keys if k.startswith(prefix)]
                 if keys:
@@ -703,12 +719,10 @@ class RedisBackend:
             by_slot: dict[int, list[bytes]] = {}
             for key in keys:
                 by_slot.setdefault(self._redis.keyslot(key), []).append(key)
-            if not self._cluster_ready:
-                await self._initialize_cluster()
-            pipe = self._redis.pipeline()
-            for group in by_slot.values():
-                pipe.execute_command("UNLINK", *group)
-            removed += sum(int(n) for n in await self._cluster(pipe.execute()))
+            unlinks = [("UNLINK", *group) for group in by_slot.values()]
+            removed += sum(
+                int(n) for n in await self._cluster(partial(self._cluster_pipeline, unlinks))
+            )
         return removed
 
     async def scan(self, prefix: bytes) -> AsyncIterator[tuple[bytes, bytes]]:
@@ -742,7 +756,7 @@ class RedisBackend:
             if self._wire is not None:
                 taken = await self._command(b"SET", key, token, b"NX", b"PX", px)
             else:
-                taken = await self._cluster(self._redis.set(key, token, px=px, nx=True))
+                taken = await self._cluster(partial(self._redis.set, key, token, px=px, nx=True))
             if taken:
                 return token
             left = deadline - loop.time()
@@ -762,7 +776,7 @@ class RedisBackend:
             script = self._scripts.get(sha)
             if script is None:
                 script = self._scripts[sha] = self._redis.register_script(lua)
-            return await self._cluster(script(keys=[key], args=list(args)))
+            return await self._cluster(partial(script, keys=[key], args=list(args)))
         try:
             return await self._command(b"EVALSHA", sha, 1, key, *args)
         except BackendUnavailable as exc:
@@ -781,7 +795,7 @@ class RedisBackend:
             if px is not None:
                 command += (b"PX", px)
             return bool(await self._command(*command))
-        return bool(await self._cluster(self._redis.set(key, value, px=px, nx=True)))
+        return bool(await self._cluster(partial(self._redis.set, key, value, px=px, nx=True)))
 
     async def get_versioned(self, key: bytes) -> tuple[bytes, bytes] | None:
         """The value and its SHA-1 (what :meth:`compare_and_set` compares on the server)."""
@@ -831,14 +845,12 @@ class RedisBackend:
             await asyncio.wait(list(self._tasks), timeout=self._timeout)
         wire, self._wire = self._wire, None
         client, self._redis = self._redis, None
-        try:
+        with _driver_errors():
             async with asyncio.timeout(self._timeout):
                 if wire is not None:
                     await wire.aclose()
                 if client is not None and self._owned:
                     await client.aclose()
-        except _DRIVER_ERRORS as exc:
-            raise _convert(exc) from exc
 
 
 def _set_command(key: bytes, value: bytes, px: int | None) -> tuple[Any, ...]:
