@@ -14,6 +14,7 @@ from typing import Any
 
 import anyio
 
+from .backends import mask_urls
 from .cache import MISSING, Cache
 from .config import Config, load_config
 from .errors import CacheError, ConfigurationError
@@ -305,7 +306,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _run(args)
     except CacheError as exc:
-        _progress(f"error: {exc}")
+        _progress(f"error: {mask_urls(str(exc))}")
         return 2
     except KeyboardInterrupt:
         return 130

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from .backends import backend_kind
+from .backends import backend_kind, mask_url
 from .errors import ConfigurationError
 from .keyring import Keyring
 from .keys import EnvKeyProvider, FileKeyProvider
@@ -66,6 +66,10 @@ class NamespaceConfig:
     name: str
     options: Mapping[str, Any]
 
+    def __repr__(self) -> str:
+        shown = {k: mask_url(v) if k == "backend" else v for k, v in self.options.items()}
+        return f"NamespaceConfig(name={self.name!r}, options={shown!r})"
+
 
 @dataclass(frozen=True, slots=True)
 class Config:
@@ -77,6 +81,15 @@ class Config:
     key_vault: str | None = None
     namespaces: tuple[NamespaceConfig, ...] = field(default_factory=tuple)
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
+
+    def __repr__(self) -> str:
+        # Backend URLs may carry passwords: shown masked, like everything that can hold a URL.
+        vault = None if self.key_vault is None else mask_url(self.key_vault)
+        return (
+            f"Config(path={self.path!r}, keys_env={self.keys_env!r}, "
+            f"keys_file={self.keys_file!r}, default_backend={mask_url(self.default_backend)!r}, "
+            f"strict={self.strict!r}, key_vault={vault!r}, namespaces={self.namespaces!r})"
+        )
 
     def keyring(self) -> Keyring | None:
         if self.keys_file is not None:

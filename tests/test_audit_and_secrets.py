@@ -131,3 +131,56 @@ async def test_padded_namespace_behaves_like_unpadded() -> None:
                 assert await ns.get("absent", MISSING) is MISSING
             assert await ns.get("none", MISSING) is None
             assert ns.stats.hits == 301 and ns.stats.misses == 300
+
+
+CANARY_PASSWORD = "canary-pw-5d21e9"
+CANARY_URLS = [
+    f"redis://app:{CANARY_PASSWORD}@10.0.0.7:6379/0",
+    f"rediss://app:{CANARY_PASSWORD}@cache.internal:6380/1",
+    f"rediss+cluster://:{CANARY_PASSWORD}@10.0.0.1:7000,10.0.0.2:7000",
+    f"redis+sentinel://:{CANARY_PASSWORD}@10.0.0.1:26379,10.0.0.2:26380/mymaster/0",
+    f"redis+sentinel://10.0.0.1:26379/mymaster/0?sentinel_password={CANARY_PASSWORD}",
+    f"mongodb://app:{CANARY_PASSWORD}@db1:27017,db2:27017/cache?authSource=admin",
+    f"mongodb://db1:27017/cache?w=1&password={CANARY_PASSWORD}",
+    f"mongodb+srv://app:{CANARY_PASSWORD}@cluster0.internal/?retryWrites=true",
+    f"redis://app:{CANARY_PASSWORD}/with/slash@10.0.0.7/0",  # unescaped: masked all the same
+    f"redis://{CANARY_PASSWORD}@10.0.0.7/0",  # a lone userinfo may be a token
+]
+
+
+@pytest.mark.parametrize("url", CANARY_URLS)
+def test_mask_url_hides_the_password_and_keeps_the_address(url: str) -> None:
+    from aiocache_secure.backends import mask_url, mask_urls
+
+    shown = mask_url(url)
+    assert CANARY_PASSWORD not in shown and "***" in shown
+    assert shown.partition("://")[0] == url.partition("://")[0]
+    assert ("10.0.0" in shown) == ("10.0.0" in url) and ("db2" in shown) == ("db2" in url)
+    message = mask_urls(f"could not open {url} (and 'again {url}')")
+    assert CANARY_PASSWORD not in message and message.startswith("could not open ")
+
+
+def test_mask_url_leaves_credential_free_urls_alone() -> None:
+    from aiocache_secure.backends import mask_url
+
+    for url in ("memory://", "file:///var/cache/a@b", "redis://127.0.0.1:6379/0"):
+        assert mask_url(url) == url
+    assert mask_url("mongodb://h/db?authSource=admin&w=1") == "mongodb://h/db?authSource=admin&w=1"
+
+
+def test_configuration_reprs_mask_backend_passwords(tmp_path: Any) -> None:
+    from aiocache_secure.config import load_config
+    from aiocache_secure.lint import check_config
+
+    path = tmp_path / "cache.toml"
+    path.write_text(
+        f'[manager]\ndefault_backend = "{CANARY_URLS[0]}"\nkey_vault = "{CANARY_URLS[5]}"\n'
+        f'[namespaces.a]\nbackend = "{CANARY_URLS[1]}"\n'
+        f'[namespaces.b]\nbackend = "{CANARY_URLS[6]}"\n'
+    )
+    config = load_config(path)
+    texts = [repr(config), str(config), *map(repr, config.namespaces)]
+    texts += [str(finding) + repr(finding) for finding in check_config(path)]
+    for text in texts:
+        assert CANARY_PASSWORD not in text
+    assert "10.0.0.7" in repr(config) and "db2" in repr(config)

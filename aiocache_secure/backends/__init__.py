@@ -17,6 +17,9 @@ instances on one directory share their process-wide state), which is what makes 
 entries. Remote backends are *shared*: namespaces naming the same URL share one client.
 Advanced options (TLS files, timeouts, a ready driver client) are typed keyword arguments of each
 backend class; build the instance yourself and pass it as ``backend=``.
+
+Anything that shows a URL (a repr, a message, command-line output) shows ``mask_url(url)``:
+passwords and secret-looking query options become ``***``.
 """
 
 from __future__ import annotations
@@ -29,9 +32,10 @@ from typing import Protocol
 from ..backend import Backend
 from ..clock import Clock
 from ..errors import ConfigurationError
+from ._masking import mask_url, mask_urls
 from .memory import MemoryBackend
 
-__all__ = ["BackendKind", "MemoryBackend", "backend_kind", "open_backend"]
+__all__ = ["BackendKind", "MemoryBackend", "backend_kind", "mask_url", "mask_urls", "open_backend"]
 
 
 class Factory(Protocol):
