@@ -110,6 +110,54 @@ async def test_dir_owned_by_someone_else_is_refused(tmp_path: Path) -> None:
         FileBackend(root, repair_permissions=True)
 
 
+async def test_missing_parents_are_created_0700(tmp_path: Path) -> None:
+    root = tmp_path / "a" / "b" / "cache"
+    old = os.umask(0o022)
+    try:
+        backend = FileBackend(root)
+    finally:
+        os.umask(old)
+    for directory in (tmp_path / "a", tmp_path / "a" / "b", root):
+        assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+    await backend.set(b"k", b"v", ttl=None)
+    assert await backend.get(b"k") == b"v"
+
+
+@pytest.mark.parametrize("mode", [0o777, 0o770, 0o757], ids=oct)
+def test_a_parent_others_can_write_is_refused(tmp_path: Path, mode: int) -> None:
+    parent = tmp_path / "shared"
+    parent.mkdir()
+    parent.chmod(mode)
+    for root in (parent / "cache", parent / "deeper" / "cache"):
+        with pytest.raises(ConfigurationError, match="sticky bit.*chmod go-w") as info:
+            FileBackend(root, repair_permissions=True)
+        assert str(parent) in str(info.value)
+        assert not root.exists() and not (parent / "deeper").exists()
+    assert stat.S_IMODE(parent.stat().st_mode) == mode  # never "repaired" behind the owner
+
+
+def test_a_sticky_world_writable_parent_is_accepted(tmp_path: Path) -> None:
+    parent = tmp_path / "tmp-like"
+    parent.mkdir()
+    parent.chmod(0o1777)
+    FileBackend(parent / "cache")
+    assert stat.S_IMODE((parent / "cache").stat().st_mode) == 0o700
+
+
+def test_a_parent_owned_by_another_user_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    parent = tmp_path / "theirs"
+    parent.mkdir(mode=0o755)
+    if os.geteuid() == 0:
+        os.chown(parent, 65534, 65534)
+    else:  # nobody to give it to: this process passes for another user instead
+        monkeypatch.setattr(os, "geteuid", lambda: parent.stat().st_uid + 1)
+    with pytest.raises(ConfigurationError, match="owned by another user"):
+        FileBackend(parent / "cache", repair_permissions=True)
+    assert not (parent / "cache").exists()
+
+
 async def test_cache_path_must_be_a_directory(tmp_path: Path) -> None:
     (tmp_path / "file").write_bytes(b"")
     with pytest.raises(ConfigurationError):
@@ -390,6 +438,37 @@ async def test_missing_root_is_recreated(tmp_path: Path) -> None:
     assert await backend.get(b"k") == b"w"
 
 
+@pytest.mark.parametrize("swapped", ["root", "parent"])
+async def test_root_swapped_for_a_symlink_is_never_written_through(
+    tmp_path: Path, swapped: str
+) -> None:
+    root = tmp_path / "p" / "cache"
+    backend = FileBackend(root)
+    await backend.set(b"k", b"v", ttl=None)
+    decoy = tmp_path / "decoy" / "p" / "cache"
+    decoy.mkdir(parents=True, mode=0o700)
+    moved = root if swapped == "root" else root.parent
+    moved.rename(moved.with_name("moved"))
+    moved.symlink_to(decoy if swapped == "root" else decoy.parent, target_is_directory=True)
+    with pytest.raises(BackendUnavailable):
+        await backend.get(b"k")
+    with pytest.raises(BackendUnavailable):
+        await backend.set(b"k2", b"w", ttl=None)
+    assert walk(decoy) == []  # nothing read from or written to where the symlink points
+    assert len(entries(tmp_path / ("p/moved" if swapped == "root" else "moved/cache"))) == 1
+
+
+async def test_root_recreated_by_another_process_is_adopted(tmp_path: Path) -> None:
+    root = tmp_path / "cache"
+    backend = FileBackend(root)
+    await backend.set(b"k", b"v", ttl=None)
+    root.rename(tmp_path / "old")
+    root.mkdir(mode=0o700)
+    assert await backend.get(b"k") is None
+    await backend.set(b"k", b"w", ttl=None)
+    assert len(entries(root)) == 1 and await backend.get(b"k") == b"w"
+
+
 # -- namespaces, quotas, expiry ----------------------------------------------------------------
 
 
@@ -544,7 +623,7 @@ async def test_many_namespaces_share_one_root_check(
     checked: list[str] = []
     real = _file_dir.prepare_root
 
-    def counting(path: str, *, repair: bool) -> str:
+    def counting(path: str, *, repair: bool) -> tuple[str, int]:
         checked.append(path)
         return real(path, repair=repair)
 

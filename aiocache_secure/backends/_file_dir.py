@@ -20,7 +20,7 @@ import weakref
 from typing import Final
 
 from .. import audit
-from ..errors import ConfigurationError
+from ..errors import BackendUnavailable, ConfigurationError
 from ._file_format import (
     GROUP_NAME,
     HEAD,
@@ -119,18 +119,11 @@ class Dirs:
     def __exit__(self, *exc: object) -> None:
         for fd in self._fds.values():
             os.close(fd)
-        if self._root is not None:
-            os.close(self._root)
 
     def root(self, *, create: bool) -> int | None:
+        """The root's descriptor, held by the :class:`Directory` (never closed here)."""
         if self._root is None:
-            try:
-                self._root = os.open(self.directory.path, O_DIR)
-            except FileNotFoundError:
-                if not create:
-                    return None
-                self.directory.recreate()
-                self._root = os.open(self.directory.path, O_DIR)
+            self._root = self.directory.root(create=create)
         return self._root
 
     def group(self, group: str, *, create: bool) -> int | None:
@@ -206,34 +199,92 @@ class Dirs:
             return [e.name for e in entries]
 
 
-def prepare_root(path: str, *, repair: bool) -> str:
-    """Create or check the cache directory: a real directory, ours, mode 0700."""
+def _check_parent(fd: int, where: str) -> None:
+    """Refuse a parent of the root that somebody else could use to swap the root for another
+    directory: one owned by another user (root excepted), or writable by group or others
+    without the sticky bit. Under a sticky directory such as /tmp only an entry's owner may
+    rename or remove it, and every entry on the way down is checked to be ours (or root's)."""
+    info = os.fstat(fd)
+    if info.st_uid not in (0, os.geteuid()):
+        raise ConfigurationError(
+            f"file backend: {where} is owned by another user, who could swap the cache "
+            f"directory: choose a cache directory whose parents belong to root or to this user"
+        )
+    if info.st_mode & 0o022 and not info.st_mode & stat.S_ISVTX:
+        raise ConfigurationError(
+            f"file backend: {where} is writable by other users and has no sticky bit, so they "
+            f"could swap the cache directory: remove their write access (chmod go-w) or choose "
+            f"a cache directory under a private parent"
+        )
+
+
+def _open_or_make(parent: int, name: str) -> int:
+    """Directory ``name`` in ``parent``, created 0700 when missing; never through a symlink."""
+    try:
+        return os.open(name, O_DIR, dir_fd=parent)
+    except FileNotFoundError:
+        pass
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(name, DIR_MODE, dir_fd=parent)
+    fd = os.open(name, O_DIR, dir_fd=parent)
+    try:
+        if stat.S_IMODE(os.fstat(fd).st_mode) != DIR_MODE:  # the umask took bits away
+            os.fchmod(fd, DIR_MODE)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def open_root(path: str, *, repair: bool) -> int:
+    """A descriptor of the cache directory ``path`` (absolute, symlink-free): every component
+    opened relative to its parent with ``O_NOFOLLOW``, missing ones created 0700, every parent
+    checked by :func:`_check_parent`, the root itself checked to be ours and 0700.
+
+    ``ConfigurationError`` for a policy violation; ``OSError`` when a component cannot be
+    opened (``ELOOP``: a symlink, ``ENOTDIR``: not a directory) or created."""
+    fd = os.open("/", O_DIR)
+    try:
+        where = "/"
+        for name in [part for part in path.split("/") if part]:
+            _check_parent(fd, where)
+            child = _open_or_make(fd, name)
+            os.close(fd)
+            fd = child
+            where = os.path.join(where, name)
+        info = os.fstat(fd)
+        if info.st_uid != os.geteuid():
+            raise ConfigurationError("file backend: the cache directory is owned by another user")
+        mode = stat.S_IMODE(info.st_mode)
+        if mode & 0o077 and not repair:
+            raise ConfigurationError(
+                f"file backend: the cache directory is accessible to other users "
+                f"(mode {mode:04o}); make it 0700 or pass repair_permissions=True"
+            )
+        if mode != DIR_MODE:
+            try:
+                os.fchmod(fd, DIR_MODE)
+            except OSError as exc:
+                raise ConfigurationError(
+                    "file backend: cannot set the cache directory to 0700"
+                ) from exc
+            if mode & 0o077:
+                audit.emit("insecure_config", backend="file", reason="cache_dir_mode_repaired")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def prepare_root(path: str, *, repair: bool) -> tuple[str, int]:
+    """Create or check the cache directory at construction: its real path and a descriptor."""
     real = os.path.realpath(path)
     try:
-        os.makedirs(real, mode=DIR_MODE, exist_ok=True)
-        info = os.lstat(real)
+        return real, open_root(real, repair=repair)
     except OSError as exc:
+        if exc.errno in (errno.ENOTDIR, errno.ELOOP):
+            raise ConfigurationError("file backend: the cache path is not a directory") from exc
         raise ConfigurationError("file backend: cannot create the cache directory") from exc
-    if not stat.S_ISDIR(info.st_mode):
-        raise ConfigurationError("file backend: the cache path is not a directory")
-    if info.st_uid != os.geteuid():
-        raise ConfigurationError("file backend: the cache directory is owned by another user")
-    mode = stat.S_IMODE(info.st_mode)
-    if mode & 0o077 and not repair:
-        raise ConfigurationError(
-            f"file backend: the cache directory is accessible to other users "
-            f"(mode {mode:04o}); make it 0700 or pass repair_permissions=True"
-        )
-    if mode & 0o777 != DIR_MODE:
-        try:
-            os.chmod(real, DIR_MODE)
-        except OSError as exc:
-            raise ConfigurationError(
-                "file backend: cannot set the cache directory to 0700"
-            ) from exc
-        if mode & 0o077:
-            audit.emit("insecure_config", backend="file", reason="cache_dir_mode_repaired")
-    return real
 
 
 class Directory:
@@ -242,7 +293,10 @@ class Directory:
     __slots__ = (
         "__weakref__",
         "_cursor",
+        "_fds",
+        "_identity",
         "_lock",
+        "_root_lock",
         "_sweep_lock",
         "cleaned",
         "host",
@@ -253,8 +307,15 @@ class Directory:
         "temp_max_age",
     )
 
-    def __init__(self, path: str, *, repair: bool, temp_max_age: float) -> None:
+    def __init__(self, path: str, fd: int, *, repair: bool, temp_max_age: float) -> None:
         self.path = path
+        # The root is used through this descriptor, never reopened by path: a directory
+        # renamed away and replaced (by another directory or a symlink, here or in a parent)
+        # is seen by root() and never written through. Replaced descriptors stay open until
+        # this object dies: a worker thread may still be using one.
+        self._fds = [fd]
+        self._identity = _identity(os.fstat(fd))
+        weakref.finalize(self, _close_all, self._fds)
         self.repair = repair
         self.temp_max_age = temp_max_age
         self.host = host_tag()
@@ -262,12 +323,36 @@ class Directory:
         self.next_sweep: float | None = None
         self.swept = 0
         self._lock = threading.Lock()
+        self._root_lock = threading.Lock()
         self._sweep_lock = threading.Lock()
         self._cursor: tuple[list[str], int, list[str] | None, int] | None = None
 
-    def recreate(self) -> None:
-        with self._lock:
-            prepare_root(self.path, repair=self.repair)
+    def root(self, *, create: bool) -> int | None:
+        """The root's descriptor while ``path`` still names that directory. When it does not
+        (removed, renamed away, replaced) the path is walked again as at construction: a
+        missing root is recreated (``create``) or None, anything unsafe refused."""
+        if self._names_root():
+            return self._fds[-1]
+        with self._root_lock:
+            if self._names_root():
+                return self._fds[-1]
+            if not create and not _exists(self.path):
+                return None
+            try:
+                fd = open_root(self.path, repair=self.repair)
+            except ConfigurationError as exc:
+                raise BackendUnavailable(
+                    "file backend: the cache directory was replaced by one that is not safe"
+                ) from exc
+            self._fds.append(fd)
+            self._identity = _identity(os.fstat(fd))
+            return fd
+
+    def _names_root(self) -> bool:
+        try:
+            return _identity(os.stat(self.path, follow_symlinks=False)) == self._identity
+        except FileNotFoundError:
+            return False
 
     def temp_name(self) -> str:
         return f"{TEMP}{self.host}-{os.getpid()}-{secrets.token_hex(6)}"
@@ -380,6 +465,24 @@ def sweep_entry(fd: int, name: str, now_ms: int) -> int:
     return int(remove_if_same(fd, name, info))
 
 
+def _identity(info: os.stat_result) -> tuple[int, int]:
+    return info.st_dev, info.st_ino
+
+
+def _exists(path: str) -> bool:
+    try:
+        os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _close_all(fds: list[int]) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
 registry: weakref.WeakValueDictionary[str, Directory] = weakref.WeakValueDictionary()
 registry_lock = threading.Lock()
 
@@ -390,10 +493,12 @@ def open_directory(path: str, *, repair: bool, temp_max_age: float) -> Directory
         found = registry.get(spelled)
         if found is not None:
             return found
-        real = prepare_root(spelled, repair=repair)
+        real, fd = prepare_root(spelled, repair=repair)
         found = registry.get(real)
         if found is None:
-            found = Directory(real, repair=repair, temp_max_age=temp_max_age)
+            found = Directory(real, fd, repair=repair, temp_max_age=temp_max_age)
             registry[real] = found
+        else:
+            os.close(fd)
         registry[spelled] = found
         return found
