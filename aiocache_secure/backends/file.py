@@ -2,7 +2,7 @@
 
 Layout (every name below is derived from the storage key by a fixed encoding, never taken from it)::
 
-    <root>/                       0700, owned by this user (checked when the backend is built)
+    <root>/                       0700, owned by this user, parents safe (checked at start)
       <tag>.<sep>/                one directory per namespace prefix: "acs1" + 32-hex tag + 1 byte
         <shard>/                  2 hex digits of BLAKE2b(key): 256 shards keep directories small
           k<hex(rest of key)>     an entry, when the rest of the key is at most 100 bytes
@@ -16,6 +16,11 @@ Entry file (0600)::
 
 Guarantees:
 
+* Nobody else can swap the root: missing directories on its path are created 0700, and every
+  parent must belong to root or this user and be writable by nobody else unless sticky (like
+  ``/tmp``). The root is then held as a descriptor, used for every operation once an ``lstat`` of
+  the path confirms it still names that directory; a root replaced by a symlink or by anything
+  that fails these checks is ``BackendUnavailable``, never followed (see :mod:`._file_dir`).
 * Keys cannot escape the root: names are hex, so ``../x``, ``/abs``, NUL or ``..\\`` in a key are
   just more hex digits. Every directory below the root is opened relative to its parent's
   descriptor with ``O_NOFOLLOW``, and entries with ``O_NOFOLLOW | O_NONBLOCK``, so a symlink (or
