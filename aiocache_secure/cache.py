@@ -811,14 +811,13 @@ class Cache:
 
         target = Path(path)
         count = 0
-
-        def opener(p: str, flags: int) -> int:
-            return os.open(p, flags, 0o600)
-
+        # Written through mkstemp's own descriptor (O_EXCL, 0600) and never reopened by name, so
+        # a symlink planted in its place is never followed; renamed only while the name is
+        # still that file.
         fd, tmp = tempfile.mkstemp(prefix=".export-", dir=target.parent)
-        os.close(fd)
         try:
-            async with await anyio.open_file(tmp, "w", encoding="utf-8", opener=opener) as out:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                out = anyio.wrap_file(handle)
                 async for key, value in self.items():
                     line = json.dumps({"key": key, "value": value}, ensure_ascii=False)
                     await out.write(line + "\n")
@@ -826,7 +825,14 @@ class Cache:
                     if progress is not None:
                         progress(count)
                 await out.flush()
-            os.chmod(tmp, 0o600)
+                os.fchmod(fd, 0o600)
+                await anyio.to_thread.run_sync(os.fsync, fd)
+                written, named = os.fstat(fd), os.stat(tmp, follow_symlinks=False)
+                if (written.st_dev, written.st_ino) != (named.st_dev, named.st_ino):
+                    raise CacheError(
+                        "export: the file being written was replaced; export into a directory "
+                        "only this user can write"
+                    )
             os.replace(tmp, target)
         except BaseException:
             await anyio.Path(tmp).unlink(missing_ok=True)

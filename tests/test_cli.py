@@ -6,11 +6,13 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from aiocache_secure import Keyring
+from aiocache_secure import CacheError, CacheManager, Keyring
 
 KEY_TEXT = Keyring.new_key_text()
 
@@ -216,3 +218,33 @@ def test_demo_runs(tmp_path: Path) -> None:
     assert "plaintext visible: False" in result.stdout
     assert "stats.tampered = 1" in result.stdout
     assert "get email after erase = None" in result.stdout
+
+
+@pytest.mark.anyio
+async def test_export_never_follows_a_symlink_planted_for_its_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    victim.chmod(0o644)
+    real = tempfile.mkstemp
+
+    def racing(*args: Any, **kwargs: Any) -> tuple[int, str]:
+        fd, name = real(*args, **kwargs)
+        os.unlink(name)  # the race another user of the directory would have to win
+        os.symlink(victim, name)
+        return fd, name
+
+    out = tmp_path / "users.jsonl"
+    async with CacheManager() as manager:
+        users = manager.namespace("users", hash_keys=False)
+        await users.set("a", 1)
+        assert await users.export(out) == 1  # the normal path: written through its descriptor
+        assert out.read_text() == '{"key": "a", "value": 1}\n'
+        assert out.stat().st_mode & 0o777 == 0o600
+        monkeypatch.setattr(tempfile, "mkstemp", racing)
+        with pytest.raises(CacheError, match="replaced"):
+            await users.export(out)
+    assert victim.read_text() == "precious" and victim.stat().st_mode & 0o777 == 0o644
+    assert out.read_text() == '{"key": "a", "value": 1}\n'  # the earlier export stands
+    assert sorted(os.listdir(tmp_path)) == ["users.jsonl", "victim"]
