@@ -8,16 +8,24 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import anyio
 
 from .backends import mask_urls
 from .cache import MISSING, Cache
 from .config import Config, load_config
-from .errors import CacheError, ConfigurationError
+from .errors import (
+    BackendError,
+    BackendTimeout,
+    BackendUnavailable,
+    CacheError,
+    ConfigurationError,
+)
 from .keyring import Keyring
 from .lint import check_config
 from .manager import CacheManager
@@ -78,7 +86,8 @@ async def _demo(directory: Path) -> None:
     _say("\nmanager closed; every backend released.")
 
 
-async def _bench(seconds: float) -> None:
+async def _bench(seconds: float, say: bool) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
     async with CacheManager(keyring=Keyring.generate()) as manager:
         for label, encrypt, pad in (
             ("memory, hashed keys", False, False),
@@ -94,7 +103,11 @@ async def _bench(seconds: float) -> None:
                         await ns.get(key)
                     count += 1000
                 elapsed = time.perf_counter() - start
-                _say(f"{label:<28} {op:<9} {elapsed / count * 1e9:8.0f} ns/op")
+                ns_per_op = elapsed / count * 1e9
+                rows.append({"case": label, "operation": op, "ns_per_op": round(ns_per_op)})
+                if say:
+                    _say(f"{label:<28} {op:<9} {ns_per_op:8.0f} ns/op")
+    return rows
 
 
 async def _with_config(config: Config, work: Callable[[CacheManager], Awaitable[int]]) -> int:
@@ -117,9 +130,11 @@ async def _stats(manager: CacheManager, args: argparse.Namespace) -> int:
     rows: list[dict[str, Any]] = []
     for name, cache in manager.namespaces.items():
         entries = size = 0
-        async for _, value in manager.backend_of(name).scan(cache.key_prefix):
-            entries += 1
-            size += len(value)
+        with _naming(args, name):
+            async for _, value in manager.backend_of(name).scan(cache.key_prefix):
+                entries += 1
+                size += len(value)
+            counters = await manager.read_stats(name)
         rows.append(
             {
                 "namespace": name,
@@ -128,7 +143,7 @@ async def _stats(manager: CacheManager, args: argparse.Namespace) -> int:
                 "encrypted": cache.policy.encrypt,
                 "private": cache.policy.private,
                 # Published by running applications (CacheManager.publish_stats), summed.
-                "counters": await manager.read_stats(name),
+                "counters": counters,
             }
         )
     lines = []
@@ -154,18 +169,24 @@ async def _stats(manager: CacheManager, args: argparse.Namespace) -> int:
 
 
 async def _export(manager: CacheManager, args: argparse.Namespace) -> int:
-    cache = _namespace(manager, args.namespace)
-    bar = _Bar(f"export {args.namespace}", enabled=not args.json)
-    if args.out is not None:
-        count = await cache.export(args.out, progress=bar)
-        bar.done(count)
-        _progress(f"exported {count} entries to {args.out}")
-        return 0
-    count = 0
-    async for key, value in cache.items():
-        print(json.dumps({"key": key, "value": value}, ensure_ascii=False))
-        count += 1
-        bar(count)
+    if args.namespace in manager.namespaces or args.backend is None:
+        if args.private:
+            raise ConfigurationError("--private goes with --backend")
+        cache = _namespace(manager, args.namespace)
+    else:
+        cache = manager.namespace(args.namespace, args.backend, private=args.private)
+    bar = _Bar(f"export {args.namespace}", enabled=not args.json, force=args.progress)
+    with _naming(args, args.namespace):
+        if args.out is not None:
+            count = await cache.export(args.out, progress=bar)
+            bar.done(count)
+            _progress(f"exported {count} entries to {args.out}")
+            return 0
+        count = 0
+        async for key, value in cache.items():
+            print(json.dumps({"key": key, "value": value}, ensure_ascii=False))
+            count += 1
+            bar(count)
     bar.done(count)
     _progress(f"exported {count} entries")
     return 0
@@ -173,8 +194,11 @@ async def _export(manager: CacheManager, args: argparse.Namespace) -> int:
 
 async def _erase(manager: CacheManager, args: argparse.Namespace) -> int:
     known = args.namespace in manager.namespaces
+    if not known and args.backend is None:
+        _namespace(manager, args.namespace)  # the same error (and exit code) as export's
     backend = None if known else args.backend
-    erased = await manager.erase(args.namespace, backend=backend)
+    with _naming(args, args.namespace):
+        erased = await manager.erase(args.namespace, backend=backend)
     rows = [{"namespace": args.namespace, "erased": erased}]
     _emit(args, rows, ["erased" if erased else "nothing to erase (no such namespace)"])
     return 0
@@ -185,8 +209,9 @@ async def _rotate(manager: CacheManager, args: argparse.Namespace) -> int:
     for name, cache in manager.namespaces.items():
         if not cache.policy.encrypt:
             continue
-        bar = _Bar(f"re-encrypting {name}", enabled=not args.json)
-        count = await cache.rotate_keys(progress=bar)
+        bar = _Bar(f"re-encrypting {name}", enabled=not args.json, force=args.progress)
+        with _naming(args, name):
+            count = await cache.rotate_keys(progress=bar)
         bar.done(count)
         rows.append({"namespace": name, "reencrypted": count})
     rewrapped = await manager.rewrap()
@@ -205,19 +230,43 @@ def _namespace(manager: CacheManager, name: str) -> Cache:
     try:
         return manager.namespaces[name]
     except KeyError:
-        raise ConfigurationError("that namespace is not in the configuration") from None
+        raise ConfigurationError(
+            "that namespace is not in the configuration (name its store with --backend URL)"
+        ) from None
 
 
 def _progress(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
+def _address(url: str) -> str:
+    """Where a backend URL points, for error messages: host:port or a path, never credentials."""
+    parts = urlsplit(url)
+    if parts.scheme == "file":
+        return parts.path or "?"
+    if parts.scheme == "memory":
+        return "process memory"
+    hosts = parts.netloc.rpartition("@")[2]
+    return hosts or "?"
+
+
+@contextmanager
+def _naming(args: argparse.Namespace, name: str) -> Iterator[None]:
+    """Say which namespace and which store failed: an operator's first question."""
+    try:
+        yield
+    except BackendError as exc:
+        url = args.urls.get(name) or args.backend_url
+        kind = BackendTimeout if isinstance(exc, BackendTimeout) else BackendUnavailable
+        raise kind(f"namespace {name!r} at {_address(url)}: {exc}") from exc
+
+
 class _Bar:
     """A one-line progress counter on a terminal's stderr; silent otherwise (scripts, --json)."""
 
-    def __init__(self, label: str, *, enabled: bool) -> None:
+    def __init__(self, label: str, *, enabled: bool, force: bool = False) -> None:
         self.label = label
-        self.enabled = enabled and sys.stderr.isatty()
+        self.enabled = force or (enabled and sys.stderr.isatty())
         self.started = time.monotonic()
 
     def __call__(self, count: int) -> None:
@@ -240,15 +289,18 @@ def _confirm(name: str) -> bool:
     return answer == name
 
 
-def _gen_key(out: Path | None) -> int:
+def _gen_key(out: Path | None, *, as_json: bool) -> int:
     text = Keyring.new_key_text()
     if out is None:
-        print(text)
+        print(json.dumps({"key": text}) if as_json else text)
         return 0
     fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "w", encoding="ascii") as handle:
         handle.write(text + "\n")
-    _progress(f"wrote a new key to {out} (mode 0600)")
+    if as_json:
+        print(json.dumps({"written": str(out), "mode": "0600"}))
+    else:
+        _progress(f"wrote a new key to {out} (mode 0600)")
     return 0
 
 
@@ -265,6 +317,18 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
+    # --config and --json are accepted before and after the command; after it, SUPPRESS keeps
+    # an option that was not repeated from overwriting the value given before it.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config",
+        type=Path,
+        default=argparse.SUPPRESS,
+        help="TOML configuration (default: ./aiocache_secure.toml)",
+    )
+    common.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output"
+    )
     parser = argparse.ArgumentParser(
         prog="aiocache-secure",
         description="aiocache_secure command line. Keys come from the configuration's [keys] "
@@ -278,25 +342,34 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    demo = sub.add_parser("demo", help="run the demo on the embedded default (no server needed)")
+
+    def command(name: str, text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=text, description=text, parents=[common])
+
+    demo = command("demo", "run the demo on the embedded default (no server needed)")
     demo.add_argument("--dir", type=Path, help="cache directory for the file backend part")
-    check = sub.add_parser("check-config", help="validate and lint a configuration file")
+    check = command("check-config", "validate and lint a configuration file")
     check.add_argument("file", type=Path, help="the TOML file to check")
-    sub.add_parser("stats", help="entries and bytes per configured namespace")
-    export = sub.add_parser("export", help="export a namespace as JSON Lines")
+    command("stats", "entries and bytes per configured namespace")
+    export = command("export", "export a namespace as JSON Lines")
     export.add_argument("namespace")
     export.add_argument("--out", type=Path, help="write atomically to FILE (mode 0600)")
-    erase = sub.add_parser("erase", help="crypto-shred a namespace (destroy key, delete entries)")
+    export.add_argument("--backend", help="backend URL of a namespace not in the configuration")
+    export.add_argument(
+        "--private", action="store_true", help="with --backend: the namespace is private"
+    )
+    export.add_argument("--progress", action="store_true", help="progress on stderr, always")
+    erase = command("erase", "crypto-shred a namespace (destroy key, delete entries)")
     erase.add_argument("namespace")
     erase.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     erase.add_argument("--backend", help="backend URL of a namespace not in the configuration")
-    sub.add_parser(
-        "rotate-keys",
-        help="re-encrypt entries and re-wrap data keys under the keyring's primary key",
+    rotate = command(
+        "rotate-keys", "re-encrypt entries and re-wrap data keys under the keyring's primary key"
     )
-    gen = sub.add_parser("gen-key", help="print (or write, mode 0600) a fresh random key")
+    rotate.add_argument("--progress", action="store_true", help="progress on stderr, always")
+    gen = command("gen-key", "print (or write, mode 0600) a fresh random key")
     gen.add_argument("--out", type=Path, help="write to a new file instead of printing")
-    bench = sub.add_parser("bench", help="a quick local benchmark on the memory backend")
+    bench = command("bench", "a quick local benchmark on the memory backend")
     bench.add_argument("--seconds", type=float, default=0.5, help="time per measurement")
     return parser
 
@@ -308,12 +381,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CacheError as exc:
         _progress(f"error: {mask_urls(str(exc))}")
         return 2
+    except FileExistsError:
+        _progress("error: that file already exists (nothing was overwritten)")
+        return 2
+    except BrokenPipeError:
+        # The reader went away (``export | head``): stop quietly, as a shell pipeline expects,
+        # and keep the interpreter from reporting the pipe again while flushing stdout at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
     except KeyboardInterrupt:
         return 130
 
 
 def _run(args: argparse.Namespace) -> int:
     if args.command == "demo":
+        if args.json:
+            raise ConfigurationError("demo is a walkthrough for people: it has no --json output")
         if args.dir is not None:
             anyio.run(_demo, args.dir.resolve())
         else:
@@ -321,15 +405,21 @@ def _run(args: argparse.Namespace) -> int:
                 anyio.run(_demo, Path(tmp) / "cache")
         return 0
     if args.command == "gen-key":
-        return _gen_key(args.out)
+        return _gen_key(args.out, as_json=args.json)
     if args.command == "bench":
-        anyio.run(_bench, args.seconds)
+        rows = anyio.run(_bench, args.seconds, not args.json)
+        if args.json:
+            print(json.dumps(rows, indent=2))
         return 0
     if args.command == "check-config":
         return _check(args)
     if args.command == "erase" and not args.yes and not _confirm(args.namespace):
         return 2
     config = load_config(args.config)
+    args.urls = {
+        ns.name: str(ns.options.get("backend", config.default_backend)) for ns in config.namespaces
+    }
+    args.backend_url = getattr(args, "backend", None) or config.default_backend
     commands = {"stats": _stats, "export": _export, "erase": _erase, "rotate-keys": _rotate}
     command = commands[args.command]
     return anyio.run(_with_config, config, lambda manager: command(manager, args))

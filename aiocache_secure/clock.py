@@ -27,6 +27,7 @@ class ManualClock:
         return self.now
 
     def advance(self, seconds: float) -> None:
+        """Move the clock forward by ``seconds`` (never backwards)."""
         if seconds < 0:
             raise ValueError("a clock does not go backwards")
         self.now += seconds

@@ -186,5 +186,14 @@ def load_raw(path: Path) -> dict[str, Any]:
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:
+    """Read and validate the TOML configuration at ``path`` (format: docs/configuration.md).
+
+    Every error is a :class:`ConfigurationError` that names the file, the table and the option
+    (never a value, which could be a credential).
+    """
     target = Path(path)
-    return parse_config(load_raw(target), target)
+    raw = load_raw(target)
+    try:
+        return parse_config(raw, target)
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"{target}: {exc}") from None

@@ -9,6 +9,12 @@ __all__ = ["Stats"]
 
 @dataclass(slots=True)
 class Stats:
+    """What one namespace did since it was opened (or :meth:`reset`): plain counters.
+
+    ``tampered`` counts entries that failed authentication (each also an audit event);
+    ``errors`` counts backend errors, including those ``fail_open`` turned into misses.
+    """
+
     hits: int = 0
     misses: int = 0
     sets: int = 0
@@ -19,12 +25,15 @@ class Stats:
 
     @property
     def hit_ratio(self) -> float:
+        """Hits over reads (0.0 before the first read)."""
         total = self.hits + self.misses
         return self.hits / total if total else 0.0
 
     def as_dict(self) -> dict[str, int]:
+        """The counters as a dict (for JSON and metrics exporters)."""
         return asdict(self)
 
     def reset(self) -> None:
+        """Set every counter back to 0."""
         for name in self.__dataclass_fields__:
             setattr(self, name, 0)

@@ -15,12 +15,16 @@ if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi
 .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
-.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[dev]"
+.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[all,motor,otel]" --group dev
 
 export PATH="$PWD/.venv/bin:$PATH"
 echo "== ruff"
 ruff check .
 echo "== mypy --strict"
 mypy --strict aiocache_secure
+echo "== docs (mkdocs --strict)"
+docs_site="$(mktemp -d)"
+NO_MKDOCS_2_WARNING=1 mkdocs build --strict --quiet --site-dir "$docs_site"
+rm -rf "$docs_site"
 echo "== pytest"
 pytest "$@"

@@ -248,3 +248,112 @@ async def test_export_never_follows_a_symlink_planted_for_its_file(
     assert victim.read_text() == "precious" and victim.stat().st_mode & 0o777 == 0o644
     assert out.read_text() == '{"key": "a", "value": 1}\n'  # the earlier export stands
     assert sorted(os.listdir(tmp_path)) == ["users.jsonl", "victim"]
+
+
+def _file_config(tmp_path: Path, extra: str = "") -> tuple[Path, Path]:
+    key_file = write(tmp_path / "keys", KEY_TEXT)
+    key_file.chmod(0o600)
+    cache = tmp_path / "cache"
+    config = write(
+        tmp_path / "c.toml",
+        f'[keys]\nfile = "{key_file}"\n[manager]\ndefault_backend = "file://{cache}"\n'
+        "[namespaces.users]\nmax_value_bytes = 1000\n" + extra,
+    )
+    return config, cache
+
+
+def _seed(config: Path, body: str) -> None:
+    script = (
+        "import anyio\nfrom aiocache_secure.config import load_config\n"
+        "async def main():\n"
+        f"    cfg = load_config({str(config)!r})\n"
+        "    async with cfg.manager() as m:\n"
+        + "".join(f"        {line}\n" for line in body.splitlines())
+        + "anyio.run(main)\n"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=120)
+
+
+def test_json_is_accepted_after_the_command_and_honoured_everywhere(tmp_path: Path) -> None:
+    config, _ = _file_config(tmp_path)
+    after = cli("--config", str(config), "stats", "--json")
+    assert after.returncode == 0, after.stderr
+    assert json.loads(after.stdout)[0]["namespace"] == "users"
+    config_after = cli("stats", "--config", str(config), "--json")
+    assert json.loads(config_after.stdout)[0]["namespace"] == "users"
+    key = json.loads(cli("gen-key", "--json").stdout)["key"]
+    assert len(Keyring.from_text(key)) == 1
+    bench = json.loads(cli("bench", "--seconds", "0.01", "--json").stdout)
+    assert {row["operation"] for row in bench} == {"get hit", "get miss"}
+    assert all(row["ns_per_op"] > 0 for row in bench)
+    demo = cli("demo", "--json")
+    assert demo.returncode == 2 and demo.stdout == ""
+    assert demo.stderr.count("\n") == 1 and "--json" in demo.stderr
+
+
+def test_failures_are_one_line_and_an_exit_code(tmp_path: Path) -> None:
+    existing = write(tmp_path / "k", "x")
+    result = cli("gen-key", "--out", str(existing))
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "already exists" in result.stderr
+    assert existing.read_text() == "x"
+    config = write(tmp_path / "c.toml", '[namespaces.a]\nbackend = "redis:/127.0.0.1"\n')
+    bad_url = cli("check-config", str(config))
+    assert "not a backend URL" in bad_url.stdout
+    not_url = cli("--config", str(config), "stats")
+    assert not_url.returncode == 2 and "not a backend URL" in not_url.stderr
+    assert "Traceback" not in not_url.stderr
+
+
+def test_unknown_namespace_is_the_same_error_for_export_and_erase(tmp_path: Path) -> None:
+    config, _ = _file_config(tmp_path)
+    exported = cli("--config", str(config), "export", "nobody")
+    erased = cli("--config", str(config), "erase", "nobody", "--yes")
+    assert exported.returncode == erased.returncode == 2
+    assert "--backend" in exported.stderr and "--backend" in erased.stderr
+
+
+def test_unreachable_backend_names_namespace_and_address(tmp_path: Path) -> None:
+    from tests.servers import free_port
+
+    port = free_port()
+    config, _ = _file_config(
+        tmp_path, f'[namespaces.sessions]\nbackend = "redis://app:hunter2@127.0.0.1:{port}/0"\n'
+    )
+    result = cli("--config", str(config), "stats")
+    assert result.returncode == 2
+    assert f"namespace 'sessions' at 127.0.0.1:{port}" in result.stderr
+    assert "hunter2" not in result.stderr and "Traceback" not in result.stderr
+    assert result.stderr.count("\n") == 1
+
+
+@pytest.mark.slow
+def test_export_to_a_closed_pipe_and_of_a_private_namespace_by_backend(tmp_path: Path) -> None:
+    config, cache = _file_config(tmp_path)
+    _seed(
+        config,
+        "users = m.namespace('users', max_value_bytes=1000)\n"
+        "await users.set_many({f'user-{i}': 'x' * 200 for i in range(1500)})\n"
+        "await m.namespace('user:9', private=True).set('email', 'nine@example.com')",
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "aiocache_secure", "--config", str(config), "export", "users"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert process.stdout is not None and process.stderr is not None
+    assert json.loads(process.stdout.readline())["value"] == "x" * 200
+    process.stdout.close()  # like `| head -1`
+    stderr = process.stderr.read().decode()
+    process.stderr.close()
+    assert process.wait(timeout=120) == 141
+    assert "Traceback" not in stderr and "Broken pipe" not in stderr
+    base = ("--config", str(config), "export", "user:9")
+    refused = cli(*base)
+    assert refused.returncode == 2
+    found = cli(*base, "--backend", f"file://{cache}", "--private", "--progress")
+    assert found.returncode == 0, found.stderr
+    assert [json.loads(line) for line in found.stdout.splitlines()] == [
+        {"key": "email", "value": "nine@example.com"}
+    ]
+    assert "export user:9: 1 entries, done" in found.stderr  # --progress without a terminal

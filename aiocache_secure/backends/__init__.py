@@ -79,7 +79,12 @@ def backend_kind(url: object) -> BackendKind:
     if not isinstance(url, str):
         raise TypeError("a backend is a URL string or a Backend instance")
     scheme, sep, _ = url.partition("://")
-    kind = _KINDS.get(scheme.lower()) if sep else None
+    if not sep:
+        raise ConfigurationError(
+            "that is not a backend URL: expected SCHEME://ADDRESS (memory://, file:///abs/dir, "
+            "redis://host:port/db, mongodb://host:port/db)"
+        )
+    kind = _KINDS.get(scheme.lower())
     if kind is None:
         shown = scheme if sep and scheme.isascii() and len(scheme) < 20 else "?"
         raise ConfigurationError(

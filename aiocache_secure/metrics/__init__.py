@@ -23,13 +23,24 @@ T = TypeVar("T")
 
 @runtime_checkable
 class MetricsHook(Protocol):
-    def record(self, operation: str, namespace: str, outcome: str, duration: float) -> None: ...
+    """Receives one call per cache operation; implement it to feed any metrics system."""
+
+    def record(self, operation: str, namespace: str, outcome: str, duration: float) -> None:
+        """One operation: its name, the namespace, ``hit``/``miss``/``ok``/``error``/``tampered``
+        and its duration in seconds. Called inline: keep it fast and never raise."""
+        ...
 
 
 class MeteredCache(Cache):
+    """A :class:`~aiocache_secure.cache.Cache` that reports every public operation to a hook.
+
+    Created by ``manager.namespace(..., metrics=hook)``; behaves exactly like a ``Cache``.
+    """
+
     __slots__ = ("_hook",)
 
     def set_metrics(self, hook: MetricsHook) -> None:
+        """Report to ``hook`` from now on."""
         self._hook = hook
 
     async def _measure(

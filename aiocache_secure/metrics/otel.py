@@ -28,6 +28,9 @@ __all__ = ["OpenTelemetryMetrics"]
 
 
 class OpenTelemetryMetrics:
+    """A :class:`~aiocache_secure.metrics.MetricsHook` recording an OpenTelemetry counter and a
+    duration histogram, from ``meter_provider`` (default: the global one)."""
+
     def __init__(self, meter_provider: Any = None) -> None:
         meter = (meter_provider or otel_metrics.get_meter_provider()).get_meter("aiocache_secure")
         self._count = meter.create_counter(
@@ -38,6 +41,7 @@ class OpenTelemetryMetrics:
         )
 
     def record(self, operation: str, namespace: str, outcome: str, duration: float) -> None:
+        """Count the operation and record its duration, with attributes but never keys."""
         attributes = {"operation": operation, "namespace": namespace, "outcome": outcome}
         self._count.add(1, attributes)
         self._duration.record(duration, attributes)
