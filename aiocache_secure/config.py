@@ -92,6 +92,7 @@ class Config:
         )
 
     def keyring(self) -> Keyring | None:
+        """The keyring from ``[keys]`` (key file first, then environment), or ``None``."""
         if self.keys_file is not None:
             return FileKeyProvider(self.keys_file).load()
         if self.keys_env is not None:
@@ -99,6 +100,7 @@ class Config:
         return None
 
     def manager(self) -> CacheManager:
+        """A new :class:`CacheManager` with this file's keys and ``[manager]`` options."""
         return CacheManager(
             keyring=self.keyring(),
             default_backend=self.default_backend,
@@ -107,6 +109,7 @@ class Config:
         )
 
     def namespace_config(self, name: str) -> NamespaceConfig:
+        """The ``[namespaces.NAME]`` table of ``name``; ConfigurationError if there is none."""
         for ns in self.namespaces:
             if ns.name == name:
                 return ns
