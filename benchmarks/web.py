@@ -289,6 +289,10 @@ def run_case(
             server.wait(10)
 
 
+TARGETS = {"ours-middleware": 3.0, "ours-route": 2.0}
+"""Minimum ratio of ours over each peer's Redis hit path."""
+
+
 def report(results: dict[str, Result | str]) -> None:
     print(f"\n{'case':<36} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'calls':>7}  ratios")
     by_name = {c.name: c for c in CASES}
@@ -319,6 +323,20 @@ def report(results: dict[str, Result | str]) -> None:
             f"{name:<36} {result.rps:>9.0f} {result.p50_ms:>8.2f} {result.p99_ms:>8.2f} "
             f"{result.calls:>7}  {', '.join(ratios)} {' '.join(flags)}".rstrip()
         )
+    for contender, target in TARGETS.items():
+        ours = results.get(
+            next(c.name for c in CASES if (c.contender, c.store) == (contender, "redis"))
+        )
+        peers = [
+            results.get(next(c.name for c in CASES if (c.contender, c.store) == (peer, "redis")))
+            for peer in PEERS
+        ]
+        if isinstance(ours, Result) and all(isinstance(p, Result) and p.rps for p in peers):
+            worst = min(ours.rps / p.rps for p in peers if isinstance(p, Result))
+            verdict = "met" if worst >= target else "NOT met"
+            print(
+                f"target {contender} >= {target:g}x both peers on Redis: {verdict} ({worst:.2f}x)"
+            )
 
 
 def main() -> None:
