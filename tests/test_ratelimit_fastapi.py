@@ -137,3 +137,21 @@ async def test_over_a_real_socket(manager: CacheManager) -> None:
         await serving
         sock.close()
     assert statuses == [200, 200, 429]
+
+
+async def test_two_limits_on_one_route(manager: CacheManager) -> None:
+    limits = manager.namespace("two")
+    burst = FixedWindowLimiter(limits, limit=2, window=1, name="burst")
+    hourly = FixedWindowLimiter(limits, limit=100, window=3600, name="hourly")
+    app = FastAPI()
+
+    @app.get("/", dependencies=[Depends(rate_limit(burst)), Depends(rate_limit(hourly))])
+    async def home() -> str:
+        return "ok"
+
+    async with _client(app) as client:
+        response = await client.get("/")
+    assert response.headers.get_list("ratelimit-policy") == [
+        '"burst";q=2;w=1',
+        '"hourly";q=100;w=3600',
+    ]

@@ -109,7 +109,7 @@ def rate_limit(
             raise HTTPException(exc.status, str(exc), dict(exc.headers())) from exc
         if headers:
             for name, value in decision.headers():
-                response.headers[name] = value
+                response.headers.append(name, value)  # list fields: one member per limit
         return decision
 
     return dependency
