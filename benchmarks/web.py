@@ -271,6 +271,8 @@ def run_case(
                 if server.poll() is not None or time.monotonic() > deadline:
                     raise SystemExit(f"{case.name}: the server did not start") from None
                 time.sleep(0.1)
+        if json.loads(fetch(port, "/item")) != PAYLOAD:  # served from the cache now
+            raise SystemExit(f"{case.name}: a cached response differs from the handler's")
         before = handler_calls(port)
         command = [wrk, "-t2", f"-c{connections}", f"-d{duration:g}s", "--latency",
                    f"http://127.0.0.1:{port}/item"]  # fmt: skip
