@@ -215,13 +215,13 @@ class _WindowLimiter:
         self._burst = _Burst()
         self._refuse_forgetful(cache)
 
-    def _lifetime(self) -> float:
-        """The longest lifetime a counter of this limiter is written with."""
-        return self.window + 1
+    def _needed_ttl(self) -> float:
+        """How long a counter must live for the limit to hold (a current window's counter)."""
+        return self.window
 
     def _refuse_forgetful(self, cache: Cache) -> None:
         policy = cache.policy
-        needed = self._lifetime()
+        needed = self._needed_ttl()
         if policy.max_ttl is not None and policy.max_ttl < needed:
             raise ConfigurationError(
                 f"the namespace's max_ttl ({policy.max_ttl:g}s) would expire this limiter's "
@@ -289,8 +289,9 @@ class SlidingWindowLimiter(_WindowLimiter):
     __slots__ = ()
     _tag = "sw"
 
-    def _lifetime(self) -> float:
-        return 2 * self.window + 1
+    def _needed_ttl(self) -> float:
+        # The previous window's counter still weighs in until the end of the current one.
+        return 2 * self.window
 
     async def _count(self, identity: str) -> Decision:
         now = self._clock()

@@ -110,7 +110,8 @@ async def test_refuses_namespaces_that_forget_counters(manager: CacheManager) ->
     """Each forgotten counter is a fresh allowance: 5 an hour would become 5 a minute."""
     cases = [
         (FixedWindowLimiter, {"max_ttl": 60}, "max_ttl"),
-        (SlidingWindowLimiter, {"max_ttl": 3601}, "max_ttl"),  # enough for a fixed window only
+        (FixedWindowLimiter, {"max_ttl": 3599}, "max_ttl"),
+        (SlidingWindowLimiter, {"max_ttl": 7199}, "max_ttl"),  # enough for a fixed window only
         (FixedWindowLimiter, {"ttl_jitter": 0.1}, "ttl_jitter"),
         (FixedWindowLimiter, {"max_entries": 1000}, "max_entries"),
         (SlidingWindowLimiter, {"max_bytes": 1_000_000}, "max_bytes"),
@@ -120,8 +121,8 @@ async def test_refuses_namespaces_that_forget_counters(manager: CacheManager) ->
         namespace = manager.namespace(f"forgetful{index}", **options)
         with pytest.raises(ConfigurationError, match=fix):
             cls(namespace, limit=5, window=3600)
-    assert FixedWindowLimiter(manager.namespace("ok1", max_ttl=3601), limit=5, window=3600)
-    assert SlidingWindowLimiter(manager.namespace("ok2", max_ttl=7201), limit=5, window=3600)
+    assert FixedWindowLimiter(manager.namespace("ok1", max_ttl=3600), limit=5, window=3600)
+    assert SlidingWindowLimiter(manager.namespace("ok2", max_ttl=7200), limit=5, window=3600)
 
 
 async def test_limiters_with_different_names_count_apart(manager: CacheManager) -> None:
