@@ -155,3 +155,16 @@ async def test_two_limits_on_one_route(manager: CacheManager) -> None:
         '"burst";q=2;w=1',
         '"hourly";q=100;w=3600',
     ]
+
+
+def test_offered_from_the_ratelimit_module_without_importing_fastapi() -> None:
+    import subprocess
+    import sys
+
+    from aiocache_secure import ratelimit
+
+    assert ratelimit.rate_limit is rate_limit
+    assert ratelimit.add_rate_limit_handlers is add_rate_limit_handlers
+    probe = "import sys, aiocache_secure.ratelimit; print('fastapi' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert result.stdout.strip() == "False", result.stderr
