@@ -25,7 +25,8 @@ letting traffic through unlimited is a choice someone has to write down.
 
 :func:`enforce` is the one place that turns a limiter's answer into "go on", a
 :class:`RateLimitExceeded` (429) or a :class:`RateLimitUnavailable` (503); the decorator, the
-ASGI middleware and the FastAPI dependency (:mod:`aiocache_secure.integrations.ratelimit_fastapi`)
+ASGI middleware, the FastAPI dependency (:mod:`aiocache_secure.integrations.ratelimit_fastapi`)
+and the aiohttp middleware and decorator (:mod:`aiocache_secure.integrations.ratelimit_aiohttp`)
 all call it. :func:`problem_response` renders either exception as an RFC 9457
 ``application/problem+json`` answer with the ``RateLimit``/``RateLimit-Policy`` fields of the
 IETF httpapi ratelimit-headers draft and ``Retry-After``.
