@@ -327,7 +327,7 @@ async def enforce(limiter: Limiter, identity: str, *, fail_open: bool | None = N
     """
     try:
         decision = await limiter.hit(identity)
-    except BackendError as exc:
+    except (BackendError, ContentionError) as exc:
         if not fail_open:
             if isinstance(exc, RateLimitUnavailable):
                 raise

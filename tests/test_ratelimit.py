@@ -9,7 +9,15 @@ from starlette.applications import Starlette
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
-from aiocache_secure import CacheManager, ConfigurationError, Keyring, ManualClock, MemoryBackend
+from aiocache_secure import (
+    BackendTimeout,
+    CacheManager,
+    ConfigurationError,
+    ContentionError,
+    Keyring,
+    ManualClock,
+    MemoryBackend,
+)
 from aiocache_secure.ratelimit import (
     Decision,
     FixedWindowLimiter,
@@ -176,3 +184,29 @@ async def test_asgi_middleware_fields_and_problem_body(manager: CacheManager) ->
     assert limited.headers["content-type"] == "application/problem+json"
     assert limited.json()["status"] == 429
     assert limited.headers["ratelimit"].startswith('"site";r=0;t=')
+
+
+class _OutOfStore:
+    """A custom limiter (the Limiter protocol) whose own store keeps failing."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    async def hit(self, identity: str) -> Decision:
+        raise self.error
+
+
+@pytest.mark.parametrize("error", [BackendTimeout("slow"), ContentionError("raced")])
+async def test_custom_limiter_failures_are_503_or_open(error: Exception) -> None:
+    async def home(request: Any) -> PlainTextResponse:
+        return PlainTextResponse("ok")
+
+    statuses = []
+    for fail_open in (None, True):
+        app = RateLimitMiddleware(
+            Starlette(routes=[Route("/", home)]), limiter=_OutOfStore(error), fail_open=fail_open
+        )
+        transport = httpx.ASGITransport(app=app, client=("203.0.113.9", 1234))
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            statuses.append((await client.get("/")).status_code)
+    assert statuses == [503, 200]
