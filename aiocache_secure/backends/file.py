@@ -204,6 +204,11 @@ class FileBackend:
     def _quota(self) -> bool:
         return self._max_entries is not None or self._max_bytes is not None
 
+    @property
+    def evicts(self) -> bool:
+        """True when ``max_entries``/``max_bytes`` may drop live entries to make room."""
+        return self._quota
+
     # -- plumbing ---------------------------------------------------------------------------------
 
     async def _run(self, func: Callable[..., _T], *args: object) -> _T:

@@ -73,6 +73,11 @@ class MemoryBackend:
     def used_bytes(self) -> int:
         return self._bytes
 
+    @property
+    def evicts(self) -> bool:
+        """True when ``max_entries``/``max_bytes`` may drop live entries to make room."""
+        return self._max_entries is not None or self._max_bytes is not None
+
     def _lookup(self, key: bytes) -> bytes | None:
         entry = self._data.get(key)
         if entry is None:
