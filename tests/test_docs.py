@@ -25,6 +25,8 @@ PUBLIC_MODULES = [
     "aiocache_secure.integrations.asgi",
     "aiocache_secure.integrations.fastapi",
     "aiocache_secure.integrations.aiohttp",
+    "aiocache_secure.integrations.ratelimit_fastapi",
+    "aiocache_secure.integrations.ratelimit_aiohttp",
 ]
 
 
