@@ -303,5 +303,3 @@ def cache_response(
         return cached_handler
 
     return decorate
-
-

@@ -180,7 +180,6 @@ class CacheMiddleware:
         await send({"type": "http.response.body", "body": body})
 
 
-
 class _Invalidator:
     """The ``send`` handed to the app for an unsafe request: a successful answer invalidates
     its URL and locations before it leaves, so the client's next ``GET`` is fresh."""
