@@ -52,9 +52,13 @@ def _raw(headers: Headers) -> list[tuple[bytes, bytes]]:
 def scope_path(scope: Scope) -> tuple[str, str]:
     """``(decoded path, raw path)`` of an HTTP scope: both are keyed, since routers differ on
     which one they route (aiohttp-style routers keep ``%2F``; Starlette decodes)."""
-    path = scope.get("root_path", "") + scope.get("path", "")
+    root = scope.get("root_path", "")
+    path = root + scope.get("path", "")
     raw = scope.get("raw_path")
-    return path, scope.get("root_path", "") + raw.decode("latin-1") if raw else path
+    if not raw:
+        return path, path
+    # Some servers and test transports leave the query on raw_path; the spec does not.
+    return path, root + raw.partition(b"?")[0].decode("latin-1")
 
 
 def scope_key(
