@@ -1,16 +1,20 @@
-"""aiohttp: the response cache as a middleware, and a manager tied to the app's lifetime.
+"""aiohttp: the response cache per handler or as a middleware, and a manager tied to the app.
 
 ::
+
+    @cache_response(cache=manager.namespace("pages"), ttl=60)
+    async def article(request: web.Request) -> web.Response: ...
 
     app = web.Application(middlewares=[cache_middleware(manager.namespace("pages"), ttl=60)])
     setup(app, manager)                        # closes the manager on cleanup
     ...
     users = namespace(request, "users", ttl=60)   # in a handler
 
-The caching rules are the ASGI middleware's (:mod:`._http`): same keys, same ``Cache-Control``,
-``Vary``, cookie and credential rules, same ETags and ``304``. Handlers returning a
-``web.Response`` with a bytes body are cached; streamed responses (``web.StreamResponse`` written
-by the handler, files) are passed through uncached.
+The caching rules are the ASGI middleware's (:mod:`._http`, :mod:`._responses`): same keys,
+credentials, ``Cache-Control``, ``Vary`` and cookie rules, same ETags, ``304``, ``Age`` and
+invalidation. The key holds the path the way aiohttp's router matches it (``%2F`` kept).
+Handlers returning a ``web.Response`` with a bytes body are cached; streamed responses
+(``web.StreamResponse`` written by the handler, files) are passed through uncached.
 """
 
 from __future__ import annotations

@@ -4,8 +4,9 @@
 
     app = CacheMiddleware(app, cache=manager.namespace("pages", ttl=60), ttl=60)
 
-The rules (what is stored, for whom, for how long) live in :mod:`._http` and are shared with the
-aiohttp middleware. This module only speaks ASGI: it holds the response start until the first
+The rules (what is stored, for whom, for how long) live in :mod:`._http`, the store and its
+invalidation in :mod:`._responses`; both are shared with the aiohttp middleware and the per-route
+``cache_response``. This module only speaks ASGI: it holds the response start until the first
 body message, so that a complete single-message body gets its ETag (and a ``304`` when the
 client already has it) on the very first answer; a streamed body is passed through chunk by chunk
 as it comes and stored once complete, if it stayed under ``max_body_bytes``.
