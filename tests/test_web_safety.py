@@ -296,9 +296,14 @@ async def test_repeated_query_values_keep_their_order(
         one_two = await client.get("/q?v=1&v=2&a=0")
         two_one = await client.get("/q?v=2&v=1&a=0")
         reordered_names = await client.get("/q?a=0&v=1&v=2")
+        encoded_name = await client.get("/q?%76=2&v=1&a=0")  # v=[2, 1], one name spelled twice
+        encoded_amp = await client.get("/q?v=1%262")  # one value, "1&2"
+        two_values = await client.get("/q?v=1&2")
     assert one_two.text != two_one.text and two_one.headers["x-cache"] == "MISS"
     assert reordered_names.text == one_two.text and reordered_names.headers["x-cache"] == "HIT"
-    assert hits["/q"] == 2
+    assert encoded_name.headers["x-cache"] == "MISS"
+    assert encoded_amp.headers["x-cache"] == two_values.headers["x-cache"] == "MISS"
+    assert hits["/q"] == 5
 
 
 async def test_aiohttp_keys_on_the_path_its_router_routes(

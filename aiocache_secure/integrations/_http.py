@@ -32,7 +32,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import unquote_plus
 
 from ..policy import check_ttl
 
@@ -112,6 +112,23 @@ def _seconds(value: str | None) -> float | None:
     if value is None or not value.isdigit():
         return None
     return float(value)
+
+
+def _parameter_name(part: str) -> str:
+    name = part.partition("=")[0]
+    return unquote_plus(name) if "%" in name or "+" in name else name
+
+
+def query_key(query: str) -> str:
+    """The raw query (percent-encoding kept) with its parameters sorted by decoded name.
+
+    The sort is stable, so the values of one name keep their order: frameworks hand the handler
+    the first or the last one, and ``?v=2&v=1`` is not ``?v=1&v=2``.
+    """
+    parts = [part for part in query.split("&") if part]
+    if len(parts) > 1:
+        parts.sort(key=_parameter_name)
+    return "&".join(parts)
 
 
 def header_values(headers: Headers, name: str) -> list[str]:
@@ -241,9 +258,6 @@ class HttpPolicy:
         who = self.caller(headers, identity, secret)
         if who is False:
             return None
-        # Stable sort on the name: the values of one name keep their order (frameworks hand the
-        # handler the last one, so ``?v=2&v=1`` and ``?v=1&v=2`` are different requests).
-        pairs = sorted(parse_qsl(query, keep_blank_values=True), key=lambda pair: pair[0])
         vary = [", ".join(header_values(headers, name)) for name in self.vary_headers]
         parts: list[Any] = [
             "GET",
@@ -251,7 +265,7 @@ class HttpPolicy:
             host.lower(),
             path,
             raw_path if raw_path is not None else path,
-            urlencode(pairs),
+            query_key(query),
             vary,
         ]
         if who:

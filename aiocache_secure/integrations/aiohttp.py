@@ -170,7 +170,7 @@ class _Front:
             path=request.path,
             # what aiohttp's router matches: %2F stays encoded
             raw_path=request.rel_url.path_safe,
-            query=request.query_string,
+            query=request.rel_url.raw_query_string,  # still encoded: "%26" is not "&"
             headers=headers,
             identity=identity,
         )

@@ -63,9 +63,13 @@ def scope_path(scope: Scope) -> tuple[str, str]:
 
 
 def scope_key(
-    store: ResponseStore, scope: Scope, headers: Headers, identity: str | None
+    store: ResponseStore,
+    scope: Scope,
+    headers: Headers,
+    identity: str | None,
+    paths: tuple[str, str] | None = None,
 ) -> str | None:
-    path, raw_path = scope_path(scope)
+    path, raw_path = scope_path(scope) if paths is None else paths
     return store.key(
         scheme=scope.get("scheme", "http"),
         host=", ".join(header_values(headers, "host")),
@@ -142,18 +146,19 @@ class CacheMiddleware:
         if method in UNSAFE_METHODS:
             await self.app(scope, receive, _Invalidator(self.store, scope, send))
             return
-        if method not in ("GET", "HEAD") or not self.rules.allows(scope_path(scope)[0]):
+        paths = scope_path(scope)
+        if method not in ("GET", "HEAD") or not self.rules.allows(paths[0]):
             await self.app(scope, receive, send)
             return
         headers = lower_pairs(scope.get("headers", ()))
         identity = self._identity(scope) if self._identity is not None else None
-        key = scope_key(self.store, scope, headers, identity)
+        key = scope_key(self.store, scope, headers, identity, paths)
         if key is None:
             await self.app(scope, receive, send)
             return
         if_none_match = header_values(headers, "if-none-match")
         generation_keys = self.store.generation_keys(
-            ", ".join(header_values(headers, "host")), scope_path(scope)[0]
+            ", ".join(header_values(headers, "host")), paths[0]
         )
         found, generations = await self.store.lookup(key, generation_keys)
         if found is not None:
