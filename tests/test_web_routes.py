@@ -218,8 +218,11 @@ async def test_starlette_endpoint(manager: CacheManager, hits: Counter[str]) -> 
     app = Starlette(routes=[Route("/", homepage)])
     async with asgi(app) as client:
         first, second = await client.get("/"), await client.get("/")
+        head = await client.head("/")
     assert first.text == second.text == "home #1"
     assert (first.headers["x-cache"], second.headers["x-cache"]) == ("MISS", "HIT")
+    assert head.status_code == 200 and head.content == b"" and head.headers["x-cache"] == "HIT"
+    assert head.headers["content-length"] == str(len(first.content))
 
 
 async def test_lifespan_with_decorated_routes(hits: Counter[str]) -> None:

@@ -228,6 +228,8 @@ class HttpPolicy:
         ever part of a key or an entry.
         """
         if identity is not None:
+            if not isinstance(identity, str):
+                raise TypeError("identity must give a str or None")
             return ["identity", identity]
         material = self.credentials(headers)
         if material is None:

@@ -67,8 +67,15 @@ def _is_dependency(value: object) -> bool:
     return fastapi_params is not None and isinstance(value, fastapi_params.Depends)
 
 
-def _respond(status: int, headers: Headers, body: bytes, *, x_cache: str | None = None) -> Response:
-    response = Response(content=body, status_code=status)
+def _respond(
+    status: int,
+    headers: Headers,
+    body: bytes,
+    *,
+    x_cache: str | None = None,
+    head: bool = False,
+) -> Response:
+    response = Response(content=b"" if head else body, status_code=status)
     raw = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers]
     if status != 304:
         raw.append((b"content-length", str(len(body)).encode("ascii")))
@@ -211,8 +218,6 @@ def cache_response(
                 who = identity(request)
                 if inspect.isawaitable(who):
                     who = await who
-            if who is not None and not isinstance(who, str):
-                raise TypeError("identity must give a str or None")
             chosen_tags = tuple(tags(request) if callable(tags) else tags or ())
             if request.method in UNSAFE_METHODS:
                 response = await _render(request, await call(args, kwargs))
@@ -250,8 +255,13 @@ def cache_response(
                     return _respond(
                         304, [*not_modified_headers(found.headers), age], b"", x_cache=hit
                     )
-                body = b"" if request.method == "HEAD" else found.body
-                return _respond(found.status, [*found.headers, age], body, x_cache=hit)
+                return _respond(
+                    found.status,
+                    [*found.headers, age],
+                    found.body,
+                    x_cache=hit,
+                    head=request.method == "HEAD",
+                )
             response = await _render(request, await call(args, kwargs))
             if x_cache:
                 response.headers["x-cache"] = "MISS"
