@@ -73,10 +73,14 @@ def notes_app(cache: Cache, hits: Counter[str]) -> FastAPI:
         # "owner_secret" is not in the response model: it must never reach a client
         return {"name": name, "body": f"{user} #{hits[name]} {verbose}", "owner_secret": user}
 
-    @app.put("/notes/{name}")
     @cache_response(cache=cache)
     async def write(name: str, user: User) -> dict[str, bool]:
+        if name == "missing":
+            raise HTTPException(status_code=404)
         return {"written": True}
+
+    for method in ("POST", "PUT", "PATCH", "DELETE"):
+        app.add_api_route("/notes/{name}", write, methods=[method], operation_id=method)
 
     @app.get("/text")
     @cache_response(cache=cache, ttl=60)
@@ -152,6 +156,30 @@ async def test_response_model_query_and_invalidation(
 def app_params(app: FastAPI) -> list[str]:
     operation = app.openapi()["paths"]["/notes/{name}"]["get"]
     return [param["name"] for param in operation["parameters"]]
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "PATCH", "DELETE"])
+async def test_unsafe_routes_invalidate_every_variant_and_identity(
+    manager: CacheManager, hits: Counter[str], method: str
+) -> None:
+    variants = [(user, query) for user in ("alice", "bob") for query in ("", "?verbose=true")]
+
+    async def fill(client: httpx.AsyncClient) -> list[str]:
+        return [
+            (await client.get(f"/notes/a{query}", headers=bearer(user))).headers.get("age", "")
+            for user, query in variants
+        ]
+
+    async with asgi(notes_app(manager.namespace("pages"), hits)) as client:
+        assert await fill(client) == [""] * 4
+        assert await fill(client) == ["0"] * 4
+        response = await client.request(method, "/notes/missing", headers=bearer("bob"))
+        assert response.status_code == 404
+        assert await fill(client) == ["0"] * 4
+        response = await client.request(method, "/notes/a", headers=bearer("bob"))
+        assert response.status_code == 200
+        assert await fill(client) == [""] * 4
+    assert hits["a"] == 8
 
 
 async def test_returned_responses_and_per_route_opt_in(
