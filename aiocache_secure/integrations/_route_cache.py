@@ -210,14 +210,12 @@ def cache_response(
 
         @functools.wraps(endpoint)
         async def cached_endpoint(*args: Any, **kwargs: Any) -> Any:
-            request = kwargs.pop(_REQUEST, None) or kwargs.get(request_name)
+            request = kwargs.pop(_REQUEST, None)
+            if request is None:
+                request = kwargs.get(request_name)
             if request is None:  # Starlette calls endpoint(request)
                 request = next(a for a in args if isinstance(a, Request))
             who = kwargs.pop(_IDENTITY, None)
-            if identity is not None and not _is_dependency(identity):
-                who = identity(request)
-                if inspect.isawaitable(who):
-                    who = await who
             chosen_tags = tuple(tags(request) if callable(tags) else tags or ())
             if request.method in UNSAFE_METHODS:
                 response = await _render(request, await call(args, kwargs))
@@ -240,6 +238,10 @@ def cache_response(
                 return response
             if request.method not in ("GET", "HEAD"):
                 return await call(args, kwargs)
+            if identity is not None and not _is_dependency(identity):
+                who = identity(request)
+                if inspect.isawaitable(who):
+                    who = await who
             headers = lower_pairs(request.scope.get("headers", ()))
             key = scope_key(store, request.scope, headers, who)
             if key is None:
