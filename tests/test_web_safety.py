@@ -21,6 +21,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from aiocache_secure import Cache, CacheManager, Keyring, ManualClock
+from aiocache_secure.backends.memory import MemoryBackend
 from aiocache_secure.integrations.aiohttp import cache_middleware
 from aiocache_secure.integrations.asgi import CacheMiddleware, invalidate_tags, invalidate_url
 
@@ -340,3 +341,33 @@ async def test_asgi_keys_on_the_raw_path(manager: CacheManager) -> None:
         encoded = await c.get("/docs/intro%2Fstart")
         plain = await c.get("/docs/intro/start")
     assert (encoded.text, plain.text) == ("page handler", "nested handler")
+
+
+async def test_credential_keys_are_keyed_hashes_shared_by_the_keyring(
+    clock: ManualClock, hits: Counter[str]
+) -> None:
+    """Two managers with one keyring and one store (two processes, in effect) compute the same
+    credential keys; the raw token is in no key and no entry."""
+    keyring, store = Keyring.generate(), MemoryBackend()
+    token = "tok-3f9a1c"
+    bearer = {"Authorization": f"Bearer {token}"}
+    ages = []
+    async with (
+        CacheManager(keyring=keyring, clock=clock) as one,
+        CacheManager(keyring=keyring, clock=clock) as two,
+    ):
+        caches = [m.namespace("pages", backend=store, encrypt=True) for m in (one, two)]
+        for cache in caches:
+            app = CacheMiddleware(starlette_app(hits), cache=cache, per_credential=True)
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+                ages.append((await client.get("/live", headers=bearer)).headers.get("age"))
+                other = await client.get("/live", headers={"Cookie": f"sid={token}x"})
+                ages.append(other.headers.get("age"))
+        stored = [(key, value) async for key, value in caches[0].items()]
+    assert ages == [None, None, "0", "0"] and hits["/live"] == 2
+    assert len(stored) == 2
+    for key, value in stored:
+        assert token not in key and token not in str(value["h"])
+    async for raw_key, raw_value in store.scan(b""):
+        assert token.encode() not in raw_key and token.encode() not in raw_value
