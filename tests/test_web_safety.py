@@ -272,6 +272,23 @@ async def test_invalidate_url_and_tags_calls(
         await invalidate_tags(cache, "user:1")
 
 
+async def test_a_response_computed_across_an_invalidation_is_not_served(
+    manager: CacheManager, hits: Counter[str]
+) -> None:
+    cache = manager.namespace("pages")
+
+    async def racing(request: Request) -> Response:
+        hits["race"] += 1
+        await invalidate_url(cache, "http://t/race")  # a write lands while this GET computes
+        return PlainTextResponse(f"computed #{hits['race']}")
+
+    app = CacheMiddleware(Starlette(routes=[Route("/race", racing)]), cache=cache)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+        first, second = await c.get("/race"), await c.get("/race")
+    assert (first.text, second.text) == ("computed #1", "computed #2")
+    assert "age" not in second.headers
+
+
 async def test_include_and_exclude(front: Front, manager: CacheManager, hits: Counter[str]) -> None:
     cache = manager.namespace("pages")
     async with front(cache, include=["/cached/*"], exclude=["/cached/live"]) as client:

@@ -50,6 +50,7 @@ GENERATION_TTL: Final = 7 * 86400.0
 # Not valid UTF-8, so no str cache key ever hashes to this input.
 _CREDENTIAL_LABEL: Final = b"\xffacs1/web-credential-key"
 _log: Final = logging.getLogger("aiocache_secure")
+_warned: set[tuple[str, str]] = set()  # the start-up warning, once per front end and namespace
 
 
 def _short(parts: list[str]) -> str:
@@ -118,12 +119,14 @@ class ResponseStore:
         self._secret = credential_secret(cache)
         self._gen_ttl = generation_ttl(cache, policy.ttl)
         self._log = BurstLog(what)
-        if not identity and not policy.per_credential:
+        if not identity and not policy.per_credential and (what, cache.name) not in _warned:
+            _warned.add((what, cache.name))
             _log.warning(
-                "%s: requests with credentials (any cookie outside public_cookies, "
-                "Authorization, API-key headers) are never cached; give identity= or "
-                "per_credential=True to cache them per caller",
+                "%s on namespace %r: requests with credentials (any cookie outside "
+                "public_cookies, Authorization, API-key headers) are never cached; give "
+                "identity= or per_credential=True to cache them per caller",
                 what,
+                cache.name,
             )
 
     def key(
