@@ -21,6 +21,7 @@ from starlette.routing import Route
 
 from aiocache_secure import Cache, CacheManager, Keyring, ManualClock
 from aiocache_secure.integrations import aiohttp as aiohttp_cache
+from aiocache_secure.integrations.asgi import InvalidationMiddleware
 from aiocache_secure.integrations.fastapi import (
     cache_lifespan,
     cache_response,
@@ -305,6 +306,49 @@ async def test_aiohttp_cache_response(manager: CacheManager, hits: Counter[str])
         assert (await client.get("/items/2")).text.endswith("#5")  # its Location
         await invalidate_tags(cache, ["items"])
         assert (await client.get("/items/2")).text.endswith("#6")
+
+
+async def test_invalidation_middleware_covers_undecorated_unsafe_routes(
+    manager: CacheManager, hits: Counter[str]
+) -> None:
+    cache = manager.namespace("pages")
+    app = FastAPI()
+    app.add_middleware(InvalidationMiddleware, cache=cache)
+
+    @app.get("/items/{name}")
+    @cache_response(cache, ttl=60)  # the namespace may be positional too
+    async def read(name: str) -> dict[str, int]:
+        hits[name] += 1
+        return {name: hits[name]}
+
+    @app.delete("/items/{name}")
+    async def remove(name: str) -> None:
+        return None
+
+    async with asgi(app) as client:
+        assert [(await client.get("/items/a")).json() for _ in range(2)] == [{"a": 1}] * 2
+        assert (await client.delete("/items/a")).status_code == 200
+        assert (await client.get("/items/a")).json() == {"a": 2}
+
+
+async def test_aiohttp_invalidation_middleware(manager: CacheManager, hits: Counter[str]) -> None:
+    cache = manager.namespace("pages")
+
+    @aiohttp_cache.cache_response(cache, ttl=60)
+    async def read(request: web.Request) -> web.StreamResponse:
+        hits["read"] += 1
+        return web.Response(text=str(hits["read"]))
+
+    async def write(request: web.Request) -> web.StreamResponse:
+        return web.Response(status=204)
+
+    app = web.Application(middlewares=[aiohttp_cache.invalidation_middleware(cache)])
+    app.router.add_get("/item", read)
+    app.router.add_patch("/item", write)
+    async with aiohttp_client(app) as client:
+        assert [(await client.get("/item")).text for _ in range(2)] == ["1", "1"]
+        assert (await client.patch("/item")).status_code == 204
+        assert (await client.get("/item")).text == "2"
 
 
 async def test_bad_arguments(manager: CacheManager) -> None:

@@ -111,7 +111,9 @@ class ResponseStore:
 
     __slots__ = ("_gen_ttl", "_log", "_secret", "cache", "policy")
 
-    def __init__(self, cache: Cache, policy: HttpPolicy, *, what: str, identity: bool) -> None:
+    def __init__(
+        self, cache: Cache, policy: HttpPolicy, *, what: str, warn_uncached: bool = True
+    ) -> None:
         if not isinstance(cache, Cache):
             raise TypeError("cache must be a namespace (CacheManager.namespace(...))")
         self.cache = cache
@@ -119,7 +121,8 @@ class ResponseStore:
         self._secret = credential_secret(cache)
         self._gen_ttl = generation_ttl(cache, policy.ttl)
         self._log = BurstLog(what)
-        if not identity and not policy.per_credential and (what, cache.name) not in _warned:
+        warn = warn_uncached and not policy.per_credential
+        if warn and (what, cache.name) not in _warned:
             _warned.add((what, cache.name))
             _log.warning(
                 "%s on namespace %r: requests with credentials (any cookie outside "

@@ -155,8 +155,8 @@ def _signature(endpoint: Callable[..., Any], identity: object) -> tuple[inspect.
 
 
 def cache_response(
-    *,
     cache: Cache,
+    *,
     ttl: float = 60.0,
     identity: Identity | Any | None = None,
     tags: Tags | None = None,
@@ -196,7 +196,7 @@ def cache_response(
         per_credential=per_credential,
         max_body_bytes=max_body_bytes,
     )
-    store = ResponseStore(cache, policy, what="cache_response", identity=identity is not None)
+    store = ResponseStore(cache, policy, what="cache_response", warn_uncached=identity is None)
     x_cache = x_cache_header
 
     def decorate(endpoint: Callable[..., Any]) -> Callable[..., Any]:

@@ -46,6 +46,7 @@ __all__ = [
     "cache_middleware",
     "cache_response",
     "invalidate_tags",
+    "invalidation_middleware",
     "invalidate_url",
     "namespace",
     "setup",
@@ -91,6 +92,7 @@ class _Front:
         x_cache_header: bool,
         max_body_bytes: int,
         tags: Tags | None = None,
+        warn_uncached: bool = True,
     ) -> None:
         if not isinstance(cache, Cache):
             raise TypeError("cache must be a namespace (CacheManager.namespace(...))")
@@ -107,7 +109,9 @@ class _Front:
             per_credential=per_credential,
             max_body_bytes=max_body_bytes,
         )
-        self.store = ResponseStore(cache, policy, what=what, identity=identity is not None)
+        self.store = ResponseStore(
+            cache, policy, what=what, warn_uncached=warn_uncached and identity is None
+        )
         self._identity = identity
         self._tags = tags
         self._x_cache = x_cache_header
@@ -263,9 +267,37 @@ def cache_middleware(
     return middleware
 
 
+def invalidation_middleware(cache: Cache) -> Middleware:
+    """After every successful unsafe request, invalidate the responses stored in ``cache`` for
+    its URL and locations: for apps that cache per handler (:func:`cache_response`) and whose
+    unsafe handlers are not decorated. Caches nothing itself."""
+    front = _Front(
+        cache,
+        what="aiohttp invalidation_middleware",
+        ttl=60.0,
+        identity=None,
+        vary_headers=DEFAULT_VARY_HEADERS,
+        session_cookies=DEFAULT_SESSION_COOKIES,
+        public_cookies=(),
+        credential_headers=(),
+        per_credential=False,
+        x_cache_header=False,
+        max_body_bytes=DEFAULT_MAX_BODY_BYTES,
+        warn_uncached=False,
+    )
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.method in UNSAFE_METHODS:
+            return await front.unsafe(request, handler)
+        return await handler(request)
+
+    return middleware
+
+
 def cache_response(
-    *,
     cache: Cache,
+    *,
     ttl: float = 60.0,
     identity: Identity | None = None,
     tags: Tags | None = None,

@@ -35,7 +35,7 @@ from ._http import (
 )
 from ._responses import ResponseStore, invalidate_tags, invalidate_url, is_success
 
-__all__ = ["CacheMiddleware", "invalidate_tags", "invalidate_url"]
+__all__ = ["CacheMiddleware", "InvalidationMiddleware", "invalidate_tags", "invalidate_url"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -133,7 +133,7 @@ class CacheMiddleware:
         )
         self.rules = PathRules.of(include, exclude)
         self.store = ResponseStore(
-            cache, self.policy, what="CacheMiddleware", identity=identity is not None
+            cache, self.policy, what="CacheMiddleware", warn_uncached=identity is None
         )
         self._identity = identity
         self._x_cache = x_cache_header
@@ -188,6 +188,26 @@ class CacheMiddleware:
             headers = [*headers, ("x-cache", outcome)]
         await send({"type": "http.response.start", "status": status, "headers": _raw(headers)})
         await send({"type": "http.response.body", "body": body})
+
+
+class InvalidationMiddleware:
+    """Invalidate, after every successful ``POST``/``PUT``/``PATCH``/``DELETE`` through ``app``,
+    the responses stored in ``cache`` for its URL and its same-origin ``Location`` and
+    ``Content-Location``: for apps that cache per route (``cache_response``) and whose unsafe
+    routes are not decorated. Caches nothing itself. (``CacheMiddleware`` does this already.)
+    """
+
+    def __init__(self, app: ASGIApp, *, cache: Cache) -> None:
+        self.app = app
+        policy = HttpPolicy(ttl=60.0)
+        self.store = ResponseStore(
+            cache, policy, what="InvalidationMiddleware", warn_uncached=False
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope.get("method") in UNSAFE_METHODS:
+            send = _Invalidator(self.store, scope, send)
+        await self.app(scope, receive, send)
 
 
 class _Invalidator:
