@@ -72,9 +72,12 @@ async def forget_me(request: web.Request) -> web.Response:
 
 def make_app() -> web.Application:
     pages = manager.namespace("pages", ttl=30)
-    # Public GET responses are cached for 30 s; requests carrying Authorization are never
-    # served from (or stored in) this shared cache.
-    app = web.Application(middlewares=[cache_middleware(pages, ttl=30, x_cache_header=True)])
+    # GET /profiles/* responses are cached for 30 s; requests with credentials (Authorization,
+    # any cookie, API-key headers) are never served from (or stored in) this shared cache, and a
+    # successful POST/PUT/PATCH/DELETE drops the stored responses of its URL.
+    # (@cache_response(cache=pages, ttl=30) on one handler does the same per route.)
+    cache = cache_middleware(pages, ttl=30, include=["/profiles/*"], x_cache_header=True)
+    app = web.Application(middlewares=[cache])
     setup(app, manager)
     app.router.add_get("/profiles/{user_id}", profile)
     app.router.add_post("/me/notes", add_note)

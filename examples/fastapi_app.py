@@ -5,6 +5,7 @@ Run it (needs the ``web`` extra: ``pip install 'aiocache_secure[web]'``)::
     python examples/fastapi_app.py            # serves http://127.0.0.1:8000
 
     curl -i http://127.0.0.1:8000/profiles/7                       # X-Cache: MISS, then HIT
+    curl -i -X PUT http://127.0.0.1:8000/profiles/7                # the next GET is a MISS
     curl -i -X POST -H 'Authorization: Bearer alice' 'http://127.0.0.1:8000/me/notes?text=hi'
     curl -i -H 'Authorization: Bearer alice' http://127.0.0.1:8000/me/notes   # never shared
     curl -i -X DELETE -H 'Authorization: Bearer alice' http://127.0.0.1:8000/me  # crypto-shred
@@ -20,16 +21,17 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, Header, HTTPException, Request
 
 from aiocache_secure import Cache, CacheManager, Keyring, cached
-from aiocache_secure.integrations.asgi import CacheMiddleware
-from aiocache_secure.integrations.fastapi import cache_lifespan, namespace_dependency
+from aiocache_secure.integrations.fastapi import (
+    cache_lifespan,
+    cache_response,
+    namespace_dependency,
+)
 
 manager = CacheManager(keyring=Keyring.generate(), default_backend="memory://")
 app = FastAPI(lifespan=cache_lifespan(manager))
-# Public GET responses are cached for 30 s; requests carrying Authorization are never served
-# from (or stored in) this shared cache.
-app.add_middleware(
-    CacheMiddleware, cache=manager.namespace("pages", ttl=30), ttl=30, x_cache_header=True
-)
+# Rendered responses of the @cache_response routes; max_ttl bounds every entry here (and the
+# generation keys that invalidate them).
+pages = manager.namespace("pages", max_ttl=300)
 
 
 @cached("profiles", ttl=60, manager=manager)
@@ -57,12 +59,17 @@ UserCache = Annotated[Cache, Depends(namespace_dependency(user_namespace, privat
 
 
 @app.get("/profiles/{user_id}")
+@cache_response(cache=pages, ttl=30, x_cache_header=True)
 async def profile(user_id: int) -> dict[str, Any]:
+    # Served from the stored response bytes on a hit; a request with credentials is not cached
+    # here (no identity=), so one caller never sees another's answer.
     return await load_profile(user_id)
 
 
-@app.post("/profiles/{user_id}/refresh")
+@app.put("/profiles/{user_id}")
+@cache_response(cache=pages)
 async def refresh_profile(user_id: int) -> dict[str, Any]:
+    # A successful PUT drops every stored response of GET /profiles/{user_id}.
     return await load_profile.refresh(user_id)
 
 

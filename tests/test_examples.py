@@ -35,6 +35,9 @@ async def test_fastapi_example() -> None:
         miss, hit = await client.get("/profiles/7"), await client.get("/profiles/7")
         assert miss.json() == hit.json() == {"id": 7, "name": "user 7"}
         assert (miss.headers["x-cache"], hit.headers["x-cache"]) == ("MISS", "HIT")
+        assert "age" in hit.headers
+        assert (await client.put("/profiles/7")).status_code == 200
+        assert (await client.get("/profiles/7")).headers["x-cache"] == "MISS"
         assert (await client.post("/me/notes?text=hi", headers=alice)).json() == ["hi"]
         assert (await client.get("/me/notes", headers=alice)).json() == ["hi"]
         bob = await client.get("/me/notes", headers={"Authorization": "Bearer bob"})

@@ -6,10 +6,14 @@ and whose ``Vary`` names only headers the cache keys on (``Vary: *`` never). ``s
 ``max-age``) bounds the lifetime.
 
 Whom it may be served to (:meth:`HttpPolicy.request_key`): the key holds the method-normalized
-scheme, host, path, sorted query, the request's values of every configured vary header and, when
-the request carries credentials (``Authorization`` or a session cookie), the caller's identity.
-A credentialed request without an identity is neither served from nor stored in the cache, so one
-user's response can never reach another. Request headers such as ``Cache-Control: no-cache``,
+scheme, host, the path as the router sees it (raw, ``%2F`` kept, and decoded), the query with the
+names sorted but the values of one name in their order, the request's values of every configured
+vary header and, for a credentialed request, who the caller is. A request is credentialed when it
+carries any cookie outside ``public_cookies``, an ``Authorization``/``Proxy-Authorization``
+header or an API-key header (:data:`DEFAULT_CREDENTIAL_HEADERS`, plus any named). It is keyed by
+the caller's identity when one is known, else by a keyed hash of its credential material when
+``per_credential`` is on, else neither served from nor stored in the cache: one caller's response
+never reaches another. Request headers such as ``Cache-Control: no-cache``,
 ``Pragma`` or ``Clear-Site-Data`` are deliberately ignored: a client cannot bypass, refill or
 purge the server-side cache.
 """
@@ -18,7 +22,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import fnmatch
 import hashlib
+import hmac
 import json
 import logging
 import math
@@ -26,15 +32,18 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import unquote_plus
 
 from ..policy import check_ttl
 
 __all__ = [
+    "DEFAULT_CREDENTIAL_HEADERS",
     "DEFAULT_SESSION_COOKIES",
     "DEFAULT_VARY_HEADERS",
     "BurstLog",
     "HttpPolicy",
+    "PathRules",
+    "Stored",
     "etag_matches",
     "etag_of",
     "not_modified_headers",
@@ -44,6 +53,22 @@ __all__ = [
 
 DEFAULT_VARY_HEADERS: Final = ("accept", "accept-encoding", "accept-language")
 DEFAULT_SESSION_COOKIES: Final = ("session", "sessionid")
+# Headers that carry credentials in common APIs; any cookie outside ``public_cookies`` does too.
+DEFAULT_CREDENTIAL_HEADERS: Final = (
+    "authorization",
+    "proxy-authorization",
+    "x-api-key",
+    "api-key",
+    "apikey",
+    "x-apikey",
+    "x-auth-token",
+    "x-access-token",
+    "x-token",
+    "x-session-token",
+    "x-csrf-token",
+    "x-xsrf-token",
+)
+UNSAFE_METHODS: Final = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 DEFAULT_MAX_BODY_BYTES: Final = 1024 * 1024
 _MAX_PLAIN_KEY: Final = 1024
 _UNCACHEABLE_DIRECTIVES: Final = frozenset({"no-store", "private", "no-cache"})
@@ -89,45 +114,130 @@ def _seconds(value: str | None) -> float | None:
     return float(value)
 
 
+def _parameter_name(part: str) -> str:
+    name = part.partition("=")[0]
+    return unquote_plus(name) if "%" in name or "+" in name else name
+
+
+def query_key(query: str) -> str:
+    """The raw query (percent-encoding kept) with its parameters sorted by decoded name.
+
+    The sort is stable, so the values of one name keep their order: frameworks hand the handler
+    the first or the last one, and ``?v=2&v=1`` is not ``?v=1&v=2``.
+    """
+    parts = [part for part in query.split("&") if part]
+    if len(parts) > 1:
+        parts.sort(key=_parameter_name)
+    return "&".join(parts)
+
+
 def header_values(headers: Headers, name: str) -> list[str]:
     return [value for key, value in headers if key == name]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class HttpPolicy:
-    """The caching rules of one middleware, validated once."""
+    """The caching rules of one middleware or route, validated once.
+
+    ``session_cookies`` name cookies that are always credentials (kept for compatibility: every
+    cookie is one unless listed in ``public_cookies``, cookies that never change a response, such
+    as analytics or consent cookies; they are neither credentials nor part of the key).
+    ``credential_headers`` are added to :data:`DEFAULT_CREDENTIAL_HEADERS`.
+    """
 
     ttl: float
     vary_headers: tuple[str, ...] = DEFAULT_VARY_HEADERS
     session_cookies: tuple[str, ...] = DEFAULT_SESSION_COOKIES
+    public_cookies: tuple[str, ...] = ()
+    credential_headers: tuple[str, ...] = ()
+    per_credential: bool = False
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     _vary: frozenset[str] = field(init=False, repr=False)
+    _credential_headers: frozenset[str] = field(init=False, repr=False)
+    _public: frozenset[str] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ttl", check_ttl(self.ttl))
-        if isinstance(self.vary_headers, str) or isinstance(self.session_cookies, str):
-            raise TypeError("vary_headers and session_cookies are sequences of names")
+        for names in (
+            self.vary_headers,
+            self.session_cookies,
+            self.public_cookies,
+            self.credential_headers,
+        ):
+            if isinstance(names, str) or not all(isinstance(n, str) for n in names):
+                raise TypeError(
+                    "vary_headers, session_cookies, public_cookies and credential_headers "
+                    "are sequences of names"
+                )
         vary = tuple(sorted({name.strip().lower() for name in self.vary_headers}))
         if "*" in vary or "" in vary:
             raise ValueError("vary_headers holds header names")
         object.__setattr__(self, "vary_headers", vary)
         object.__setattr__(self, "_vary", frozenset(vary))
         object.__setattr__(self, "session_cookies", tuple(self.session_cookies))
+        public = tuple(self.public_cookies)
+        if set(public) & set(self.session_cookies):
+            raise ValueError("a session cookie cannot be a public cookie")
+        object.__setattr__(self, "public_cookies", public)
+        object.__setattr__(self, "_public", frozenset(public))
+        extra = tuple(name.strip().lower() for name in self.credential_headers)
+        if "" in extra or "cookie" in extra:
+            raise ValueError("credential_headers holds header names (cookies always count)")
+        object.__setattr__(self, "credential_headers", extra)
+        object.__setattr__(
+            self, "_credential_headers", frozenset(DEFAULT_CREDENTIAL_HEADERS + extra)
+        )
+        credentialed_vary = self._vary & (self._credential_headers | {"cookie"})
+        if credentialed_vary:
+            raise ValueError("vary_headers cannot name credential headers or cookies")
+        if not isinstance(self.per_credential, bool):
+            raise TypeError("per_credential is a bool")
         size = self.max_body_bytes
         if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
             raise ValueError("max_body_bytes must be a positive int")
 
     # -- requests -------------------------------------------------------------------------------
 
-    def has_credentials(self, headers: Headers) -> bool:
+    def credentials(self, headers: Headers) -> bytes | None:
+        """The request's credential material, canonical, or None when it carries none."""
+        found: list[tuple[str, str]] = []
         for name, value in headers:
-            if name in ("authorization", "proxy-authorization"):
-                return True
-            if name == "cookie":
+            if name in self._credential_headers:
+                found.append((name, value))
+            elif name == "cookie":
                 for part in value.split(";"):
-                    if part.partition("=")[0].strip() in self.session_cookies:
-                        return True
-        return False
+                    cookie, _, content = part.partition("=")
+                    cookie = cookie.strip()
+                    if cookie and cookie not in self._public:
+                        found.append(("cookie:" + cookie, content.strip()))
+        if not found:
+            return None
+        return json.dumps(sorted(found), separators=(",", ":")).encode("ascii")
+
+    def has_credentials(self, headers: Headers) -> bool:
+        return self.credentials(headers) is not None
+
+    def caller(
+        self, headers: Headers, identity: str | None, secret: bytes
+    ) -> list[str] | None | bool:
+        """Who the key is for: ``["identity", id]``, ``["credential", keyed hash]``, ``[]``
+        (anonymous), or False: this request must bypass the cache.
+
+        The credential hash is keyed with ``secret`` (never an unkeyed hash: tokens are often
+        guessable enough to brute-force), so neither the raw token nor a plain digest of it is
+        ever part of a key or an entry.
+        """
+        if identity is not None:
+            if not isinstance(identity, str):
+                raise TypeError("identity must give a str or None")
+            return ["identity", identity]
+        material = self.credentials(headers)
+        if material is None:
+            return []
+        if not self.per_credential:
+            return False
+        digest = hmac.new(secret, material, hashlib.sha256).hexdigest()
+        return ["credential", digest]
 
     def request_key(
         self,
@@ -138,15 +248,30 @@ class HttpPolicy:
         query: str,
         headers: Headers,
         identity: str | None,
+        raw_path: str | None = None,
+        secret: bytes = b"",
     ) -> str | None:
-        """The cache key of a ``GET``/``HEAD`` request, or None: do not use the cache for it."""
-        if identity is None and self.has_credentials(headers):
+        """The cache key of a ``GET``/``HEAD`` request, or None: do not use the cache for it.
+
+        ``raw_path`` is the path as received (percent-encoding kept): routers such as aiohttp's
+        route on it, so ``/a%2Fb`` and ``/a/b`` may reach different handlers and must never
+        share an entry.
+        """
+        who = self.caller(headers, identity, secret)
+        if who is False:
             return None
-        pairs = sorted(parse_qsl(query, keep_blank_values=True))
         vary = [", ".join(header_values(headers, name)) for name in self.vary_headers]
-        parts: list[Any] = ["GET", scheme, host.lower(), path, urlencode(pairs), vary]
-        if identity is not None:
-            parts.append(["identity", identity])
+        parts: list[Any] = [
+            "GET",
+            scheme,
+            host.lower(),
+            path,
+            raw_path if raw_path is not None else path,
+            query_key(query),
+            vary,
+        ]
+        if who:
+            parts.append(who)
         key = json.dumps(parts, separators=(",", ":"))
         if len(key) > _MAX_PLAIN_KEY:
             # A long URL must not exceed the namespace's key limit (and fail the request).
@@ -204,24 +329,58 @@ def not_modified_headers(headers: Headers) -> list[tuple[str, str]]:
 # -- stored entries -----------------------------------------------------------------------------
 
 
-def pack_entry(status: int, headers: Headers, body: bytes) -> tuple[dict[str, Any], str]:
+def pack_entry(
+    status: int,
+    headers: Headers,
+    body: bytes,
+    *,
+    generations: Sequence[str] = (),
+    stored_at: float = 0.0,
+) -> tuple[dict[str, Any], str]:
     """The JSON-safe cache entry of a response, and its ETag (the response's own when it has
-    one, else :func:`etag_of` the body)."""
+    one, else :func:`etag_of` the body). ``generations`` are the values of the entry's
+    generation keys when it was made (see :mod:`._responses`); ``stored_at`` gives ``Age``."""
     kept = [[name, value] for name, value in headers if name not in _HOP_BY_HOP]
     etags = header_values(headers, "etag")
     etag = etags[0] if etags else etag_of(body)
     if not etags:
         kept.append(["etag", etag])
-    entry = {"s": status, "h": kept, "b": base64.b64encode(body).decode("ascii")}
+    entry = {
+        "s": status,
+        "h": kept,
+        "b": base64.b64encode(body).decode("ascii"),
+        "g": list(generations),
+        "t": stored_at,
+    }
     return entry, etag
 
 
-def unpack_entry(entry: object) -> tuple[int, list[tuple[str, str]], bytes, str] | None:
-    """``(status, headers, body, etag)`` of a stored entry; None when it is not one of ours."""
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """A stored response, as read back."""
+
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+    etag: str
+    stored_at: float
+
+    def age(self, now: float) -> str:
+        return str(max(0, int(now - self.stored_at)))
+
+
+def unpack_entry(entry: object, generations: Sequence[str] = ()) -> Stored | None:
+    """The response of a stored entry; None when it is not one of ours, or was made under other
+    generations than ``generations`` (its URL or one of its tags was invalidated since)."""
     if not isinstance(entry, dict):
         return None
     status, headers, body = entry.get("s"), entry.get("h"), entry.get("b")
     if type(status) is not int or not isinstance(headers, list) or not isinstance(body, str):
+        return None
+    if entry.get("g", []) != list(generations):
+        return None
+    stored_at = entry.get("t", 0.0)
+    if not isinstance(stored_at, (int, float)) or isinstance(stored_at, bool):
         return None
     pairs: list[tuple[str, str]] = []
     for pair in headers:
@@ -233,7 +392,7 @@ def unpack_entry(entry: object) -> tuple[int, list[tuple[str, str]], bytes, str]
     except (binascii.Error, ValueError):
         return None
     etags = header_values(pairs, "etag")
-    return status, pairs, raw, etags[0] if etags else etag_of(raw)
+    return Stored(status, pairs, raw, etags[0] if etags else etag_of(raw), float(stored_at))
 
 
 class BurstLog:
@@ -251,6 +410,31 @@ class BurstLog:
         if now - self._last.get(kind, -math.inf) >= 10.0:
             self._last[kind] = now
             _log.warning("%s: the cache failed (%s); serving uncached", self._what, kind.__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class PathRules:
+    """Which request paths a middleware caches: ``include`` (None: all) minus ``exclude``.
+
+    Patterns are :mod:`fnmatch` globs matched against the decoded path, case-sensitively (``*``
+    also matches ``/``): ``"/api/*"``, ``"/live/counter"``.
+    """
+
+    include: tuple[str, ...] | None = None
+    exclude: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, include: Sequence[str] | None, exclude: Sequence[str]) -> PathRules:
+        if isinstance(include, str) or isinstance(exclude, str):
+            raise TypeError("include and exclude are sequences of path patterns")
+        return cls(None if include is None else tuple(include), tuple(exclude))
+
+    def allows(self, path: str) -> bool:
+        if self.include is not None and not any(
+            fnmatch.fnmatchcase(path, pattern) for pattern in self.include
+        ):
+            return False
+        return not any(fnmatch.fnmatchcase(path, pattern) for pattern in self.exclude)
 
 
 def lower_pairs(raw: Iterable[tuple[bytes, bytes]]) -> list[tuple[str, str]]:

@@ -4,8 +4,9 @@
 
     app = CacheMiddleware(app, cache=manager.namespace("pages", ttl=60), ttl=60)
 
-The rules (what is stored, for whom, for how long) live in :mod:`._http` and are shared with the
-aiohttp middleware. This module only speaks ASGI: it holds the response start until the first
+The rules (what is stored, for whom, for how long) live in :mod:`._http`, the store and its
+invalidation in :mod:`._responses`; both are shared with the aiohttp middleware and the per-route
+``cache_response``. This module only speaks ASGI: it holds the response start until the first
 body message, so that a complete single-message body gets its ETag (and a ``304`` when the
 client already has it) on the very first answer; a streamed body is passed through chunk by chunk
 as it comes and stored once complete, if it stayed under ``max_body_bytes``.
@@ -16,24 +17,25 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Any, Final
 
-from ..cache import MISSING, Cache
-from ..errors import CacheError
+from ..cache import Cache
 from ._http import (
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_SESSION_COOKIES,
     DEFAULT_VARY_HEADERS,
-    BurstLog,
+    UNSAFE_METHODS,
     Headers,
     HttpPolicy,
+    PathRules,
+    Stored,
     etag_matches,
     header_values,
     lower_pairs,
     not_modified_headers,
     pack_entry,
-    unpack_entry,
 )
+from ._responses import ResponseStore, invalidate_tags, invalidate_url, is_success
 
-__all__ = ["CacheMiddleware"]
+__all__ = ["CacheMiddleware", "InvalidationMiddleware", "invalidate_tags", "invalidate_url"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -41,23 +43,60 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-_CACHE_ERRORS: Final = (CacheError,)
+_LOCATIONS: Final = (b"location", b"content-location")
 
 
 def _raw(headers: Headers) -> list[tuple[bytes, bytes]]:
     return [(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers]
 
 
+def scope_path(scope: Scope) -> tuple[str, str]:
+    """``(decoded path, raw path)`` of an HTTP scope: both are keyed, since routers differ on
+    which one they route (aiohttp-style routers keep ``%2F``; Starlette decodes)."""
+    root = scope.get("root_path", "")
+    path = root + scope.get("path", "")
+    raw = scope.get("raw_path")
+    if not raw:
+        return path, path
+    # Some servers and test transports leave the query on raw_path; the spec does not.
+    return path, root + raw.partition(b"?")[0].decode("latin-1")
+
+
+def scope_key(
+    store: ResponseStore,
+    scope: Scope,
+    headers: Headers,
+    identity: str | None,
+    paths: tuple[str, str] | None = None,
+) -> str | None:
+    path, raw_path = scope_path(scope) if paths is None else paths
+    return store.key(
+        scheme=scope.get("scheme", "http"),
+        host=", ".join(header_values(headers, "host")),
+        path=path,
+        raw_path=raw_path,
+        query=scope.get("query_string", b"").decode("latin-1"),
+        headers=headers,
+        identity=identity,
+    )
+
+
 class CacheMiddleware:
     """Cache ``GET``/``HEAD`` responses of ``app`` in the namespace ``cache``.
 
     ``ttl``: the longest an entry lives (a response's ``s-maxage``/``max-age`` can shorten it).
-    ``identity(scope) -> str | None``: who the caller is; requests with credentials
-    (``Authorization`` or one of ``session_cookies``) are cached per identity when it returns a
-    string, and not cached at all when it returns None or is not given (the default).
+    ``identity(scope) -> str | None``: who the caller is. A credentialed request (any cookie
+    outside ``public_cookies``, ``Authorization``, an API-key header or one of
+    ``credential_headers``) is cached under its identity when this returns a string, else under
+    a keyed hash of its credentials when ``per_credential`` is true, else not at all (the
+    default; logged once at start-up).
+    ``include``/``exclude``: path globs of the requests cached (default: all).
     ``vary_headers``: request headers always part of the key; a response whose ``Vary`` names
     any other header is not stored. ``x_cache_header``: add ``X-Cache: HIT|MISS``.
     ``max_body_bytes``: larger bodies are served but not stored.
+
+    A successful ``POST``/``PUT``/``PATCH``/``DELETE`` through the middleware invalidates the
+    stored responses of its URL and of its same-origin ``Location``/``Content-Location``.
     """
 
     def __init__(
@@ -69,6 +108,11 @@ class CacheMiddleware:
         identity: Callable[[Scope], str | None] | None = None,
         vary_headers: Sequence[str] = DEFAULT_VARY_HEADERS,
         session_cookies: Sequence[str] = DEFAULT_SESSION_COOKIES,
+        public_cookies: Sequence[str] = (),
+        credential_headers: Sequence[str] = (),
+        per_credential: bool = False,
+        include: Sequence[str] | None = None,
+        exclude: Sequence[str] = (),
         x_cache_header: bool = False,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     ) -> None:
@@ -82,57 +126,60 @@ class CacheMiddleware:
             ttl=ttl,
             vary_headers=tuple(vary_headers),
             session_cookies=tuple(session_cookies),
+            public_cookies=tuple(public_cookies),
+            credential_headers=tuple(credential_headers),
+            per_credential=per_credential,
             max_body_bytes=max_body_bytes,
+        )
+        self.rules = PathRules.of(include, exclude)
+        self.store = ResponseStore(
+            cache, self.policy, what="CacheMiddleware", warn_uncached=identity is None
         )
         self._identity = identity
         self._x_cache = x_cache_header
-        self._log = BurstLog("CacheMiddleware")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         method = scope.get("method")
-        if scope["type"] != "http" or method not in ("GET", "HEAD"):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if method in UNSAFE_METHODS:
+            await self.app(scope, receive, _Invalidator(self.store, scope, send))
+            return
+        paths = scope_path(scope)
+        if method not in ("GET", "HEAD") or not self.rules.allows(paths[0]):
             await self.app(scope, receive, send)
             return
         headers = lower_pairs(scope.get("headers", ()))
-        key = self.policy.request_key(
-            scheme=scope.get("scheme", "http"),
-            host=", ".join(header_values(headers, "host")),
-            path=scope.get("root_path", "") + scope.get("path", ""),
-            query=scope.get("query_string", b"").decode("latin-1"),
-            headers=headers,
-            identity=self._identity(scope) if self._identity is not None else None,
-        )
+        identity = self._identity(scope) if self._identity is not None else None
+        key = scope_key(self.store, scope, headers, identity, paths)
         if key is None:
             await self.app(scope, receive, send)
             return
         if_none_match = header_values(headers, "if-none-match")
-        try:
-            found = unpack_entry(await self.cache.get(key, MISSING))
-        except _CACHE_ERRORS as exc:
-            self._log.failed(exc)
-            found = None
+        generation_keys = self.store.generation_keys(
+            ", ".join(header_values(headers, "host")), paths[0]
+        )
+        found, generations = await self.store.lookup(key, generation_keys)
         if found is not None:
             await self._replay(found, method == "HEAD", if_none_match, send)
             return
-        if method == "HEAD":
+        if method == "HEAD" or generations is None:
             # A HEAD answer has no body to store; the next GET fills the entry.
             await self.app(scope, receive, send)
             return
-        await self.app(scope, receive, _Recorder(self, key, if_none_match, send))
+        recorder = _Recorder(self, key, generations, if_none_match, send)
+        await self.app(scope, receive, recorder)
 
     async def _replay(
-        self,
-        found: tuple[int, list[tuple[str, str]], bytes, str],
-        head: bool,
-        if_none_match: list[str],
-        send: Send,
+        self, found: Stored, head: bool, if_none_match: list[str], send: Send
     ) -> None:
-        status, headers, body, etag = found
-        if if_none_match and etag_matches(if_none_match, etag):
-            await self._send(send, 304, not_modified_headers(headers), b"", "HIT")
+        age = ("age", found.age(self.store.now()))
+        if if_none_match and etag_matches(if_none_match, found.etag):
+            await self._send(send, 304, [*not_modified_headers(found.headers), age], b"", "HIT")
             return
-        headers = [*headers, ("content-length", str(len(body)))]
-        await self._send(send, status, headers, b"" if head else body, "HIT")
+        headers = [*found.headers, ("content-length", str(len(found.body))), age]
+        await self._send(send, found.status, headers, b"" if head else found.body, "HIT")
 
     async def _send(
         self, send: Send, status: int, headers: Headers, body: bytes, outcome: str
@@ -142,11 +189,50 @@ class CacheMiddleware:
         await send({"type": "http.response.start", "status": status, "headers": _raw(headers)})
         await send({"type": "http.response.body", "body": body})
 
-    async def store(self, key: str, entry: dict[str, Any], ttl: float) -> None:
-        try:
-            await self.cache.set(key, entry, ttl=ttl)
-        except _CACHE_ERRORS as exc:
-            self._log.failed(exc)
+
+class InvalidationMiddleware:
+    """Invalidate, after every successful ``POST``/``PUT``/``PATCH``/``DELETE`` through ``app``,
+    the responses stored in ``cache`` for its URL and its same-origin ``Location`` and
+    ``Content-Location``: for apps that cache per route (``cache_response``) and whose unsafe
+    routes are not decorated. Caches nothing itself. (``CacheMiddleware`` does this already.)
+    """
+
+    def __init__(self, app: ASGIApp, *, cache: Cache) -> None:
+        self.app = app
+        policy = HttpPolicy(ttl=60.0)
+        self.store = ResponseStore(
+            cache, policy, what="InvalidationMiddleware", warn_uncached=False
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope.get("method") in UNSAFE_METHODS:
+            send = _Invalidator(self.store, scope, send)
+        await self.app(scope, receive, send)
+
+
+class _Invalidator:
+    """The ``send`` handed to the app for an unsafe request: a successful answer invalidates
+    its URL and locations before it leaves, so the client's next ``GET`` is fresh."""
+
+    __slots__ = ("_scope", "_send", "_store")
+
+    def __init__(self, store: ResponseStore, scope: Scope, send: Send) -> None:
+        self._store = store
+        self._scope = scope
+        self._send = send
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start" and is_success(message["status"]):
+            raw = message.get("headers", ())
+            locations = [v.decode("latin-1") for k, v in raw if k.lower() in _LOCATIONS]
+            headers = lower_pairs(self._scope.get("headers", ()))
+            await self._store.invalidate(
+                scheme=self._scope.get("scheme", "http"),
+                host=", ".join(header_values(headers, "host")),
+                path=scope_path(self._scope)[0],
+                locations=locations,
+            )
+        await self._send(message)
 
 
 class _Recorder:
@@ -154,6 +240,7 @@ class _Recorder:
 
     __slots__ = (
         "_chunks",
+        "_generations",
         "_headers",
         "_if_none_match",
         "_key",
@@ -166,10 +253,16 @@ class _Recorder:
     )
 
     def __init__(
-        self, middleware: CacheMiddleware, key: str, if_none_match: list[str], send: Send
+        self,
+        middleware: CacheMiddleware,
+        key: str,
+        generations: list[str],
+        if_none_match: list[str],
+        send: Send,
     ) -> None:
         self._middleware = middleware
         self._key = key
+        self._generations = generations
         self._if_none_match = if_none_match
         self._send = send
         self._pending: Message | None = None
@@ -211,8 +304,10 @@ class _Recorder:
         if self._size > self._middleware.policy.max_body_bytes:
             self._ttl, self._chunks = None, []
         elif not more:
-            entry, _ = pack_entry(self._status, self._headers, b"".join(self._chunks))
-            await self._middleware.store(self._key, entry, self._ttl)
+            body = b"".join(self._chunks)
+            await self._middleware.store.store(
+                self._key, self._generations, self._status, self._headers, body, self._ttl
+            )
 
     async def _complete_at_once(self, body: bytes) -> None:
         middleware, ttl = self._middleware, self._ttl
@@ -229,7 +324,9 @@ class _Recorder:
             if not header_values(headers, "etag"):
                 headers = [*headers, ("etag", etag)]
             await middleware._send(self._send, self._status, headers, body, "MISS")
-        await middleware.store(self._key, entry, ttl)
+        await middleware.store.store(
+            self._key, self._generations, self._status, self._headers, body, ttl
+        )
 
     async def _flush(self) -> None:
         if self._pending is not None:

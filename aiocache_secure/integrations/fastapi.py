@@ -9,9 +9,10 @@
     async def user(uid: int, users: Cache = Depends(namespace_dependency("users", ttl=60))): ...
 
 ``cache_lifespan`` also puts the manager into the lifespan state (``request.state.cache_manager``),
-which is where :func:`namespace_dependency` finds it. The response cache itself is the plain ASGI
-:class:`~aiocache_secure.integrations.asgi.CacheMiddleware` (``app.add_middleware(CacheMiddleware,
-cache=..., ttl=...)``). This module imports Starlette; nothing else in the package does.
+which is where :func:`namespace_dependency` finds it. The response cache is per route,
+``@cache_response(cache=ns, ttl=60)`` under the route decorator (:mod:`._route_cache`), or the plain
+ASGI :class:`~aiocache_secure.integrations.asgi.CacheMiddleware` for a whole app. This module
+imports Starlette (and FastAPI when installed); the rest of the package does not.
 """
 
 from __future__ import annotations
@@ -24,8 +25,16 @@ from starlette.requests import Request
 
 from ..cache import Cache
 from ..manager import CacheManager, default_manager
+from ._responses import invalidate_tags, invalidate_url
+from ._route_cache import cache_response
 
-__all__ = ["cache_lifespan", "namespace_dependency"]
+__all__ = [
+    "cache_lifespan",
+    "cache_response",
+    "invalidate_tags",
+    "invalidate_url",
+    "namespace_dependency",
+]
 
 STATE_KEY = "cache_manager"
 

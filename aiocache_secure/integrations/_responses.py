@@ -1,0 +1,221 @@
+"""The response store shared by every web front end (ASGI and aiohttp, middleware and per-route).
+
+Entries and generations. Every stored response records the *generation* of its URL (and of each
+of its tags) at the time it was made; a generation is a small random token under its own key in
+the same namespace, and a missing one reads as ``""``. A hit reads the entry and the generations
+in one ``get_many`` round trip and counts only when they still match. Invalidating a URL (a
+successful ``POST``/``PUT``/``PATCH``/``DELETE``, RFC 9111 section 4.4) or a tag writes a new
+token: one store write reaches every variant and identity of that URL, in every process sharing
+the store, and a response computed while the URL changed is stored under the old token, so it is
+never served.
+
+A URL's generation key holds the host and the decoded path, not the query: invalidating
+``/notes/a`` drops ``/notes/a?format=csv`` too. Generation keys live as long as the namespace's
+``max_ttl`` when it has one, else the longest of the response ``ttl`` and
+:data:`GENERATION_TTL`: always at least as long as the entries they guard. A namespace bounded by
+``max_entries`` may evict a generation key before its entries; give the response cache a
+namespace of its own without an entry bound.
+
+Credential hashes are keyed with a secret derived from the namespace's key-hashing key (itself
+from the manager's keyring), so every process sharing the keyring computes the same keys; on a
+namespace that does not hash keys, or is not encrypted, the secret is random per process, which
+is safe but shares no credentialed entry across processes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import secrets
+from collections.abc import Iterable, Sequence
+from typing import Final
+from urllib.parse import unquote, urljoin, urlsplit
+
+from ..cache import MISSING, Cache
+from ..errors import CacheError
+from ._http import (
+    _MAX_PLAIN_KEY,
+    BurstLog,
+    Headers,
+    HttpPolicy,
+    Stored,
+    pack_entry,
+    unpack_entry,
+)
+
+__all__ = ["GENERATION_TTL", "ResponseStore", "invalidate_tags", "invalidate_url"]
+
+GENERATION_TTL: Final = 7 * 86400.0
+# Not valid UTF-8, so no str cache key ever hashes to this input.
+_CREDENTIAL_LABEL: Final = b"\xffacs1/web-credential-key"
+_log: Final = logging.getLogger("aiocache_secure")
+_warned: set[tuple[str, str]] = set()  # the start-up warning, once per front end and namespace
+
+
+def _short(parts: list[str]) -> str:
+    key = json.dumps(parts, separators=(",", ":"))
+    if len(key) > _MAX_PLAIN_KEY:
+        key = "#" + hashlib.blake2b(key.encode("ascii"), digest_size=32).hexdigest()
+    return key
+
+
+def url_generation_key(host: str, path: str) -> str:
+    return _short(["gen", host.lower(), path])
+
+
+def tag_generation_key(tag: str) -> str:
+    if not isinstance(tag, str) or not tag:
+        raise TypeError("tags are non-empty strings")
+    return _short(["tag", tag])
+
+
+def credential_secret(cache: Cache) -> bytes:
+    """The key of the credential hashes of responses stored in ``cache`` (never stored)."""
+    storage_key = cache._storage_key
+    if cache._encryption is not None and cache.policy.hash_keys and storage_key is not None:
+        return hashlib.sha256(b"acs1/web-credential\x00" + storage_key(_CREDENTIAL_LABEL)).digest()
+    return secrets.token_bytes(32)
+
+
+def generation_ttl(cache: Cache, ttl: float = 0.0) -> float:
+    return cache.policy.max_ttl or max(ttl, GENERATION_TTL)
+
+
+async def _bump(cache: Cache, keys: Iterable[str], ttl: float) -> None:
+    items = {key: secrets.token_hex(8) for key in keys}
+    if items:
+        await cache.set_many(items, ttl=ttl)
+
+
+async def invalidate_url(cache: Cache, url: str) -> None:
+    """Drop every stored response of ``url`` (absolute: ``https://host/path``; the query is
+    ignored), for every variant and identity, in every process sharing the store."""
+    parts = urlsplit(url)
+    if not parts.netloc:
+        raise ValueError("invalidate_url takes an absolute URL (scheme://host/path)")
+    key = url_generation_key(parts.netloc, unquote(parts.path) or "/")
+    await _bump(cache, [key], generation_ttl(cache))
+
+
+async def invalidate_tags(cache: Cache, tags: Iterable[str]) -> None:
+    """Drop every stored response that was cached with one of ``tags`` (``cache_response(...,
+    tags=...)``), in O(1) store writes per tag."""
+    if isinstance(tags, str):
+        raise TypeError("tags is a sequence of tag names")
+    await _bump(cache, [tag_generation_key(tag) for tag in tags], generation_ttl(cache))
+
+
+class ResponseStore:
+    """One front end's view of a response namespace: keys, lookups, stores, invalidation."""
+
+    __slots__ = ("_gen_ttl", "_log", "_secret", "cache", "policy")
+
+    def __init__(
+        self, cache: Cache, policy: HttpPolicy, *, what: str, warn_uncached: bool = True
+    ) -> None:
+        if not isinstance(cache, Cache):
+            raise TypeError("cache must be a namespace (CacheManager.namespace(...))")
+        self.cache = cache
+        self.policy = policy
+        self._secret = credential_secret(cache)
+        self._gen_ttl = generation_ttl(cache, policy.ttl)
+        self._log = BurstLog(what)
+        warn = warn_uncached and not policy.per_credential
+        if warn and (what, cache.name) not in _warned:
+            _warned.add((what, cache.name))
+            _log.warning(
+                "%s on namespace %r: requests with credentials (any cookie outside "
+                "public_cookies, Authorization, API-key headers) are never cached; give "
+                "identity= or per_credential=True to cache them per caller",
+                what,
+                cache.name,
+            )
+
+    def key(
+        self,
+        *,
+        scheme: str,
+        host: str,
+        path: str,
+        raw_path: str | None,
+        query: str,
+        headers: Headers,
+        identity: str | None,
+    ) -> str | None:
+        return self.policy.request_key(
+            scheme=scheme,
+            host=host,
+            path=path,
+            raw_path=raw_path,
+            query=query,
+            headers=headers,
+            identity=identity,
+            secret=self._secret,
+        )
+
+    @staticmethod
+    def generation_keys(host: str, path: str, tags: Sequence[str] = ()) -> list[str]:
+        return [url_generation_key(host, path), *(tag_generation_key(tag) for tag in tags)]
+
+    def now(self) -> float:
+        return self.cache.clock()
+
+    async def lookup(
+        self, key: str, generation_keys: Sequence[str]
+    ) -> tuple[Stored | None, list[str] | None]:
+        """The stored response (None on a miss) and the current generations (None when the
+        store failed: then nothing is stored either)."""
+        try:
+            values = await self.cache.get_many([key, *generation_keys], MISSING)
+        except CacheError as exc:
+            self._log.failed(exc)
+            return None, None
+        generations = [value if isinstance(value, str) else "" for value in values[1:]]
+        return unpack_entry(values[0], generations), generations
+
+    async def store(
+        self,
+        key: str,
+        generations: Sequence[str],
+        status: int,
+        headers: Headers,
+        body: bytes,
+        ttl: float,
+    ) -> str:
+        """Store a response; returns its ETag (stored or not)."""
+        entry, etag = pack_entry(
+            status, headers, body, generations=generations, stored_at=self.now()
+        )
+        try:
+            await self.cache.set(key, entry, ttl=ttl)
+        except CacheError as exc:
+            self._log.failed(exc)
+        return etag
+
+    async def invalidate(
+        self,
+        *,
+        scheme: str,
+        host: str,
+        path: str,
+        locations: Iterable[str] = (),
+        tags: Sequence[str] = (),
+    ) -> None:
+        """After a successful unsafe request: its URL, the same-origin URLs of its
+        ``Location``/``Content-Location`` headers (RFC 9111 4.4) and ``tags``."""
+        keys = self.generation_keys(host, path, tags)
+        base = f"{scheme}://{host}{path}"
+        for location in locations:
+            target = urlsplit(urljoin(base, location.strip()))
+            if target.netloc.lower() == host.lower():
+                keys.append(url_generation_key(host, unquote(target.path) or "/"))
+        try:
+            await _bump(self.cache, dict.fromkeys(keys), self._gen_ttl)
+        except CacheError as exc:
+            self._log.failed(exc)
+
+
+def is_success(status: int) -> bool:
+    """A non-error status: what RFC 9111 4.4 calls a successful response."""
+    return 200 <= status < 400
