@@ -388,3 +388,22 @@ async def test_credential_keys_are_keyed_hashes_shared_by_the_keyring(
         assert token not in key and token not in str(value["h"])
     async for raw_key, raw_value in store.scan(b""):
         assert token.encode() not in raw_key and token.encode() not in raw_value
+
+
+async def test_a_lost_generation_never_revives_invalidated_responses(
+    front: Front, manager: CacheManager
+) -> None:
+    # An evicting store may drop a URL's generation key while its entries survive: those
+    # entries must then be misses, never hits again.
+    from aiocache_secure.integrations._responses import url_generation_key
+
+    cache = manager.namespace("pages")
+    async with front(cache) as client:
+        first = await client.get("/notes/a")
+        assert (await client.get("/notes/a")).headers["x-cache"] == "HIT"
+        assert (await client.put("/notes/a")).status_code == 200
+        host = client.base_url.netloc.decode()
+        assert await cache.delete(url_generation_key(host, "/notes/a"))  # as an eviction would
+        again = await client.get("/notes/a")
+        assert again.headers["x-cache"] == "MISS"
+        assert again.text != first.text

@@ -12,9 +12,10 @@ never served.
 A URL's generation key holds the host and the decoded path, not the query: invalidating
 ``/notes/a`` drops ``/notes/a?format=csv`` too. Generation keys live as long as the namespace's
 ``max_ttl`` when it has one, else the longest of the response ``ttl`` and
-:data:`GENERATION_TTL`: always at least as long as the entries they guard. A namespace bounded by
-``max_entries`` may evict a generation key before its entries; give the response cache a
-namespace of its own without an entry bound.
+:data:`GENERATION_TTL`: always at least as long as the entries they guard. Storing a response
+under a generation that does not exist yet creates it first, so no entry ever records a missing
+generation: a generation key that expires or is evicted (``max_entries``) turns the entries it
+guarded into misses, never back into hits.
 
 Credential hashes are keyed with a secret derived from the namespace's key-hashing key (itself
 from the manager's keyring), so every process sharing the keyring computes the same keys; on a
@@ -47,6 +48,8 @@ from ._http import (
 __all__ = ["GENERATION_TTL", "ResponseStore", "invalidate_tags", "invalidate_url"]
 
 GENERATION_TTL: Final = 7 * 86400.0
+Generations = list[tuple[str, str]]
+"""The generation keys of a request and the tokens read for them (``""`` where missing)."""
 # Not valid UTF-8, so no str cache key ever hashes to this input.
 _CREDENTIAL_LABEL: Final = b"\xffacs1/web-credential-key"
 _log: Final = logging.getLogger("aiocache_secure")
@@ -163,7 +166,7 @@ class ResponseStore:
 
     async def lookup(
         self, key: str, generation_keys: Sequence[str]
-    ) -> tuple[Stored | None, list[str] | None]:
+    ) -> tuple[Stored | None, Generations | None]:
         """The stored response (None on a miss) and the current generations (None when the
         store failed: then nothing is stored either)."""
         try:
@@ -171,23 +174,33 @@ class ResponseStore:
         except CacheError as exc:
             self._log.failed(exc)
             return None, None
-        generations = [value if isinstance(value, str) else "" for value in values[1:]]
-        return unpack_entry(values[0], generations), generations
+        tokens = [value if isinstance(value, str) else "" for value in values[1:]]
+        return unpack_entry(values[0], tokens), list(zip(generation_keys, tokens, strict=True))
 
     async def store(
         self,
         key: str,
-        generations: Sequence[str],
+        generations: Generations,
         status: int,
         headers: Headers,
         body: bytes,
         ttl: float,
     ) -> str:
-        """Store a response; returns its ETag (stored or not)."""
-        entry, etag = pack_entry(
-            status, headers, body, generations=generations, stored_at=self.now()
-        )
+        """Store a response; returns its ETag (stored or not).
+
+        A generation that does not exist yet (never invalidated, expired or evicted) is created
+        first, so every entry records real tokens: were it to record the empty token of a missing
+        generation, an invalidation whose token is later evicted would revive it.
+        """
+        missing = {k: secrets.token_hex(8) for k, token in generations if not token}
+        tokens = [token or missing[k] for k, token in generations]
+        entry, etag = pack_entry(status, headers, body, generations=tokens, stored_at=self.now())
         try:
+            for generation_key, token in missing.items():
+                # Only if still absent: a generation written since the lookup is an
+                # invalidation that raced this response, which must then not be stored.
+                if not await self.cache.add(generation_key, token, ttl=self._gen_ttl):
+                    return etag
             await self.cache.set(key, entry, ttl=ttl)
         except CacheError as exc:
             self._log.failed(exc)

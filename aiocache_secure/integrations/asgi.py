@@ -33,7 +33,13 @@ from ._http import (
     not_modified_headers,
     pack_entry,
 )
-from ._responses import ResponseStore, invalidate_tags, invalidate_url, is_success
+from ._responses import (
+    Generations,
+    ResponseStore,
+    invalidate_tags,
+    invalidate_url,
+    is_success,
+)
 
 __all__ = ["CacheMiddleware", "InvalidationMiddleware", "invalidate_tags", "invalidate_url"]
 
@@ -256,7 +262,7 @@ class _Recorder:
         self,
         middleware: CacheMiddleware,
         key: str,
-        generations: list[str],
+        generations: Generations,
         if_none_match: list[str],
         send: Send,
     ) -> None:
