@@ -123,9 +123,11 @@ class RateLimitExceeded(CacheError):
 
     @property
     def retry_after(self) -> int:
+        """Whole seconds until the identity may try again (the ``Retry-After`` value)."""
         return self.decision.retry_after
 
     def headers(self) -> list[tuple[str, str]]:
+        """The ``RateLimit``, ``RateLimit-Policy`` and ``Retry-After`` headers of the 429."""
         return [*self.decision.headers(), ("Retry-After", str(self.retry_after))]
 
 
@@ -139,6 +141,7 @@ class RateLimitUnavailable(BackendUnavailable):
         super().__init__("the rate limiter's store is unavailable")
 
     def headers(self) -> list[tuple[str, str]]:
+        """The ``Retry-After`` header of the 503."""
         return [("Retry-After", str(self.retry_after))]
 
 

@@ -71,6 +71,7 @@ class MemoryBackend:
 
     @property
     def used_bytes(self) -> int:
+        """Bytes charged against ``max_bytes`` (payloads plus per-entry overhead)."""
         return self._bytes
 
     @property
