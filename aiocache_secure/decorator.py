@@ -52,7 +52,7 @@ from .errors import (
 )
 from .flight import Flight, spawn
 from .manager import CacheManager, default_manager
-from .policy import check_ttl, validate_namespace_name
+from .policy import MAX_TTL, check_ttl, validate_namespace_name
 
 __all__ = ["EARLY_REFRESH", "LEASE_SECONDS", "LEASE_WAIT", "BoundCached", "Cached", "cached"]
 
@@ -468,6 +468,8 @@ def cached(
         stale_ttl = check_ttl(stale_ttl, "stale_ttl")
         if ttl is None:
             raise TypeError("stale_ttl= needs ttl= (how long an entry stays fresh)")
+        if ttl + stale_ttl > MAX_TTL:
+            raise ValueError(f"ttl + stale_ttl must be at most {MAX_TTL:.0f} seconds (100 years)")
     if manager is not None and not isinstance(manager, CacheManager):
         raise TypeError("manager must be a CacheManager")
     if condition is not None and not callable(condition):
