@@ -6,7 +6,7 @@ import enum
 import inspect
 import logging
 import typing
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -486,6 +486,122 @@ async def test_thousand_concurrent_callers_one_execution(manager: CacheManager) 
     assert results == [{"x": 7}] * 1000
 
 
+async def own_results(
+    fn: Any, unblock: Callable[[], Awaitable[None]], callers: int = 5
+) -> list[dict[str, Any]]:
+    """What ``callers`` concurrent callers of ``fn()`` got, each having marked its result as a
+    request handler would (adding its viewer); ``unblock()`` lets them finish once all wait."""
+    results: list[dict[str, Any]] = []
+
+    async def call(viewer: int) -> None:
+        result = await fn()
+        result["seen_by"].append(viewer)
+        results.append(result)
+
+    async with anyio.create_task_group() as tg:
+        for viewer in range(callers):
+            tg.start_soon(call, viewer)
+        await anyio.sleep(0.01)
+        await unblock()
+    return results
+
+
+def assert_own(results: list[dict[str, Any]], callers: int = 5) -> None:
+    assert len(results) == callers
+    assert len({id(r) for r in results}) == callers
+    assert [len(r["seen_by"]) for r in results] == [1] * callers
+
+
+@pytest.mark.parametrize(
+    "path", ["stored", "stale_ttl", "condition_false", "store_down", "unserializable"]
+)
+async def test_callers_sharing_a_computation_get_their_own_result(
+    manager: CacheManager, path: str
+) -> None:
+    """A flight's result reached its callers as one object: one caller's change to it (a
+    viewer's e-mail added by a request handler) showed in every other caller's result."""
+    if path == "store_down":
+        manager.namespace("down", FailingBackend())
+    count = Counter()
+    release = anyio.Event()
+    marker = object()
+    options: dict[str, Any] = {
+        "stale_ttl": {"ttl": 10, "stale_ttl": 10},
+        "condition_false": {"condition": lambda result: False},
+    }.get(path, {})
+
+    @cached("down" if path == "store_down" else "n", manager=manager, **options)
+    async def profile() -> dict[str, Any]:
+        count()
+        await release.wait()
+        result: dict[str, Any] = {"plan": "pro", "seen_by": []}
+        if path == "unserializable":
+            result["handle"] = marker
+        return result
+
+    async def unblock() -> None:
+        release.set()
+
+    assert_own(await own_results(profile, unblock))
+    # One execution, except for a result the namespace cannot store: it cannot be copied
+    # faithfully either, so the callers after the first compute it themselves.
+    assert len(count.calls) == (5 if path == "unserializable" else 1)
+    if path in ("stored", "stale_ttl"):
+        assert await profile() == {"plan": "pro", "seen_by": []}
+
+
+async def test_callers_sharing_a_value_found_in_the_cache_get_their_own(
+    manager: CacheManager,
+) -> None:
+    """The shared computation found the entry another process stored while it waited for the
+    lease: that one decoded value went to every caller."""
+    store = LeasingBackend()
+    ns = manager.namespace("leased", store, encrypt=True)
+
+    @cached("leased", manager=manager, lock=True, key="profile")
+    async def profile() -> dict[str, Any]:
+        raise AssertionError("the entry was in the cache")
+
+    async def other_process_stores_and_releases() -> None:
+        await ns.set("profile", {"plan": "pro", "seen_by": []})
+        store.held.release()
+
+    await store.held.acquire()
+    assert_own(await own_results(profile, other_process_stores_and_releases))
+
+
+async def test_immutable_results_are_shared(manager: CacheManager) -> None:
+    release = anyio.Event()
+
+    @cached("n", manager=manager)
+    async def pair() -> tuple[str, tuple[int, bytes]]:
+        await release.wait()
+        return ("a", (1, b"b"))
+
+    results: list[Any] = []
+
+    async def call() -> None:
+        results.append(await pair())
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(3):
+            tg.start_soon(call)
+        await anyio.sleep(0.01)
+        release.set()
+    assert results[0] == ("a", (1, b"b")) and all(r is results[0] for r in results)
+
+
+async def test_refresh_result_is_the_callers_own(manager: CacheManager) -> None:
+    @cached("n", manager=manager)
+    async def profile() -> dict[str, Any]:
+        return {"seen_by": []}
+
+    (await profile.refresh())["seen_by"].append(1)
+    mine = await profile()
+    mine["seen_by"].append(2)
+    assert await profile() == {"seen_by": []}
+
+
 async def test_concurrent_callers_share_the_exception(manager: CacheManager) -> None:
     count = Counter()
 
@@ -700,7 +816,7 @@ class LeasingBackend(MemoryBackend):
         super().__init__()
         self.leases: list[tuple[bytes, float, float]] = []
         self.busy = busy
-        self._lock = anyio.Lock()
+        self.held = anyio.Lock()
 
     @asynccontextmanager
     async def lease(self, key: bytes, ttl: float, wait: float = 0.0) -> AsyncIterator[bool]:
@@ -708,7 +824,7 @@ class LeasingBackend(MemoryBackend):
         if self.busy:
             yield False
             return
-        async with self._lock:
+        async with self.held:
             yield True
 
 
