@@ -42,7 +42,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Concatenate, Final, Generic, ParamSpec, Self, TypeVar, overload
 
 from .cache import MISSING, Cache
-from .callkeys import MAX_DEPTH, METHOD_FIRST_PARAMS, CallKey
+from .callkeys import METHOD_FIRST_PARAMS, CallKey, immutable
 from .errors import (
     BackendError,
     ClosedError,
@@ -75,18 +75,6 @@ _jitter: Final = random.Random()  # noqa: S311 - spreads expiry, no secrecy invo
 
 
 _Copy = Callable[[], tuple[bool, Any]]
-_IMMUTABLE: Final = frozenset({str, int, float, bool, type(None), bytes})
-
-
-def _immutable(value: object, depth: int = 0) -> bool:
-    """Whether ``value`` may be handed to several callers as one object (exact types only: a
-    subclass instance can carry mutable attributes)."""
-    kind = type(value)
-    if kind in _IMMUTABLE:
-        return True
-    if (kind is tuple or kind is frozenset) and depth < MAX_DEPTH:
-        return all(_immutable(item, depth + 1) for item in value)  # type: ignore[attr-defined]
-    return False
 
 
 def _decode(cache: Cache, payload: bytes, wrapped: bool) -> tuple[bool, Any]:
@@ -396,7 +384,7 @@ class _Core:
         store cannot be copied faithfully either: the other callers call the function
         themselves, as they would without a cache (such a result is never cached anyway).
         """
-        if callers < 2 or _immutable(value):
+        if callers < 2 or immutable(value):
             return None
         if copy is not None:
             return copy

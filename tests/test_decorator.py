@@ -233,6 +233,114 @@ async def test_two_functions_in_one_namespace_do_not_collide(manager: CacheManag
     assert await one(1) == "one"
 
 
+FACTORY_CALLS = Counter()
+
+
+class Client:
+    def __init__(self, tenant: str) -> None:
+        self.tenant = tenant
+
+
+class Base:
+    async def label(self, x: int) -> str:
+        return f"base{x}"
+
+
+class Derived(Base):
+    @cached("x")
+    async def label(self, x: int) -> str:
+        return "derived/" + await super().label(x)
+
+
+def helper(x: int) -> str:
+    return f"helper{x}"
+
+
+async def test_closures_of_one_factory_do_not_share_entries(manager: CacheManager) -> None:
+    """Closures made by one factory had one key space (module and qualified name): tenant b
+    was served tenant a's cached result."""
+    count = FACTORY_CALLS
+    count.calls.clear()
+
+    def make(tenant: str, region: tuple[str, int] = ("eu", 1)) -> Any:
+        @cached("x", manager=manager)
+        async def load(uid: int) -> str:
+            FACTORY_CALLS(tenant)  # a global: a free variable holding an object is not keyed
+            return f"{tenant}/{region[0]}:{uid}"
+
+        return load
+
+    assert await make("a")(1) == "a/eu:1"
+    assert await make("b")(1) == "b/eu:1"
+    assert await make("a", ("us", 2))(1) == "a/us:1"
+    assert len(count.calls) == 3
+    # Keyed by the values they hold: the same tenant's closures share entries, across
+    # factory calls and processes.
+    assert await make("b")(1) == "b/eu:1"
+    assert len(count.calls) == 3
+
+
+async def test_closures_over_other_objects_have_their_own_key_space(
+    manager: CacheManager,
+) -> None:
+    count = Counter()
+
+    def make(client: Client) -> Any:
+        @cached("x", manager=manager)
+        async def load(uid: int) -> str:
+            count(client.tenant)
+            return f"{client.tenant}:{uid}"
+
+        return load
+
+    first, second = make(Client("a")), make(Client("b"))
+    assert [await first(1), await second(1), await first(1), await second(1)] == [
+        "a:1",
+        "b:1",
+        "a:1",
+        "b:1",
+    ]
+    assert len(count.calls) == 2
+    assert await make(Client("a"))(1) == "a:1"  # another object: nothing says it is the same
+    assert len(count.calls) == 3
+
+
+def test_keys_of_plain_functions_and_methods_are_unchanged() -> None:
+    """Module-level functions, methods using super() (a __class__ free variable) and closures
+    over module-level functions keep deterministic keys, the same in every process."""
+
+    def make() -> Any:
+        @cached("x")
+        async def load(uid: int) -> str:
+            return helper(uid)
+
+        @cached("x")
+        async def via(uid: int) -> str:
+            return fetch(uid)
+
+        fetch = helper
+        return load, via
+
+    prefix = f"{__name__}:Derived.label("
+    assert Derived.label._core._key((Derived(), 1), {}, 1) == f"{prefix}i1;)"
+    assert make()[0]._core._key((1,), {}, 0) == make()[0]._core._key((1,), {}, 0)
+    assert "|" not in make()[0]._core._key((1,), {}, 0)
+    # A free variable assigned only after decoration cannot be keyed: a key space of its own.
+    assert make()[1]._core._key((1,), {}, 0) != make()[1]._core._key((1,), {}, 0)
+
+
+async def test_closure_with_key_template_is_keyed_verbatim(manager: CacheManager) -> None:
+    def make(tenant: str) -> Any:
+        @cached("x", manager=manager, key="user:{uid}")
+        async def load(uid: int) -> str:
+            return tenant
+
+        return load
+
+    assert await make("a")(1) == "a"
+    assert await make("b")(1) == "a"  # the template owns its key space (documented)
+
+
 async def test_long_arguments_are_digested(manager: CacheManager) -> None:
     count = Counter()
 
@@ -675,7 +783,7 @@ async def test_cancelling_the_only_waiter_still_stores(manager: CacheManager) ->
         await slow()
     release.set()
     for _ in range(1000):
-        if await slow.cache.exists(f"{__name__}:{slow.__qualname__}()"):
+        if await slow.cache.exists(slow._core._key((), {}, 0)):
             break
         await anyio.sleep(0.001)
     assert await slow() == "done"
