@@ -1,6 +1,7 @@
 """Call keys: one decorated call's arguments → one canonical, type-tagged string.
 
-The key of ``f(*args, **kwargs)`` is ``"<module>:<qualname>(<encoded arguments>)"``. Arguments are
+The key of ``f(*args, **kwargs)`` is ``"<module>:<qualname>(<encoded arguments>)"``
+(``"<module>:<qualname>|<closure tag>(...)"`` for a closure, see below). Arguments are
 bound to the signature first (``f(1)``, ``f(x=1)`` and ``f()`` with ``x=1`` as default are the same
 call) and encoded in parameter order, each value with a type tag, so ``1``, ``"1"``, ``1.0`` and
 ``True`` give different keys.
@@ -13,6 +14,12 @@ does not matter. Supported: ``None``, ``bool``, ``int``, ``float``, ``str``, ``b
 same argument), nested up to :data:`MAX_DEPTH` levels. Types are matched exactly: anything else,
 subclasses included, raises :class:`TypeError` naming the parameter rather than falling back to
 ``str()``/``repr()``, whose collisions would hand one caller another caller's result.
+
+A closure (a function defined in a function) has the qualified name of every other closure its
+factory makes, so its prefix also holds a digest of what its free variables held when it was
+decorated (:func:`closure_tag`), when those are immutable values or module-level functions and
+classes; a free variable holding anything else gives the function object a random key space of
+its own, since nothing says two such objects give the same results.
 
 Keys longer than :data:`MAX_PLAIN_CHARS`, or holding a lone surrogate (valid in a Python ``str``
 and in JSON, not in UTF-8), are replaced by a BLAKE2b digest of themselves: deterministic, under

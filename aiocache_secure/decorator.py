@@ -13,12 +13,15 @@
 Rules, each chosen so that the cache can never change what the application computes:
 
 * **Keys** are built from the arguments bound to the signature, each value type-tagged
-  (:mod:`aiocache_secure.callkeys`), prefixed with the function's module and qualified name;
-  ``self``/``cls`` are left out. ``key=`` takes a template (``"user:{user_id}"``) or a callable
-  instead; those keys are used verbatim.
+  (:mod:`aiocache_secure.callkeys`), prefixed with the function's module and qualified name
+  (and, for a closure, what its free variables held); ``self``/``cls`` are left out.
+  ``key=`` takes a template (``"user:{user_id}"``) or a callable instead; those keys are used
+  verbatim.
 * **A cached ``None`` is a hit.** Exceptions are never cached; ``condition=`` can veto a result.
 * **Single flight**: concurrent callers of one key in this process share one execution
   (:mod:`aiocache_secure.flight`); cancelling one caller does not cancel it for the others.
+  Each caller gets its own result: the first the function's object, the others copies decoded
+  from the bytes it was stored as (immutable values are shared).
   With ``lock=True`` and a backend that offers a distributed lease, processes share it too.
 * **Stale-while-revalidate** (``stale_ttl=``): entries stay fresh for ``ttl`` seconds (minus up to
   10 % random jitter, so keys written together do not expire together), then are served stale for
