@@ -699,6 +699,23 @@ async def test_immutable_results_are_shared(manager: CacheManager) -> None:
     assert results[0] == ("a", (1, b"b")) and all(r is results[0] for r in results)
 
 
+async def test_writes_are_metered_as_sets(manager: CacheManager) -> None:
+    rows: list[str] = []
+
+    class Hook:
+        def record(self, operation: str, namespace: str, outcome: str, duration: float) -> None:
+            rows.append(f"{operation}:{outcome}")
+
+    manager.namespace("metered", metrics=Hook())
+
+    @cached("metered", manager=manager)
+    async def value() -> list[int]:
+        return [1]
+
+    assert await value() == await value() == await value.refresh() == [1]
+    assert rows == ["get:miss", "get:miss", "set:ok", "get:hit", "set:ok"]
+
+
 async def test_refresh_result_is_the_callers_own(manager: CacheManager) -> None:
     @cached("n", manager=manager)
     async def profile() -> dict[str, Any]:
