@@ -16,6 +16,7 @@ import pytest
 from aiocache_secure import (
     MISSING,
     BackendUnavailable,
+    Cache,
     CacheManager,
     ConfigurationError,
     Keyring,
@@ -656,6 +657,38 @@ async def test_callers_sharing_a_computation_get_their_own_result(
     assert len(count.calls) == (5 if path == "unserializable" else 1)
     if path in ("stored", "stale_ttl"):
         assert await profile() == {"plan": "pro", "seen_by": []}
+
+
+async def test_a_shared_result_is_serialized_once(
+    manager: CacheManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The copies are decoded from the bytes that were stored: no second serialization."""
+    calls: list[str] = []
+    dumps, loads = Cache._dumps, Cache._loads
+
+    def counted_dumps(self: Cache, value: Any) -> bytes:
+        calls.append("dumps")
+        return dumps(self, value)
+
+    def counted_loads(self: Cache, data: bytes) -> Any:
+        calls.append("loads")
+        return loads(self, data)
+
+    monkeypatch.setattr(Cache, "_dumps", counted_dumps)
+    monkeypatch.setattr(Cache, "_loads", counted_loads)
+    release = anyio.Event()
+
+    @cached("n", manager=manager)
+    async def profile() -> dict[str, Any]:
+        await release.wait()
+        return {"seen_by": []}
+
+    async def unblock() -> None:
+        calls.clear()
+        release.set()
+
+    assert_own(await own_results(profile, unblock))
+    assert calls == ["dumps"] + ["loads"] * 4
 
 
 async def test_callers_sharing_a_value_found_in_the_cache_get_their_own(
