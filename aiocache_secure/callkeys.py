@@ -194,7 +194,15 @@ class CallKey:
         signature = inspect.signature(fn)
         params = list(signature.parameters.values())
         module = getattr(fn, "__module__", None) or "?"
-        qualname = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", "?")
+        qualname = getattr(fn, "__qualname__", None)
+        if key is None and not isinstance(qualname, str):
+            # A functools.partial has none, and its bound arguments are in no key: two partials
+            # of one function (one per tenant) would share entries.
+            raise TypeError(
+                "default @cached keys name the function by its qualified name, which this "
+                "callable (a functools.partial?) lacks; pass key= to @cached"
+            )
+        qualname = qualname or getattr(fn, "__name__", "?")
         self._owner = f"{module}.{qualname}"
         tag = closure_tag(inspect.unwrap(fn)) if key is None else ""
         self._prefix = f"{module}:{qualname}{tag}("

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import functools
 import inspect
 import logging
 import typing
@@ -501,6 +502,19 @@ async def test_bad_decoration(manager: CacheManager) -> None:
         cached("")
     with pytest.raises(TypeError):
         cached("n", manager="memory://")  # type: ignore[arg-type]
+
+
+async def test_partials_need_a_key(manager: CacheManager) -> None:
+    """Every functools.partial had the key prefix "functools:?(" and no bound argument in its
+    key: partial(load, "a") served what partial(load, "b") had cached."""
+
+    async def load(tenant: str, uid: int) -> str:
+        return f"{tenant}:{uid}"
+
+    with pytest.raises(TypeError, match="key="):
+        cached("n", manager=manager)(functools.partial(load, "a"))
+    keyed = cached("n", manager=manager, key="a:{uid}")(functools.partial(load, "a"))
+    assert await keyed(uid=1) == "a:1"
 
 
 # -- namespaces ---------------------------------------------------------------------------------
