@@ -725,6 +725,30 @@ async def test_callers_sharing_a_value_found_in_the_cache_get_their_own(
     assert_own(await own_results(profile, other_process_stores_and_releases))
 
 
+async def test_callers_joining_a_background_refresh_get_their_own(
+    manager: CacheManager, clock: ManualClock
+) -> None:
+    count = Counter()
+    release = anyio.Event()
+
+    @cached("swr", ttl=10, stale_ttl=50, manager=manager, key="profile")
+    async def profile() -> dict[str, Any]:
+        if count() > 1:
+            await release.wait()
+        return {"seen_by": []}
+
+    assert await profile() == {"seen_by": []}
+    clock.advance(11)
+    assert await profile() == {"seen_by": []}  # stale: one background refresh starts
+    await profile.cache.delete("profile")  # gone: later callers join the refresh
+
+    async def unblock() -> None:
+        release.set()
+
+    assert_own(await own_results(profile, unblock))
+    assert len(count.calls) == 2
+
+
 async def test_immutable_results_are_shared(manager: CacheManager) -> None:
     release = anyio.Event()
 
