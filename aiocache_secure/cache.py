@@ -552,6 +552,26 @@ class Cache:
         """Store ``value`` under ``key`` for ``ttl`` seconds (namespace default when None)."""
         raw = self._key(key)
         data, seconds = self._frame(raw, value, ttl)
+        await self._set_frame(raw, data, seconds)
+
+    # The decorator's seam: it serializes a result once, stores those bytes, and decodes from
+    # them a copy of its own for every further caller that shares the computation.
+
+    def _dumps(self, value: Any) -> bytes:
+        return self._serializer.dumps(value)
+
+    def _loads(self, payload: bytes) -> Any:
+        return self._serializer.loads(payload)
+
+    async def _set_payload(self, key: str, payload: bytes, ttl: float | None = None) -> None:
+        """:meth:`set` of a value that :meth:`_dumps` serialized."""
+        raw = self._key(key)
+        seconds = self.policy.resolve_ttl(ttl)
+        expires = frame.expiry_ms(None if seconds is None else self._clock() + seconds)
+        data = frame.pack(expires, raw if self._embed else b"", payload)
+        await self._set_frame(raw, data, seconds)
+
+    async def _set_frame(self, raw: bytes, data: bytes, seconds: float | None) -> None:
         self._check_open()
         if self._prepare is not None:
             await self._run_prepare()

@@ -1,6 +1,7 @@
 """Call keys: one decorated call's arguments → one canonical, type-tagged string.
 
-The key of ``f(*args, **kwargs)`` is ``"<module>:<qualname>(<encoded arguments>)"``. Arguments are
+The key of ``f(*args, **kwargs)`` is ``"<module>:<qualname>(<encoded arguments>)"``
+(``"<module>:<qualname>|<closure tag>(...)"`` for a closure, see below). Arguments are
 bound to the signature first (``f(1)``, ``f(x=1)`` and ``f()`` with ``x=1`` as default are the same
 call) and encoded in parameter order, each value with a type tag, so ``1``, ``"1"``, ``1.0`` and
 ``True`` give different keys.
@@ -14,6 +15,12 @@ same argument), nested up to :data:`MAX_DEPTH` levels. Types are matched exactly
 subclasses included, raises :class:`TypeError` naming the parameter rather than falling back to
 ``str()``/``repr()``, whose collisions would hand one caller another caller's result.
 
+A closure (a function defined in a function) has the qualified name of every other closure its
+factory makes, so its prefix also holds a digest of what its free variables held when it was
+decorated (:func:`closure_tag`), when those are immutable values or module-level functions and
+classes; a free variable holding anything else gives the function object a random key space of
+its own, since nothing says two such objects give the same results.
+
 Keys longer than :data:`MAX_PLAIN_CHARS`, or holding a lone surrogate (valid in a Python ``str``
 and in JSON, not in UTF-8), are replaced by a BLAKE2b digest of themselves: deterministic, under
 the namespace's key size limit, and never a reason for a call to fail.
@@ -24,13 +31,14 @@ from __future__ import annotations
 import hashlib
 import inspect
 import re
+import secrets
 import string
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
 from .errors import ConfigurationError
 
-__all__ = ["MAX_DEPTH", "MAX_PLAIN_CHARS", "CallKey", "encode"]
+__all__ = ["MAX_DEPTH", "MAX_PLAIN_CHARS", "CallKey", "closure_tag", "encode", "immutable"]
 
 MAX_DEPTH: Final = 32
 MAX_PLAIN_CHARS: Final = 1024
@@ -93,6 +101,53 @@ def encode_one(value: object, depth: int = 0) -> str:
     return "".join(out)
 
 
+_IMMUTABLE: Final = frozenset({str, int, float, bool, type(None), bytes})
+
+
+def immutable(value: object, depth: int = 0) -> bool:
+    """Whether ``value`` can never change: None, bool, int, float, str, bytes, and tuples and
+    frozensets of them (exact types only: a subclass instance can carry mutable attributes)."""
+    kind = type(value)
+    if kind in _IMMUTABLE:
+        return True
+    if (kind is tuple or kind is frozenset) and depth < MAX_DEPTH:
+        return all(immutable(item, depth + 1) for item in value)  # type: ignore[attr-defined]
+    return False
+
+
+def closure_tag(fn: Callable[..., Any]) -> str:
+    """What sets ``fn`` apart from other functions of the same qualified name (see the module
+    docstring): ``""`` for a function with no free variables, else ``"|"`` and a digest of the
+    values its free variables held when it was decorated, or of a random token when one of them
+    holds a value that cannot be keyed (then this function object has a key space of its own).
+    """
+    code = getattr(fn, "__code__", None)
+    cells = getattr(fn, "__closure__", None)
+    if code is None or not cells:
+        return ""
+    parts: list[str] = []
+    for name, cell in zip(code.co_freevars, cells, strict=True):
+        if name == "__class__":  # super()'s: the class fn's qualified name names (still unset)
+            continue
+        try:
+            value = cell.cell_contents
+        except ValueError:  # not assigned yet
+            return f"|#{secrets.token_hex(16)}"
+        if isinstance(value, type) or inspect.isfunction(value):
+            qualname = value.__qualname__
+            if "<locals>" in qualname:  # defined in a function: one of possibly many
+                return f"|#{secrets.token_hex(16)}"
+            parts.append(encode_one((name, "def", value.__module__, qualname)))
+        elif immutable(value):
+            parts.append(encode_one((name, value)))
+        else:
+            return f"|#{secrets.token_hex(16)}"
+    if not parts:
+        return ""
+    digest = hashlib.blake2b("".join(parts).encode("utf-8", "surrogatepass"), digest_size=16)
+    return f"|{digest.hexdigest()}"
+
+
 def encode(values: Sequence[object], names: Sequence[str], owner: str) -> str:
     """The canonical encoding of ``values`` (the arguments named ``names`` of ``owner``)."""
     out: list[str] = []
@@ -139,9 +194,18 @@ class CallKey:
         signature = inspect.signature(fn)
         params = list(signature.parameters.values())
         module = getattr(fn, "__module__", None) or "?"
-        qualname = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", "?")
+        qualname = getattr(fn, "__qualname__", None)
+        if key is None and not isinstance(qualname, str):
+            # A functools.partial has none, and its bound arguments are in no key: two partials
+            # of one function (one per tenant) would share entries.
+            raise TypeError(
+                "default @cached keys name the function by its qualified name, which this "
+                "callable (a functools.partial?) lacks; pass key= to @cached"
+            )
+        qualname = qualname or getattr(fn, "__name__", "?")
         self._owner = f"{module}.{qualname}"
-        self._prefix = f"{module}:{qualname}("
+        tag = closure_tag(inspect.unwrap(fn)) if key is None else ""
+        self._prefix = f"{module}:{qualname}{tag}("
         self._signature = signature
         self._names = tuple(p.name for p in params)
         self._defaults = tuple(p.default for p in params)

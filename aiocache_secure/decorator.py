@@ -13,12 +13,15 @@
 Rules, each chosen so that the cache can never change what the application computes:
 
 * **Keys** are built from the arguments bound to the signature, each value type-tagged
-  (:mod:`aiocache_secure.callkeys`), prefixed with the function's module and qualified name;
-  ``self``/``cls`` are left out. ``key=`` takes a template (``"user:{user_id}"``) or a callable
-  instead; those keys are used verbatim.
+  (:mod:`aiocache_secure.callkeys`), prefixed with the function's module and qualified name
+  (and, for a closure, what its free variables held); ``self``/``cls`` are left out.
+  ``key=`` takes a template (``"user:{user_id}"``) or a callable instead; those keys are used
+  verbatim.
 * **A cached ``None`` is a hit.** Exceptions are never cached; ``condition=`` can veto a result.
 * **Single flight**: concurrent callers of one key in this process share one execution
   (:mod:`aiocache_secure.flight`); cancelling one caller does not cancel it for the others.
+  Each caller gets its own result: the first the function's object, the others copies decoded
+  from the bytes it was stored as (immutable values are shared).
   With ``lock=True`` and a backend that offers a distributed lease, processes share it too.
 * **Stale-while-revalidate** (``stale_ttl=``): entries stay fresh for ``ttl`` seconds (minus up to
   10 % random jitter, so keys written together do not expire together), then are served stale for
@@ -42,7 +45,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Concatenate, Final, Generic, ParamSpec, Self, TypeVar, overload
 
 from .cache import MISSING, Cache
-from .callkeys import METHOD_FIRST_PARAMS, CallKey
+from .callkeys import METHOD_FIRST_PARAMS, CallKey, immutable
 from .errors import (
     BackendError,
     ClosedError,
@@ -52,7 +55,7 @@ from .errors import (
 )
 from .flight import Flight, spawn
 from .manager import CacheManager, default_manager
-from .policy import check_ttl, validate_namespace_name
+from .policy import MAX_TTL, check_ttl, validate_namespace_name
 
 __all__ = ["EARLY_REFRESH", "LEASE_SECONDS", "LEASE_WAIT", "BoundCached", "Cached", "cached"]
 
@@ -72,6 +75,23 @@ LEASE_WAIT: Final = 10.0
 _READ_ERRORS: Final = (BackendError, ClosedError, IntegrityError)
 _WRITE_ERRORS: Final = (BackendError, ClosedError, SerializationError, ValueTooLarge)
 _jitter: Final = random.Random()  # noqa: S311 - spreads expiry, no secrecy involved
+
+
+_Copy = Callable[[], tuple[bool, Any]]
+
+
+def _decode(cache: Cache, payload: bytes, wrapped: bool) -> tuple[bool, Any]:
+    """A new copy of the value serialized in ``payload`` (a stale-while-revalidate entry when
+    ``wrapped``); ``(False, None)`` if it does not decode."""
+    try:
+        found = cache._loads(payload)
+    except SerializationError:
+        return False, None
+    return True, found[1] if wrapped else found
+
+
+def _uncopyable() -> tuple[bool, Any]:
+    return False, None
 
 
 class _Core:
@@ -160,6 +180,7 @@ class _Core:
         flight = self._flights.get(key)
         if flight is None:
             flight = self._start(cache, key, args, kwargs, background=False)
+        flight.callers += 1
         ok, value = await flight.result()
         if ok:
             return value
@@ -176,7 +197,8 @@ class _Core:
         self._disown(key)
         value = await self._fn(*args, **kwargs)
         if self._condition is None or self._condition(value):
-            await self._write(cache, key, value)
+            payload, _ = self._serialize(cache, value)
+            await cache._set_payload(key, payload, ttl=self._entry_ttl)
         else:
             await cache.delete(key)
         return value
@@ -216,9 +238,12 @@ class _Core:
         try:
             lease = self._lease(cache, key) if self._lock else None
             if lease is None:
-                flight.value = await self._compute(flight, cache, key, args, kwargs)
+                value, copy = await self._compute(flight, cache, key, args, kwargs)
             else:
-                flight.value = await self._compute_leased(lease, flight, cache, key, args, kwargs)
+                value, copy = await self._compute_leased(lease, flight, cache, key, args, kwargs)
+            # No caller can join from here on (nothing awaits before the flight is unlisted
+            # below), so flight.callers is final: a value with one caller needs no copies.
+            flight.succeed(value, self._copies(cache, value, copy, flight.callers))
         except BaseException as exc:
             flight.fail(exc)
             if not isinstance(exc, Exception):
@@ -232,19 +257,26 @@ class _Core:
 
     async def _compute(
         self, flight: Flight, cache: Cache, key: str, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> Any:
+    ) -> tuple[Any, _Copy | None]:
+        """The result, and a maker of copies of it when it was serialized on the way."""
         # Between a caller's miss and this task's start, another flight (or process) may have
         # stored the value: look again before computing.
         found = await self._read_fresh(cache, key)
         if found is not MISSING:
-            return found
+            return found, None
         value = await self._fn(*args, **kwargs)
-        if flight.store and (self._condition is None or self._condition(value)):
-            try:
-                await self._write(cache, key, value)
-            except _WRITE_ERRORS as exc:
-                self._write_failed(exc)
-        return value
+        if not flight.store or (self._condition is not None and not self._condition(value)):
+            return value, None
+        try:
+            payload, copy = self._serialize(cache, value)
+        except SerializationError as exc:
+            self._write_failed(exc)
+            return value, _uncopyable
+        try:
+            await cache._set_payload(key, payload, ttl=self._entry_ttl)
+        except _WRITE_ERRORS as exc:
+            self._write_failed(exc)
+        return value, copy
 
     async def _compute_leased(
         self,
@@ -254,7 +286,7 @@ class _Core:
         key: str,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
-    ) -> Any:
+    ) -> tuple[Any, _Copy | None]:
         try:
             held = lease(self._lease_name(key), LEASE_SECONDS, wait=LEASE_WAIT)
             await held.__aenter__()
@@ -326,14 +358,44 @@ class _Core:
                 return cache.clock() < fresh_until, value
         return None, None
 
-    async def _write(self, cache: Cache, key: str, value: Any) -> None:
+    @property
+    def _entry_ttl(self) -> float | None:
+        if self._stale_ttl is None or self._ttl is None:
+            return self._ttl
+        return self._ttl + self._stale_ttl
+
+    def _serialize(self, cache: Cache, value: Any) -> tuple[bytes, _Copy]:
+        """The bytes to store for ``value``, and a maker of new copies of it decoded from them
+        (SerializationError if the namespace's serializer cannot store it)."""
         if self._stale_ttl is None:
-            await cache.set(key, value, ttl=self._ttl)
-            return
+            payload = cache._dumps(value)
+            return payload, functools.partial(_decode, cache, payload, False)
         assert self._ttl is not None  # noqa: S101 - cached() requires ttl with stale_ttl
         fresh_for = self._ttl * (1.0 - EARLY_REFRESH * _jitter.random())
-        entry = [float(cache.clock() + fresh_for), value]
-        await cache.set(key, entry, ttl=self._ttl + self._stale_ttl)
+        payload = cache._dumps([float(cache.clock() + fresh_for), value])
+        return payload, functools.partial(_decode, cache, payload, True)
+
+    @staticmethod
+    def _copies(cache: Cache, value: Any, copy: _Copy | None, callers: int) -> _Copy | None:
+        """How the callers after the first get their own copy of ``value`` (see :class:`Flight`).
+
+        Decoded from the bytes the namespace's serializer made of it, so a caller that shared a
+        computation gets what a cache hit would have given it. The bytes are made before any
+        caller sees the value (one that mutates it then cannot reach the others' copies): the
+        stored bytes when the result was written, else (not stored, or read from the cache)
+        serialized here, once, if more than one caller waits. A value the serializer cannot
+        store cannot be copied faithfully either: the other callers call the function
+        themselves, as they would without a cache (such a result is never cached anyway).
+        """
+        if callers < 2 or immutable(value):
+            return None
+        if copy is not None:
+            return copy
+        try:
+            payload = cache._dumps(value)
+        except SerializationError:
+            return _uncopyable
+        return functools.partial(_decode, cache, payload, False)
 
     # -- failures -------------------------------------------------------------------------------
 
@@ -468,6 +530,8 @@ def cached(
         stale_ttl = check_ttl(stale_ttl, "stale_ttl")
         if ttl is None:
             raise TypeError("stale_ttl= needs ttl= (how long an entry stays fresh)")
+        if ttl + stale_ttl > MAX_TTL:
+            raise ValueError(f"ttl + stale_ttl must be at most {MAX_TTL:.0f} seconds (100 years)")
     if manager is not None and not isinstance(manager, CacheManager):
         raise TypeError("manager must be a CacheManager")
     if condition is not None and not callable(condition):

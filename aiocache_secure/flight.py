@@ -23,26 +23,42 @@ _RUNNING: Final[set[asyncio.Task[None]]] = set()
 
 
 class Flight:
-    """One shared computation: its outcome, and whether it may still be stored."""
+    """One shared computation: its outcome, and whether it may still be stored.
 
-    __slots__ = ("done", "error", "store", "traceback", "value")
+    A result goes to its callers the way :meth:`succeed` was told: the value itself to the
+    first caller that collects it, and to every other caller what ``copy()`` returns, a copy of
+    its own (``(False, None)`` when no copy can be made: that caller computes by itself). A
+    ``copy`` of None means the value may be shared: it is immutable, or has one caller only.
+    """
+
+    __slots__ = ("callers", "copy", "done", "error", "handed", "store", "traceback", "value")
 
     def __init__(self) -> None:
         self.done = anyio.Event()
         self.value: Any = None
+        self.copy: Callable[[], tuple[bool, Any]] | None = None
+        self.handed = False
         self.error: BaseException | None = None
         self.traceback: TracebackType | None = None
         self.store = True
+        self.callers = 0  # the caller that started it (none for a background refresh) + joiners
+
+    def succeed(self, value: Any, copy: Callable[[], tuple[bool, Any]] | None) -> None:
+        self.value, self.copy = value, copy
 
     def fail(self, error: BaseException) -> None:
         self.error, self.traceback = error, error.__traceback__
 
     async def result(self) -> tuple[bool, Any]:
-        """``(True, value)``; raises the computation's exception; ``(False, None)`` when the
-        computation was cancelled or killed from outside (the caller then computes by itself)."""
+        """``(True, value)`` (see the class docstring); raises the computation's exception;
+        ``(False, None)`` when the computation was cancelled or killed from outside (the caller
+        then computes by itself)."""
         await self.done.wait()
         error = self.error
         if error is None:
+            if self.handed and self.copy is not None:
+                return self.copy()
+            self.handed = True
             return True, self.value
         if isinstance(error, Exception):
             # Every waiter re-raises one shared exception: restart its traceback each time (as

@@ -23,12 +23,20 @@ __all__ = ["HEAD", "HEADER", "MAX_KEY_BYTES", "expiry_ms", "pack", "unpack"]
 HEAD: Final = struct.Struct(">QH")
 HEADER: Final = HEAD.size
 MAX_KEY_BYTES: Final = 4096
+_EXPIRY_LIMIT: Final = 2.0**64  # the u64 field, in milliseconds
 
 
 def expiry_ms(expires_at: float | None) -> int:
-    return (
-        0 if expires_at is None or math.isinf(expires_at) else max(1, math.floor(expires_at * 1000))
-    )
+    """The frame's expiry field for the absolute time ``expires_at`` (None or inf: never).
+
+    Lifetimes are bounded by :data:`aiocache_secure.policy.MAX_TTL`, so only a clock set
+    beyond the field's range gets here with a time it cannot hold: ValueError, not a bad frame.
+    """
+    if expires_at is None or math.isinf(expires_at):
+        return 0
+    if not expires_at * 1000 < _EXPIRY_LIMIT:  # also NaN
+        raise ValueError("the expiry time is beyond what an entry frame holds")
+    return max(1, math.floor(expires_at * 1000))
 
 
 def pack(expires_ms: int, key: bytes, payload: bytes) -> bytes:

@@ -14,9 +14,13 @@ from typing import Final
 
 from .errors import ConfigurationError
 
-__all__ = ["DEFAULT_MAX_VALUE_BYTES", "Policy", "check_ttl", "validate_namespace_name"]
+__all__ = ["DEFAULT_MAX_VALUE_BYTES", "MAX_TTL", "Policy", "check_ttl", "validate_namespace_name"]
 
 DEFAULT_MAX_VALUE_BYTES: Final = 16 * 1024 * 1024
+MAX_TTL: Final = 100 * 365 * 86400.0
+"""The longest lifetime an entry may be given: a hundred years. Every absolute expiry it yields
+fits every store's range (the entry frame's and the envelope's unsigned 64-bit milliseconds,
+Redis's signed 64-bit milliseconds, MongoDB dates up to the year 9999)."""
 _NAME: Final = re.compile(r"[^\x00-\x1f\x7f]{1,200}")
 RESERVED_PREFIX: Final = "__acs"
 
@@ -33,13 +37,19 @@ def validate_namespace_name(name: object) -> str:
     return name
 
 
-def check_ttl(ttl: object, what: str = "ttl") -> float:
-    """A finite, positive number of seconds; TypeError or ValueError otherwise."""
+def check_ttl(ttl: object, what: str = "ttl", *, bounded: bool = True) -> float:
+    """A finite, positive number of seconds, at most :data:`MAX_TTL` unless ``bounded`` is
+    false (the caller clamps it); TypeError or ValueError otherwise."""
     if isinstance(ttl, bool) or not isinstance(ttl, int | float):
         raise TypeError(f"{what} must be a number of seconds")
-    value = float(ttl)
+    try:
+        value = float(ttl)
+    except OverflowError:  # an int beyond float's range
+        value = math.inf
     if not math.isfinite(value) or value <= 0:
         raise ValueError(f"{what} must be a finite number of seconds greater than 0")
+    if bounded and value > MAX_TTL:
+        raise ValueError(f"{what} must be at most {MAX_TTL:.0f} seconds (100 years)")
     return value
 
 
@@ -97,7 +107,8 @@ class Policy:
             if value is None:
                 return None
         else:
-            value = check_ttl(ttl)
+            # Beyond MAX_TTL only when max_ttl (itself at most MAX_TTL) clamps it below.
+            value = check_ttl(ttl, bounded=self.max_ttl is None)
         if self.max_ttl is not None and value > self.max_ttl:
             value = self.max_ttl
         if self.ttl_jitter:

@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+import inspect
 import math
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from aiocache_secure import (
     MISSING,
+    Cache,
     CacheManager,
     ClosedError,
     ConfigurationError,
     Keyring,
+    ManualClock,
     SerializationError,
     ValueTooLarge,
+    cached,
 )
+from aiocache_secure.policy import MAX_TTL
 
 pytestmark = pytest.mark.anyio
 
@@ -74,22 +80,85 @@ async def test_circular_value(manager: CacheManager) -> None:
         await ns.set("k", loop)
 
 
-@pytest.mark.parametrize("ttl", [-1, 0, math.nan, math.inf, -math.inf])
+def ttl_entry_points(ns: Cache, manager: CacheManager, ttl: Any) -> list[Callable[[], Any]]:
+    """Every call that takes a lifetime, each given ``ttl`` (async ones return an awaitable)."""
+
+    async def function() -> int:
+        return 1
+
+    return [
+        lambda: ns.set("k", 1, ttl=ttl),
+        lambda: ns.set_many({"k": 1}, ttl=ttl),
+        lambda: ns.add("new", 1, ttl=ttl),
+        lambda: ns.expire("k", ttl),
+        lambda: ns.incr("counter", ttl=ttl),
+        lambda: manager.namespace("bad-ttl", ttl=ttl),
+        lambda: manager.namespace("bad-max-ttl", max_ttl=ttl),
+        lambda: cached("n", ttl=ttl)(function),
+        lambda: cached("n", ttl=1, stale_ttl=ttl)(function),
+    ]
+
+
+async def refused(call: Callable[[], Any], error: type[Exception]) -> None:
+    with pytest.raises(error):
+        result = call()
+        if inspect.isawaitable(result):
+            await result
+
+
+@pytest.mark.parametrize(
+    "ttl",
+    [-1, 0, -0.0, math.nan, math.inf, -math.inf, 1e17, 10**400],
+    ids=["-1", "0", "-0.0", "nan", "inf", "-inf", "1e17", "10**400"],
+)
 async def test_bad_ttl_values(manager: CacheManager, ttl: float) -> None:
     ns = manager.namespace("n")
-    with pytest.raises(ValueError):
-        await ns.set("k", 1, ttl=ttl)
-    with pytest.raises(ValueError):
-        await ns.set_many({"k": 1}, ttl=ttl)
-    with pytest.raises(ValueError):
-        manager.namespace(f"bad-ttl-{ttl}", ttl=ttl)
+    await ns.set("k", 0)
+    for call in ttl_entry_points(ns, manager, ttl):
+        await refused(call, ValueError)
+    assert await ns.get("k") == 0
+    assert await ns.get_many(["new", "counter"], default=MISSING) == [MISSING, MISSING]
 
 
-@pytest.mark.parametrize("ttl", ["10", True, [1], b"1"])
+@pytest.mark.parametrize("ttl", ["10", True, False, [1], b"1"])
 async def test_bad_ttl_types(manager: CacheManager, ttl: Any) -> None:
     ns = manager.namespace("n")
-    with pytest.raises(TypeError):
-        await ns.set("k", 1, ttl=ttl)
+    for call in ttl_entry_points(ns, manager, ttl):
+        await refused(call, TypeError)
+
+
+async def test_ttl_up_to_what_entries_hold(manager: CacheManager) -> None:
+    """MAX_TTL is accepted everywhere; beyond it, a namespace's max_ttl still clamps a write,
+    and ttl + stale_ttl (the lifetime a stale-while-revalidate entry is stored with) counts."""
+    ns = manager.namespace("n")
+    await ns.set("k", {"v": 1}, ttl=MAX_TTL)
+    assert await ns.get("k") == {"v": 1}
+    assert MAX_TTL - 60 < (await ns.ttl("k") or 0) <= MAX_TTL
+    assert await ns.expire("k", MAX_TTL)
+    clamped = manager.namespace("clamped", max_ttl=60)
+    await clamped.set("k", 1, ttl=1e17)
+    assert 0 < (await clamped.ttl("k") or 0) <= 60
+    assert await clamped.expire("k", 1e17)
+    assert manager.namespace("longest", ttl=MAX_TTL, max_ttl=MAX_TTL).policy.ttl == MAX_TTL
+
+    @cached("n", ttl=MAX_TTL, manager=manager)
+    async def forever() -> list[int]:
+        return [1]
+
+    assert await forever() == [1]
+    assert await forever() == [1]
+    assert forever.cache.stats.hits == 2
+    with pytest.raises(ValueError, match="stale_ttl"):
+        cached("n", ttl=MAX_TTL, stale_ttl=1)
+
+
+async def test_clock_beyond_what_entries_hold() -> None:
+    async with CacheManager(keyring=Keyring.generate(), clock=ManualClock(1e17)) as mgr:
+        ns = mgr.namespace("n")
+        with pytest.raises(ValueError, match="expiry"):
+            await ns.set("k", 1, ttl=1)
+        await ns.set("never", 1)
+        assert await ns.get("never") == 1
 
 
 async def test_oversized_value_writes_nothing(manager: CacheManager, audit_records: Any) -> None:

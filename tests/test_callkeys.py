@@ -8,7 +8,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aiocache_secure.callkeys import encode_one
+from aiocache_secure.callkeys import closure_tag, encode_one
 
 scalars = st.one_of(
     st.none(),
@@ -61,3 +61,19 @@ def test_encoding_is_injective(a: Any, b: Any) -> None:
 @given(values)
 def test_encoding_is_deterministic(a: Any) -> None:
     assert encode_one(a) == encode_one(a)
+
+
+def test_closure_tags_tell_free_variables_apart() -> None:
+    def make(value: Any) -> Any:
+        async def fn() -> Any:
+            return value
+
+        return fn
+
+    kinds = [1, "1", 1.0, True, None, b"1", (1,), frozenset({1}), ("1",)]
+    assert len({closure_tag(make(v)) for v in kinds}) == len(kinds)
+    assert closure_tag(make(("a", 1))) == closure_tag(make(("a", 1)))
+    # A mutable (or unknown) value: each function object gets a key space of its own.
+    assert closure_tag(make([1])).startswith("|#")
+    assert closure_tag(make([1])) != closure_tag(make([1]))
+    assert closure_tag(make) == ""

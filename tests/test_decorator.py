@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import enum
+import functools
 import inspect
 import logging
 import typing
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -16,6 +17,7 @@ import pytest
 from aiocache_secure import (
     MISSING,
     BackendUnavailable,
+    Cache,
     CacheManager,
     ConfigurationError,
     Keyring,
@@ -233,6 +235,114 @@ async def test_two_functions_in_one_namespace_do_not_collide(manager: CacheManag
     assert await one(1) == "one"
 
 
+FACTORY_CALLS = Counter()
+
+
+class Client:
+    def __init__(self, tenant: str) -> None:
+        self.tenant = tenant
+
+
+class Base:
+    async def label(self, x: int) -> str:
+        return f"base{x}"
+
+
+class Derived(Base):
+    @cached("x")
+    async def label(self, x: int) -> str:
+        return "derived/" + await super().label(x)
+
+
+def helper(x: int) -> str:
+    return f"helper{x}"
+
+
+async def test_closures_of_one_factory_do_not_share_entries(manager: CacheManager) -> None:
+    """Closures made by one factory had one key space (module and qualified name): tenant b
+    was served tenant a's cached result."""
+    count = FACTORY_CALLS
+    count.calls.clear()
+
+    def make(tenant: str, region: tuple[str, int] = ("eu", 1)) -> Any:
+        @cached("x", manager=manager)
+        async def load(uid: int) -> str:
+            FACTORY_CALLS(tenant)  # a global: a free variable holding an object is not keyed
+            return f"{tenant}/{region[0]}:{uid}"
+
+        return load
+
+    assert await make("a")(1) == "a/eu:1"
+    assert await make("b")(1) == "b/eu:1"
+    assert await make("a", ("us", 2))(1) == "a/us:1"
+    assert len(count.calls) == 3
+    # Keyed by the values they hold: the same tenant's closures share entries, across
+    # factory calls and processes.
+    assert await make("b")(1) == "b/eu:1"
+    assert len(count.calls) == 3
+
+
+async def test_closures_over_other_objects_have_their_own_key_space(
+    manager: CacheManager,
+) -> None:
+    count = Counter()
+
+    def make(client: Client) -> Any:
+        @cached("x", manager=manager)
+        async def load(uid: int) -> str:
+            count(client.tenant)
+            return f"{client.tenant}:{uid}"
+
+        return load
+
+    first, second = make(Client("a")), make(Client("b"))
+    assert [await first(1), await second(1), await first(1), await second(1)] == [
+        "a:1",
+        "b:1",
+        "a:1",
+        "b:1",
+    ]
+    assert len(count.calls) == 2
+    assert await make(Client("a"))(1) == "a:1"  # another object: nothing says it is the same
+    assert len(count.calls) == 3
+
+
+def test_keys_of_plain_functions_and_methods_are_unchanged() -> None:
+    """Module-level functions, methods using super() (a __class__ free variable) and closures
+    over module-level functions keep deterministic keys, the same in every process."""
+
+    def make() -> Any:
+        @cached("x")
+        async def load(uid: int) -> str:
+            return helper(uid)
+
+        @cached("x")
+        async def via(uid: int) -> str:
+            return fetch(uid)
+
+        fetch = helper
+        return load, via
+
+    prefix = f"{__name__}:Derived.label("
+    assert Derived.label._core._key((Derived(), 1), {}, 1) == f"{prefix}i1;)"
+    assert make()[0]._core._key((1,), {}, 0) == make()[0]._core._key((1,), {}, 0)
+    assert "|" not in make()[0]._core._key((1,), {}, 0)
+    # A free variable assigned only after decoration cannot be keyed: a key space of its own.
+    assert make()[1]._core._key((1,), {}, 0) != make()[1]._core._key((1,), {}, 0)
+
+
+async def test_closure_with_key_template_is_keyed_verbatim(manager: CacheManager) -> None:
+    def make(tenant: str) -> Any:
+        @cached("x", manager=manager, key="user:{uid}")
+        async def load(uid: int) -> str:
+            return tenant
+
+        return load
+
+    assert await make("a")(1) == "a"
+    assert await make("b")(1) == "a"  # the template owns its key space (documented)
+
+
 async def test_long_arguments_are_digested(manager: CacheManager) -> None:
     count = Counter()
 
@@ -394,6 +504,19 @@ async def test_bad_decoration(manager: CacheManager) -> None:
         cached("n", manager="memory://")  # type: ignore[arg-type]
 
 
+async def test_partials_need_a_key(manager: CacheManager) -> None:
+    """Every functools.partial had the key prefix "functools:?(" and no bound argument in its
+    key: partial(load, "a") served what partial(load, "b") had cached."""
+
+    async def load(tenant: str, uid: int) -> str:
+        return f"{tenant}:{uid}"
+
+    with pytest.raises(TypeError, match="key="):
+        cached("n", manager=manager)(functools.partial(load, "a"))
+    keyed = cached("n", manager=manager, key="a:{uid}")(functools.partial(load, "a"))
+    assert await keyed(uid=1) == "a:1"
+
+
 # -- namespaces ---------------------------------------------------------------------------------
 
 
@@ -486,6 +609,195 @@ async def test_thousand_concurrent_callers_one_execution(manager: CacheManager) 
     assert results == [{"x": 7}] * 1000
 
 
+async def own_results(
+    fn: Any, unblock: Callable[[], Awaitable[None]], callers: int = 5
+) -> list[dict[str, Any]]:
+    """What ``callers`` concurrent callers of ``fn()`` got, each having marked its result as a
+    request handler would (adding its viewer); ``unblock()`` lets them finish once all wait."""
+    results: list[dict[str, Any]] = []
+
+    async def call(viewer: int) -> None:
+        result = await fn()
+        result["seen_by"].append(viewer)
+        results.append(result)
+
+    async with anyio.create_task_group() as tg:
+        for viewer in range(callers):
+            tg.start_soon(call, viewer)
+        await anyio.sleep(0.01)
+        await unblock()
+    return results
+
+
+def assert_own(results: list[dict[str, Any]], callers: int = 5) -> None:
+    assert len(results) == callers
+    assert len({id(r) for r in results}) == callers
+    assert [len(r["seen_by"]) for r in results] == [1] * callers
+
+
+@pytest.mark.parametrize(
+    "path", ["stored", "stale_ttl", "condition_false", "store_down", "unserializable"]
+)
+async def test_callers_sharing_a_computation_get_their_own_result(
+    manager: CacheManager, path: str
+) -> None:
+    """A flight's result reached its callers as one object: one caller's change to it (a
+    viewer's e-mail added by a request handler) showed in every other caller's result."""
+    if path == "store_down":
+        manager.namespace("down", FailingBackend())
+    count = Counter()
+    release = anyio.Event()
+    marker = object()
+    options: dict[str, Any] = {
+        "stale_ttl": {"ttl": 10, "stale_ttl": 10},
+        "condition_false": {"condition": lambda result: False},
+    }.get(path, {})
+
+    @cached("down" if path == "store_down" else "n", manager=manager, **options)
+    async def profile() -> dict[str, Any]:
+        count()
+        await release.wait()
+        result: dict[str, Any] = {"plan": "pro", "seen_by": []}
+        if path == "unserializable":
+            result["handle"] = marker
+        return result
+
+    async def unblock() -> None:
+        release.set()
+
+    assert_own(await own_results(profile, unblock))
+    # One execution, except for a result the namespace cannot store: it cannot be copied
+    # faithfully either, so the callers after the first compute it themselves.
+    assert len(count.calls) == (5 if path == "unserializable" else 1)
+    if path in ("stored", "stale_ttl"):
+        assert await profile() == {"plan": "pro", "seen_by": []}
+
+
+async def test_a_shared_result_is_serialized_once(
+    manager: CacheManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The copies are decoded from the bytes that were stored: no second serialization."""
+    calls: list[str] = []
+    dumps, loads = Cache._dumps, Cache._loads
+
+    def counted_dumps(self: Cache, value: Any) -> bytes:
+        calls.append("dumps")
+        return dumps(self, value)
+
+    def counted_loads(self: Cache, data: bytes) -> Any:
+        calls.append("loads")
+        return loads(self, data)
+
+    monkeypatch.setattr(Cache, "_dumps", counted_dumps)
+    monkeypatch.setattr(Cache, "_loads", counted_loads)
+    release = anyio.Event()
+
+    @cached("n", manager=manager)
+    async def profile() -> dict[str, Any]:
+        await release.wait()
+        return {"seen_by": []}
+
+    async def unblock() -> None:
+        calls.clear()
+        release.set()
+
+    assert_own(await own_results(profile, unblock))
+    assert calls == ["dumps"] + ["loads"] * 4
+
+
+async def test_callers_sharing_a_value_found_in_the_cache_get_their_own(
+    manager: CacheManager,
+) -> None:
+    """The shared computation found the entry another process stored while it waited for the
+    lease: that one decoded value went to every caller."""
+    store = LeasingBackend()
+    ns = manager.namespace("leased", store, encrypt=True)
+
+    @cached("leased", manager=manager, lock=True, key="profile")
+    async def profile() -> dict[str, Any]:
+        raise AssertionError("the entry was in the cache")
+
+    async def other_process_stores_and_releases() -> None:
+        await ns.set("profile", {"plan": "pro", "seen_by": []})
+        store.held.release()
+
+    await store.held.acquire()
+    assert_own(await own_results(profile, other_process_stores_and_releases))
+
+
+async def test_callers_joining_a_background_refresh_get_their_own(
+    manager: CacheManager, clock: ManualClock
+) -> None:
+    count = Counter()
+    release = anyio.Event()
+
+    @cached("swr", ttl=10, stale_ttl=50, manager=manager, key="profile")
+    async def profile() -> dict[str, Any]:
+        if count() > 1:
+            await release.wait()
+        return {"seen_by": []}
+
+    assert await profile() == {"seen_by": []}
+    clock.advance(11)
+    assert await profile() == {"seen_by": []}  # stale: one background refresh starts
+    await profile.cache.delete("profile")  # gone: later callers join the refresh
+
+    async def unblock() -> None:
+        release.set()
+
+    assert_own(await own_results(profile, unblock))
+    assert len(count.calls) == 2
+
+
+async def test_immutable_results_are_shared(manager: CacheManager) -> None:
+    release = anyio.Event()
+
+    @cached("n", manager=manager)
+    async def pair() -> tuple[str, tuple[int, bytes]]:
+        await release.wait()
+        return ("a", (1, b"b"))
+
+    results: list[Any] = []
+
+    async def call() -> None:
+        results.append(await pair())
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(3):
+            tg.start_soon(call)
+        await anyio.sleep(0.01)
+        release.set()
+    assert results[0] == ("a", (1, b"b")) and all(r is results[0] for r in results)
+
+
+async def test_writes_are_metered_as_sets(manager: CacheManager) -> None:
+    rows: list[str] = []
+
+    class Hook:
+        def record(self, operation: str, namespace: str, outcome: str, duration: float) -> None:
+            rows.append(f"{operation}:{outcome}")
+
+    manager.namespace("metered", metrics=Hook())
+
+    @cached("metered", manager=manager)
+    async def value() -> list[int]:
+        return [1]
+
+    assert await value() == await value() == await value.refresh() == [1]
+    assert rows == ["get:miss", "get:miss", "set:ok", "get:hit", "set:ok"]
+
+
+async def test_refresh_result_is_the_callers_own(manager: CacheManager) -> None:
+    @cached("n", manager=manager)
+    async def profile() -> dict[str, Any]:
+        return {"seen_by": []}
+
+    (await profile.refresh())["seen_by"].append(1)
+    mine = await profile()
+    mine["seen_by"].append(2)
+    assert await profile() == {"seen_by": []}
+
+
 async def test_concurrent_callers_share_the_exception(manager: CacheManager) -> None:
     count = Counter()
 
@@ -559,7 +871,7 @@ async def test_cancelling_the_only_waiter_still_stores(manager: CacheManager) ->
         await slow()
     release.set()
     for _ in range(1000):
-        if await slow.cache.exists(f"{__name__}:{slow.__qualname__}()"):
+        if await slow.cache.exists(slow._core._key((), {}, 0)):
             break
         await anyio.sleep(0.001)
     assert await slow() == "done"
@@ -700,7 +1012,7 @@ class LeasingBackend(MemoryBackend):
         super().__init__()
         self.leases: list[tuple[bytes, float, float]] = []
         self.busy = busy
-        self._lock = anyio.Lock()
+        self.held = anyio.Lock()
 
     @asynccontextmanager
     async def lease(self, key: bytes, ttl: float, wait: float = 0.0) -> AsyncIterator[bool]:
@@ -708,7 +1020,7 @@ class LeasingBackend(MemoryBackend):
         if self.busy:
             yield False
             return
-        async with self._lock:
+        async with self.held:
             yield True
 
 

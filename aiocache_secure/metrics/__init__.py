@@ -78,6 +78,12 @@ class MeteredCache(Cache):
     async def set(self, key: str, value: Any, ttl: float | None = None) -> None:
         await self._measure("set", lambda: super(MeteredCache, self).set(key, value, ttl))
 
+    async def _set_payload(self, key: str, payload: bytes, ttl: float | None = None) -> None:
+        # @cached's write (see Cache._set_payload) is a set like any other.
+        await self._measure(
+            "set", lambda: super(MeteredCache, self)._set_payload(key, payload, ttl)
+        )
+
     async def set_many(self, items: Mapping[str, Any], ttl: float | None = None) -> None:
         await self._measure("set_many", lambda: super(MeteredCache, self).set_many(items, ttl))
 
