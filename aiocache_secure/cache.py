@@ -9,6 +9,7 @@ key validation, (de)serialization, TTL resolution, the expiry check on read, sta
 from __future__ import annotations
 
 import contextlib
+import enum
 import hmac
 import logging
 import math
@@ -18,7 +19,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any, Final, NoReturn, TypeVar, cast
+from typing import Any, Final, NoReturn, TypeVar, cast, overload
 
 import anyio
 
@@ -47,8 +48,10 @@ _log: Final = logging.getLogger("aiocache_secure")
 _D = TypeVar("_D")
 
 
-class _Missing:
-    __slots__ = ()
+class _Missing(enum.Enum):
+    """The type of :data:`MISSING`: a one-member enum, so ``is not MISSING`` narrows."""
+
+    MISSING = "MISSING"
 
     def __repr__(self) -> str:
         return "MISSING"
@@ -57,7 +60,7 @@ class _Missing:
         return False
 
 
-MISSING: Final = _Missing()
+MISSING: Final = _Missing.MISSING
 """Pass as ``default=`` to tell a miss from a cached ``None``."""
 
 _BURST_SECONDS: Final = 10.0
@@ -319,8 +322,18 @@ class Cache:
 
     # -- reads ---------------------------------------------------------------------------------
 
+    @overload
+    async def get(self, key: str) -> Any | None: ...
+
+    @overload
+    async def get(self, key: str, default: _D) -> Any | _D: ...
+
     async def get(self, key: str, default: _D | None = None) -> Any | _D | None:
-        """The value stored under ``key``, or ``default`` on a miss."""
+        """The value stored under ``key``, or ``default`` on a miss.
+
+        Pass ``default=MISSING`` to tell a miss from a cached ``None``: the result is then
+        ``Any | Literal[MISSING]``, and ``if value is not MISSING:`` narrows it for type checkers.
+        """
         raw = self._key(key)
         self._check_open()
         if self._prepare is not None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import assert_type
 
-from aiocache_secure import Cache, cached
+from aiocache_secure import MISSING, Cache, cached
 
 
 @cached("typing", ttl=5)
@@ -36,3 +36,11 @@ async def uses() -> None:
     await load("1")  # type: ignore[arg-type]
     await load(1, fast=True)  # type: ignore[call-arg]
     await Repo().find(1)  # type: ignore[arg-type]
+
+
+async def narrows(cache: Cache) -> int:
+    value = await cache.get("k", default=MISSING)
+    if value is not MISSING:
+        found: int = value  # narrowed: no longer "Any | MISSING"
+        return found
+    return 0
