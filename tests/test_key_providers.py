@@ -100,7 +100,8 @@ async def test_kms_wraps_private_data_keys_without_a_master_key() -> None:
     kms = FakeKms()
     store = type("Remote", (MemoryBackend,), {})()  # a store that leaves the process
     wrapper = KmsKeyWrapper(wrap=kms.wrap, unwrap=kms.unwrap)
-    async with CacheManager(key_wrapper=wrapper) as mgr:
+    index_key = os.urandom(32)  # keys the hashing; the KMS holds the wrapping key
+    async with CacheManager(key_wrapper=wrapper, index_key=index_key) as mgr:
         ns = mgr.namespace("tenant:1", backend=store, private=True)
         await ns.set("k", {"secret": 1})
         assert await ns.get("k") == {"secret": 1}
@@ -108,7 +109,7 @@ async def test_kms_wraps_private_data_keys_without_a_master_key() -> None:
         with pytest.raises(ConfigurationError):
             mgr.namespace("not-private", backend=store)  # still needs a keyring
     # A new manager unwraps through the KMS.
-    async with CacheManager(key_wrapper=wrapper) as mgr2:
+    async with CacheManager(key_wrapper=wrapper, index_key=index_key) as mgr2:
         assert await mgr2.namespace("tenant:1", backend=store, private=True).get("k") == {
             "secret": 1
         }
@@ -125,7 +126,8 @@ async def test_kms_wraps_private_data_keys_without_a_master_key() -> None:
     # Another KMS (or a KMS that lost the key) cannot unwrap: a typed error, no silent new key.
     other_kms = FakeKms()
     async with CacheManager(
-        key_wrapper=KmsKeyWrapper(wrap=other_kms.wrap, unwrap=other_kms.unwrap)
+        key_wrapper=KmsKeyWrapper(wrap=other_kms.wrap, unwrap=other_kms.unwrap),
+        index_key=index_key,
     ) as mgr3:
         with pytest.raises(IntegrityError):
             await mgr3.namespace("tenant:1", backend=store, private=True).get("k", MISSING)
@@ -141,3 +143,36 @@ def test_kms_wrapper_validation() -> None:
 
 def _unused(*_: Any) -> None:
     return None
+
+
+@pytest.mark.anyio
+async def test_kms_only_manager_refuses_public_index_on_shared_stores() -> None:
+    kms = FakeKms()
+    wrapper = KmsKeyWrapper(wrap=kms.wrap, unwrap=kms.unwrap)
+    store = type("Remote", (MemoryBackend,), {})()  # a store that leaves the process
+    async with CacheManager(key_wrapper=wrapper) as mgr:
+        with pytest.raises(ConfigurationError, match="index_key="):
+            mgr.namespace("user:alice@example.com", backend=store, private=True)
+        # In-process memory stays usable: nothing leaves the process.
+        mine = mgr.namespace("user:bob", backend="memory://", private=True)
+        await mine.set("k", 1)
+        assert await mine.get("k") == 1
+    assert kms.calls["wrap"] == 1
+    # With a secret index key, nothing in the store is derivable from public constants: two
+    # secrets give unrelated storage keys for the same namespace and key.
+    prefixes = []
+    for _ in range(2):
+        async with CacheManager(key_wrapper=wrapper, index_key=os.urandom(32)) as mgr:
+            ns = mgr.namespace("user:alice@example.com", backend=store, private=True)
+            await ns.set("ssn", "x")
+            prefixes.append(ns.key_prefix)
+    assert prefixes[0] != prefixes[1]
+
+
+def test_index_key_validation() -> None:
+    with pytest.raises(ConfigurationError):
+        CacheManager(index_key=b"short")
+    with pytest.raises(TypeError):
+        CacheManager(index_key="x" * 32)  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="Keyring"):
+        CacheManager(keyring=Keyring.generate(), index_key=os.urandom(32))
