@@ -322,10 +322,10 @@ class Cache:
         dummy_frame = frame.pack(0, b"", self._serializer.dumps({"": ""}))
         if encryption is None:
             return lambda: self._open_frame(dummy_key, dummy_frame)
-        envelope = encryption.seal(dummy_key, dummy_frame)
+        rehearse = encryption.rehearsal(dummy_key, dummy_frame)
 
         def work() -> object:
-            opened, _ = encryption.open(dummy_key, envelope)
+            opened, _ = rehearse()
             return self._open_frame(dummy_key, opened or dummy_frame)
 
         return work

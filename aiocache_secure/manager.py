@@ -54,6 +54,7 @@ class _Namespace:
     lease: KeyLease | None
     config: tuple[object, ...]
     stats_key: bytes | None
+    owns_store: bool
 
     async def renew_key(self) -> None:
         # The cache's hook holds the record through this method, so an application that holds
@@ -135,7 +136,8 @@ class CacheManager:
         self._clock = clock
         self._lifecycle = Lifecycle()
         self._shared: dict[str, Backend] = {}
-        self._owned: list[Backend] = []
+        # Stores opened for one namespace each (memory, file), by id: released with it.
+        self._owned: dict[int, Backend] = {}
         self._index_secret = index_key
         self._key_check_interval = float(key_check_interval)
         self._max_private = max_private_namespaces
@@ -178,7 +180,7 @@ class CacheManager:
         if self._lifecycle.closed:
             return
         self._lifecycle.closed = True
-        backends = [*self._owned, *self._shared.values()]
+        backends = [*self._owned.values(), *self._shared.values()]
         if self._vault_store is not None:
             backends.append(self._vault_store)
         failures = 0
@@ -282,7 +284,7 @@ class CacheManager:
             max_bytes=policy.max_bytes,
             on_evict=on_evict,
         )
-        self._owned.append(store)
+        self._owned[id(store)] = store
         return store, kind.leaves_process
 
     # -- namespaces -----------------------------------------------------------------------------
@@ -298,6 +300,8 @@ class CacheManager:
     def _open_record(self, name: str, record: _Namespace) -> None:
         self._released.pop(name, None)
         self._namespaces[name] = record
+        if record.owns_store:
+            self._owned[id(record.store)] = record.store
         if record.lease is None:
             return
         self._private_order.pop(name, None)
@@ -306,10 +310,16 @@ class CacheManager:
             self._release(next(iter(self._private_order)))
 
     def _release(self, name: str) -> None:
-        """Drop the manager's hold on namespace ``name`` (the application's, if any, stays)."""
+        """Drop the manager's hold on namespace ``name`` (the application's, if any, stays).
+
+        A store opened for this namespace alone goes with it (on ``memory://``, with its entries):
+        closing it is the application's closing of the manager, which a held namespace sees.
+        """
         self._private_order.pop(name, None)
         record = self._namespaces.pop(name, None)
         if record is not None:
+            if record.owns_store:
+                self._owned.pop(id(record.store), None)
             self._released[name] = record
 
     def backend_of(self, name: str) -> Backend:
@@ -480,7 +490,8 @@ class CacheManager:
                 interval=self._key_check_interval,
                 on_change=self._key_replaced(cache, tag),
             )
-        record = _Namespace(cache, store, vault, tag, lease, config, stats_key)
+        owns_store = self._owned.get(id(store)) is store
+        record = _Namespace(cache, store, vault, tag, lease, config, stats_key, owns_store)
         if lease is not None:
             cache.set_prepare(record.renew_key, fresh=lease.fresh)
         self._open_record(name, record)
@@ -516,6 +527,7 @@ class CacheManager:
             if isinstance(chosen, str) and backend_kind(chosen).scheme == "memory":
                 return False
             store, leaves = self._resolve_backend(chosen, Policy(), Stats())
+            self._owned.pop(id(store), None)  # opened for this call only; holds no descriptors
             tag = self._tag(name, leaves_process=leaves)
             vault = Vault(self._vault_store or store, self._current_keyring, self._key_wrapper)
         if self._memo is not None:

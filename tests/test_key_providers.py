@@ -5,6 +5,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -176,3 +177,49 @@ def test_index_key_validation() -> None:
         CacheManager(index_key="x" * 32)  # type: ignore[arg-type]
     with pytest.raises(ConfigurationError, match="Keyring"):
         CacheManager(keyring=Keyring.generate(), index_key=os.urandom(32))
+
+
+class GatedKms(FakeKms):
+    """A KMS whose unwrap waits for the test to let it finish (a slow KMS call)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.armed = False
+        self.entered = anyio.Event()
+        self.gate = anyio.Event()
+
+    async def unwrap(self, blob: bytes, context: bytes) -> bytes:
+        if self.armed:
+            self.armed = False
+            self.entered.set()
+            await self.gate.wait()
+        return await super().unwrap(blob, context)
+
+
+@pytest.mark.anyio
+async def test_erase_during_a_slow_first_key_load_is_not_undone() -> None:
+    kms = GatedKms()  # built per run: its events belong to the running event loop
+    wrapper = KmsKeyWrapper(wrap=kms.wrap, unwrap=kms.unwrap)
+    store = type("Remote", (MemoryBackend,), {})()
+    index_key = os.urandom(32)
+    async with CacheManager(key_wrapper=wrapper, index_key=index_key) as first:
+        await first.namespace("user:1", backend=store, private=True).set("k", "v")
+    results: list[object] = []
+    async with CacheManager(key_wrapper=wrapper, index_key=index_key) as mgr:
+        ns = mgr.namespace("user:1", backend=store, private=True)
+        kms.armed = True
+
+        async def read() -> None:
+            results.append(await ns.get("k", MISSING))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(read)
+            await kms.entered.wait()  # the load has read the vault record and awaits the KMS
+            assert await mgr.erase("user:1")
+            kms.gate.set()
+        assert results == [MISSING]
+        await ns.set("after", 1)  # under the fresh data key, not the destroyed one
+    async with CacheManager(key_wrapper=wrapper, index_key=index_key) as fresh:
+        ns = fresh.namespace("user:1", backend=store, private=True)
+        assert await ns.get("after") == 1
+        assert await ns.get("k", MISSING) is MISSING
