@@ -21,7 +21,7 @@ def anyio_backend() -> str:
     return "asyncio"  # the Redis driver needs asyncio; the bookkeeping is runtime-independent
 
 
-@pytest.fixture(params=["file", "redis"])
+@pytest.fixture(params=["file", "redis", "mongo"])
 def shared_url(request: pytest.FixtureRequest) -> Any:
     """A store that two managers (two processes, as far as the cache can tell) share."""
     return request.getfixturevalue(f"{request.param}_url")
@@ -73,6 +73,32 @@ async def test_key_check_interval_is_configurable(file_url: str) -> None:
         assert await theirs.get("k") == "v"
         clock.advance(1.0)
         assert await theirs.get("k", MISSING) is MISSING
+
+
+async def test_erase_reaches_another_process_through_a_separate_key_vault(
+    file_url: str, redis_url: str
+) -> None:
+    keyring, clock = Keyring.generate(), ManualClock()
+
+    def manager() -> CacheManager:
+        return CacheManager(
+            keyring=keyring, default_backend=redis_url, key_vault=file_url, clock=clock
+        )
+
+    async with manager() as eraser, manager() as stale:
+        await eraser.namespace("user:1", private=True).set("k", "v")
+        theirs = stale.namespace("user:1", private=True)
+        assert await theirs.get("k") == "v"
+        store = eraser.backend_of("user:1")
+        backup = {k: v async for k, v in store.scan(theirs.key_prefix)}
+        assert await eraser.erase("user:1")
+        for key, value in backup.items():
+            await store.set(key, value, ttl=None)
+        clock.advance(1.0)
+        assert await theirs.get("k", MISSING) is MISSING
+        await theirs.set("after", 1)
+    async with manager() as fresh:
+        assert await fresh.namespace("user:1", private=True).get("after") == 1
 
 
 def test_key_check_interval_validation() -> None:
