@@ -617,16 +617,17 @@ class CacheManager:
         if keyring is not None:
             if not isinstance(keyring, Keyring):
                 raise TypeError("keyring must be a Keyring")
-            current = self._current_keyring()
             probe = b"acs1/index-check"
-            if self._keyring is not None and keyring.derive_index(probe) != current.derive_index(
-                probe
+            pinned = self._keyring is not None or self._index_secret is not None
+            if pinned and not hmac.compare_digest(
+                keyring.derive_index(probe), self._index_key(probe, leaves_process=True)
             ):
                 raise ConfigurationError(
                     "the new keyring has a different index key, which would move every storage "
                     "key; build it with Keyring.rotate() or pass index_key="
                 )
             self._keyring = keyring
+            self._index_secret = None  # the adopted keyring carries the same index key
         count = 0
         for record in self._records():
             if record.vault is not None and await record.vault.rewrap(

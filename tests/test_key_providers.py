@@ -223,3 +223,18 @@ async def test_erase_during_a_slow_first_key_load_is_not_undone() -> None:
         ns = fresh.namespace("user:1", backend=store, private=True)
         assert await ns.get("after") == 1
         assert await ns.get("k", MISSING) is MISSING
+
+
+@pytest.mark.anyio
+async def test_kms_manager_adopts_only_a_keyring_with_its_index_key() -> None:
+    kms = FakeKms()
+    store = type("Remote", (MemoryBackend,), {})()
+    index_key = os.urandom(32)
+    wrapper = KmsKeyWrapper(wrap=kms.wrap, unwrap=kms.unwrap)
+    async with CacheManager(key_wrapper=wrapper, index_key=index_key) as mgr:
+        ns = mgr.namespace("tenant:1", backend=store, private=True)
+        await ns.set("k", 1)
+        with pytest.raises(ConfigurationError, match="index key"):
+            await mgr.rewrap(Keyring.generate())  # would move every storage key
+        await mgr.rewrap(Keyring([os.urandom(32)], index_key=index_key))
+        assert await ns.get("k") == 1
