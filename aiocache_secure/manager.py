@@ -147,9 +147,15 @@ class CacheManager:
         self._private_order: dict[str, None] = {}
         self._released: weakref.WeakValueDictionary[str, _Namespace] = weakref.WeakValueDictionary()
         self._vault_store: Backend | None = None
+        self._vault_leaves = False
         self._publisher = secrets.token_hex(8).encode("ascii")
         if key_vault is not None:
             self._vault_store = self._open_shared(key_vault)
+            self._vault_leaves = (
+                backend_kind(key_vault).leaves_process
+                if isinstance(key_vault, str)
+                else type(key_vault) is not MemoryBackend
+            )
 
     def __repr__(self) -> str:
         return (
@@ -165,7 +171,23 @@ class CacheManager:
 
     async def __aenter__(self) -> Self:
         self._check_open()
+        if self._key_wrapper is not None and self._keyring is None and self._index_secret is None:
+            try:
+                await self._load_index_key()
+            except BaseException:
+                await self.aclose()
+                raise
         return self
+
+    async def _load_index_key(self) -> None:
+        """A KMS-only manager's index key: KMS-wrapped in the key vault (or the default backend),
+        created there by the first process, so storage keys are hashed under a secret."""
+        home, leaves = self._vault_store, self._vault_leaves
+        if home is None:
+            home, leaves = self._resolve_backend(self._default_backend, Policy(), Stats())
+        if leaves:
+            vault = Vault(home, self._current_keyring, self._key_wrapper)
+            self._index_secret = await vault.index_key()
 
     async def __aexit__(
         self,
@@ -422,8 +444,9 @@ class CacheManager:
             # pseudonyms under a public key, which anyone who reads the store can confirm.
             raise ConfigurationError(
                 "private namespaces on a store that leaves the process need a secret index key: "
-                "pass index_key= (32 random bytes, the same in every process) or keyring= to the "
-                "manager; the KMS still wraps the data keys"
+                "enter the manager first (async with CacheManager(...)), which keeps one wrapped "
+                "by the KMS in the key vault or default backend, or pass index_key= (32 random "
+                "bytes, the same in every process) or keyring="
             )
         if leaves and not encrypted:
             if serializer == "pickle":

@@ -33,7 +33,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from . import audit
-from .backend import Backend
+from .backend import AtomicBackend, Backend
 from .clock import Clock
 from .errors import IntegrityError
 from .keyring import KEY_SIZE, Keyring
@@ -49,6 +49,9 @@ _VERSION: Final = 1
 _KMS_VERSION: Final = 2
 _RECORD: Final = struct.Struct(">B4s4s12s")
 _RECORD_SIZE: Final = _RECORD.size + KEY_SIZE + 16
+# Outside every namespace (a namespace tag is 32 hex characters, never "!").
+INDEX_RECORD: Final = KEY_FORMAT + b"!index"
+_INDEX_CONTEXT_NAME: Final = "acs1/index-key"
 
 
 def _lp(*parts: bytes) -> bytes:
@@ -141,6 +144,26 @@ class Vault:
         if stored is None:
             return data_key_id, data_key
         return await self._unwrap(name, record_key, stored)
+
+    async def index_key(self) -> bytes:
+        """The manager-wide index key of a KMS-only deployment: generated once, wrapped like a
+        data key, kept in this vault; every process sharing the vault hashes under it."""
+        record = await self._backend.get(INDEX_RECORD)
+        if record is None:
+            key_id, key = os.urandom(4), os.urandom(KEY_SIZE)
+            wrapped = await self._wrap(_INDEX_CONTEXT_NAME, INDEX_RECORD, key_id, key)
+            if isinstance(self._backend, AtomicBackend):
+                await self._backend.add(INDEX_RECORD, wrapped, ttl=None)
+            else:
+                await self._backend.set(INDEX_RECORD, wrapped, ttl=None)
+            record = await self._backend.get(INDEX_RECORD)
+            if record is None:
+                raise IntegrityError
+        try:
+            return (await self._unwrap(_INDEX_CONTEXT_NAME, INDEX_RECORD, record))[1]
+        except IntegrityError:
+            audit.emit("decrypt_failed", namespace="-", what="index_record")
+            raise
 
     async def destroy(self, tag: bytes) -> bool:
         return await self._backend.delete(self.record_key(tag))

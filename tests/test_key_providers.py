@@ -238,3 +238,33 @@ async def test_kms_manager_adopts_only_a_keyring_with_its_index_key() -> None:
             await mgr.rewrap(Keyring.generate())  # would move every storage key
         await mgr.rewrap(Keyring([os.urandom(32)], index_key=index_key))
         assert await ns.get("k") == 1
+
+
+@pytest.mark.anyio
+async def test_kms_only_manager_keeps_a_wrapped_index_key_in_the_vault(tmp_path: Path) -> None:
+    kms = FakeKms()
+    wrapper = KmsKeyWrapper(wrap=kms.wrap, unwrap=kms.unwrap)
+    url = "file://" + str(tmp_path / "cache")
+    with pytest.raises(ConfigurationError, match="async with"):
+        CacheManager(key_wrapper=wrapper, default_backend=url).namespace("u:1", private=True)
+    prefixes = []
+    for _ in range(2):  # two processes sharing the store agree on the index key
+        async with CacheManager(key_wrapper=wrapper, default_backend=url) as mgr:
+            ns = mgr.namespace("user:alice@example.com", private=True)
+            if not prefixes:
+                await ns.set("ssn", "123")
+            assert await ns.get("ssn") == "123"
+            prefixes.append(ns.key_prefix)
+    assert prefixes[0] == prefixes[1]
+    # Not derivable from public constants: a pinned secret gives another prefix, and a manager
+    # whose KMS cannot unwrap the index record refuses to start.
+    async with CacheManager(
+        key_wrapper=wrapper, default_backend=url, index_key=os.urandom(32)
+    ) as mgr:
+        assert mgr.namespace("user:alice@example.com", private=True).key_prefix != prefixes[0]
+    other = FakeKms()
+    with pytest.raises(IntegrityError):
+        async with CacheManager(
+            key_wrapper=KmsKeyWrapper(wrap=other.wrap, unwrap=other.unwrap), default_backend=url
+        ):
+            pass
