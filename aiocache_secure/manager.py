@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 import json
 import logging
@@ -53,7 +54,7 @@ class _Namespace:
     tag: bytes
     lease: KeyLease | None
     config: tuple[object, ...]
-    stats_key: bytes | None
+    stats_key: bytes | None = dataclasses.field(repr=False)
     owns_store: bool
 
     async def renew_key(self) -> None:
