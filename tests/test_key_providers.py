@@ -17,6 +17,7 @@ from aiocache_secure import (
     Keyring,
     MemoryBackend,
 )
+from aiocache_secure.clock import ManualClock
 from aiocache_secure.keys import EnvKeyProvider, FileKeyProvider, KmsKeyWrapper
 
 TEXT = Keyring.new_key_text()
@@ -268,3 +269,27 @@ async def test_kms_only_manager_keeps_a_wrapped_index_key_in_the_vault(tmp_path:
             key_wrapper=KmsKeyWrapper(wrap=other.wrap, unwrap=other.unwrap), default_backend=url
         ):
             pass
+
+
+@pytest.mark.anyio
+async def test_key_lease_rechecks_once_per_interval_for_all_callers() -> None:
+    kms, clock = FakeKms(), ManualClock()
+    wrapper = KmsKeyWrapper(wrap=kms.wrap, unwrap=kms.unwrap)
+    store = type("Remote", (MemoryBackend,), {})()
+    async with CacheManager(
+        key_wrapper=wrapper, index_key=os.urandom(32), clock=clock, key_check_interval=5.0
+    ) as mgr:
+        ns = mgr.namespace("tenant:1", backend=store, private=True)
+        await ns.set("k", 1)
+        loads = kms.calls["unwrap"]  # each vault read of the record unwraps it once
+        for _ in range(50):
+            assert await ns.get("k") == 1
+        clock.advance(4.9)
+        assert await ns.get("k") == 1
+        assert kms.calls["unwrap"] == loads  # within the lease: no vault read at all
+        clock.advance(0.1)
+        async with anyio.create_task_group() as tg:
+            for _ in range(20):
+                tg.start_soon(ns.get, "k")
+        assert kms.calls["unwrap"] == loads + 1  # one re-check, shared by every caller
+        assert await ns.get("k") == 1
