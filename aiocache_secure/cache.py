@@ -100,6 +100,7 @@ class Cache:
         "_padding",
         "_prefix",
         "_prepare",
+        "_prepare_fresh",
         "_prepare_lock",
         "_updating",
         "_serializer",
@@ -153,6 +154,7 @@ class Cache:
         self._dummy: Callable[[], object] | None = None
         self._pad_last: tuple[bytes, bytes] | None = None
         self._prepare: Callable[[], Awaitable[None]] | None = None
+        self._prepare_fresh: Callable[[], bool] | None = None
         self._prepare_lock = anyio.Lock()
         self._updating: dict[bytes, tuple[anyio.Lock, list[int]]] = {}
         if self._padding is not None:
@@ -171,20 +173,31 @@ class Cache:
         """The storage-key prefix of this namespace's entries (for operations tooling)."""
         return self._prefix
 
-    def set_prepare(self, prepare: Callable[[], Awaitable[None]]) -> None:
-        """Run ``prepare`` once before the next operation (a private namespace's key load)."""
+    def set_prepare(
+        self, prepare: Callable[[], Awaitable[None]], *, fresh: Callable[[], bool] | None = None
+    ) -> None:
+        """Run ``prepare`` once before the next operation (a private namespace's key load).
+
+        With ``fresh`` (a key lease), ``prepare`` stays: it runs again before any operation that
+        finds ``fresh()`` false, once for all the operations waiting on it.
+        """
         self._prepare = prepare
+        self._prepare_fresh = fresh
 
     async def _run_prepare(self) -> None:
+        fresh = self._prepare_fresh
+        if fresh is not None and fresh():
+            return
         async with self._prepare_lock:
-            prepare = self._prepare
-            if prepare is not None:
+            prepare, fresh = self._prepare, self._prepare_fresh
+            if prepare is not None and (fresh is None or not fresh()):
                 try:
                     await prepare()
                 except BackendError as exc:
                     self.stats.errors += 1
                     raise exc
-                self._prepare = None
+                if fresh is None:
+                    self._prepare = None
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -312,10 +325,10 @@ class Cache:
         dummy_frame = frame.pack(0, b"", self._serializer.dumps({"": ""}))
         if encryption is None:
             return lambda: self._open_frame(dummy_key, dummy_frame)
-        envelope = encryption.seal(dummy_key, dummy_frame)
+        rehearse = encryption.rehearsal(dummy_key, dummy_frame)
 
         def work() -> object:
-            opened, _ = encryption.open(dummy_key, envelope)
+            opened, _ = rehearse()
             return self._open_frame(dummy_key, opened or dummy_frame)
 
         return work

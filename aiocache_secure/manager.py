@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hmac
 import json
 import logging
+import math
 import os
 import secrets
-from collections.abc import Mapping
+import weakref
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Final, Self, cast
@@ -19,7 +23,7 @@ from .backends import MemoryBackend, backend_kind, open_backend
 from .cache import Cache, Lifecycle
 from .clock import Clock, system_clock
 from .errors import BackendError, ClosedError, ConfigurationError
-from .keyring import Keyring, hkdf
+from .keyring import KEY_SIZE, Keyring, hkdf
 from .keys import KeyWrapper
 from .layers import StackSpec, compose
 from .layers.encryption import KeyringKeys, KeySource, StaticKey
@@ -29,7 +33,7 @@ from .metrics import MeteredCache, MetricsHook
 from .policy import DEFAULT_MAX_VALUE_BYTES, Policy, check_ttl, validate_namespace_name
 from .serializers import get_serializer
 from .stats import Stats
-from .vault import Vault
+from .vault import DEFAULT_KEY_CHECK_INTERVAL, KeyLease, Vault
 
 __all__ = ["CacheManager", "default_manager", "get_cache", "set_default_manager"]
 
@@ -38,16 +42,26 @@ _log: Final = logging.getLogger("aiocache_secure")
 # under a public key: stable across processes, but open to dictionary attacks. The namespace
 # already raised an ``insecure_config`` event for ``encrypt=False``.
 _PUBLIC_INDEX_KEY: Final = b"aiocache_secure public index key"
+DEFAULT_MAX_PRIVATE_NAMESPACES: Final = 10_000
+_STATS_MAC_SIZE: Final = 32
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, weakref_slot=True)
 class _Namespace:
     cache: Cache
     store: Backend
     vault: Vault | None
     tag: bytes
-    data_key: StaticKey | None
+    lease: KeyLease | None
     config: tuple[object, ...]
+    stats_key: bytes | None = dataclasses.field(repr=False)
+    owns_store: bool
+
+    async def renew_key(self) -> None:
+        # The cache's hook holds the record through this method, so an application that holds
+        # a released namespace keeps it findable by name (for erase()).
+        if self.lease is not None:
+            await self.lease.renew()
 
 
 class CacheManager:
@@ -61,6 +75,15 @@ class CacheManager:
     namespaces' data keys instead of the keyring, so the master key need not be in the process.
     ``memo_bytes``: the budget of the verified-read memo shared by this manager's namespaces
     (recent storage keys and opened entries; see :mod:`aiocache_secure.memo`); 0 turns it off.
+    ``index_key``: 32 secret bytes, the same in every process, that key the hashing of storage
+    keys and namespace tags when there is no keyring (a KMS-only manager); with a keyring, pin it
+    in the keyring instead (``Keyring(keys, index_key=...)``).
+    ``key_check_interval``: how long (seconds, default 1.0) a loaded private data key is trusted
+    before it is checked against its vault record again; an ``erase()`` by another process
+    reaches this one within that bound.
+    ``max_private_namespaces``: how many private namespaces the manager keeps open (default
+    10,000); beyond that the least recently requested are released (a released namespace still
+    held by the application keeps working, and is found again by :meth:`namespace`).
     """
 
     def __init__(
@@ -73,8 +96,28 @@ class CacheManager:
         key_vault: str | Backend | None = None,
         key_wrapper: KeyWrapper | None = None,
         memo_bytes: int = DEFAULT_MEMO_BYTES,
+        index_key: bytes | None = None,
+        key_check_interval: float = DEFAULT_KEY_CHECK_INTERVAL,
+        max_private_namespaces: int = DEFAULT_MAX_PRIVATE_NAMESPACES,
     ) -> None:
         memo = Memo(memo_bytes)
+        if index_key is not None:
+            if not isinstance(index_key, bytes):
+                raise TypeError("index_key must be bytes")
+            if len(index_key) != KEY_SIZE:
+                raise ConfigurationError(f"index_key must be exactly {KEY_SIZE} bytes")
+            if keyring is not None:
+                raise ConfigurationError(
+                    "with a keyring, pin the index key in it: Keyring(keys, index_key=...)"
+                )
+        if isinstance(key_check_interval, bool) or not isinstance(key_check_interval, int | float):
+            raise TypeError("key_check_interval must be a number of seconds")
+        if not (0 < key_check_interval < math.inf):
+            raise ConfigurationError("key_check_interval must be a positive, finite duration")
+        if isinstance(max_private_namespaces, bool) or not isinstance(max_private_namespaces, int):
+            raise TypeError("max_private_namespaces must be an int")
+        if max_private_namespaces < 1:
+            raise ConfigurationError("max_private_namespaces must be at least 1")
         if keyring is not None and not isinstance(keyring, Keyring):
             raise TypeError("keyring must be a Keyring")
         if not isinstance(strict, bool):
@@ -94,12 +137,26 @@ class CacheManager:
         self._clock = clock
         self._lifecycle = Lifecycle()
         self._shared: dict[str, Backend] = {}
-        self._owned: list[Backend] = []
+        # Stores opened for one namespace each (memory, file), by id: released with it.
+        self._owned: dict[int, Backend] = {}
+        self._index_secret = index_key
+        self._key_check_interval = float(key_check_interval)
+        self._max_private = max_private_namespaces
         self._namespaces: dict[str, _Namespace] = {}
+        # Private namespaces in least-recently-requested order (the open ones only), and those
+        # released (beyond the cap, or erased) that the application still holds.
+        self._private_order: dict[str, None] = {}
+        self._released: weakref.WeakValueDictionary[str, _Namespace] = weakref.WeakValueDictionary()
         self._vault_store: Backend | None = None
+        self._vault_leaves = False
         self._publisher = secrets.token_hex(8).encode("ascii")
         if key_vault is not None:
             self._vault_store = self._open_shared(key_vault)
+            self._vault_leaves = (
+                backend_kind(key_vault).leaves_process
+                if isinstance(key_vault, str)
+                else type(key_vault) is not MemoryBackend
+            )
 
     def __repr__(self) -> str:
         return (
@@ -115,7 +172,23 @@ class CacheManager:
 
     async def __aenter__(self) -> Self:
         self._check_open()
+        if self._key_wrapper is not None and self._keyring is None and self._index_secret is None:
+            try:
+                await self._load_index_key()
+            except BaseException:
+                await self.aclose()
+                raise
         return self
+
+    async def _load_index_key(self) -> None:
+        """A KMS-only manager's index key: KMS-wrapped in the key vault (or the default backend),
+        created there by the first process, so storage keys are hashed under a secret."""
+        home, leaves = self._vault_store, self._vault_leaves
+        if home is None:
+            home, leaves = self._resolve_backend(self._default_backend, Policy(), Stats())
+        if leaves:
+            vault = Vault(home, self._current_keyring, self._key_wrapper)
+            self._index_secret = await vault.index_key()
 
     async def __aexit__(
         self,
@@ -130,7 +203,7 @@ class CacheManager:
         if self._lifecycle.closed:
             return
         self._lifecycle.closed = True
-        backends = [*self._owned, *self._shared.values()]
+        backends = [*self._owned.values(), *self._shared.values()]
         if self._vault_store is not None:
             backends.append(self._vault_store)
         failures = 0
@@ -169,8 +242,16 @@ class CacheManager:
             self._ephemeral = Keyring.generate()
         return self._ephemeral
 
+    def _secret_index(self, leaves_process: bool) -> bool:
+        """Whether storage keys hashed here are keyed with a secret (else: public pseudonyms)."""
+        return self._keyring is not None or self._index_secret is not None or not leaves_process
+
     def _index_key(self, info: bytes, *, leaves_process: bool) -> bytes:
-        if self._keyring is not None or not leaves_process:
+        if self._keyring is not None:
+            return self._keyring.derive_index(info)
+        if self._index_secret is not None:
+            return hkdf(self._index_secret, info)
+        if not leaves_process:
             return self._current_keyring().derive_index(info)
         return hkdf(_PUBLIC_INDEX_KEY, info)
 
@@ -226,21 +307,54 @@ class CacheManager:
             max_bytes=policy.max_bytes,
             on_evict=on_evict,
         )
-        self._owned.append(store)
+        self._owned[id(store)] = store
         return store, kind.leaves_process
 
     # -- namespaces -----------------------------------------------------------------------------
 
+    def _find(self, name: str) -> _Namespace | None:
+        return self._namespaces.get(name) or self._released.get(name)
+
+    def _records(self) -> list[_Namespace]:
+        """Every namespace of this manager still in use: open, or released but still held."""
+        held = [r for n, r in list(self._released.items()) if n not in self._namespaces]
+        return [*self._namespaces.values(), *held]
+
+    def _open_record(self, name: str, record: _Namespace) -> None:
+        self._released.pop(name, None)
+        self._namespaces[name] = record
+        if record.owns_store:
+            self._owned[id(record.store)] = record.store
+        if record.lease is None:
+            return
+        self._private_order.pop(name, None)
+        self._private_order[name] = None
+        while len(self._private_order) > self._max_private:
+            self._release(next(iter(self._private_order)))
+
+    def _release(self, name: str) -> None:
+        """Drop the manager's hold on namespace ``name`` (the application's, if any, stays).
+
+        A store opened for this namespace alone goes with it (on ``memory://``, with its entries):
+        closing it is the application's closing of the manager, which a held namespace sees.
+        """
+        self._private_order.pop(name, None)
+        record = self._namespaces.pop(name, None)
+        if record is not None:
+            if record.owns_store:
+                self._owned.pop(id(record.store), None)
+            self._released[name] = record
+
     def backend_of(self, name: str) -> Backend:
         """The raw store under namespace ``name`` (for operations tooling and tests)."""
-        record = self._namespaces.get(name)
+        record = self._find(name)
         if record is None:
             raise KeyError("no namespace of that name in this manager")
         return record.store
 
     @property
     def namespaces(self) -> Mapping[str, Cache]:
-        return {name: ns.cache for name, ns in self._namespaces.items()}
+        return {record.cache.name: record.cache for record in self._records()}
 
     def namespace(
         self,
@@ -284,12 +398,14 @@ class CacheManager:
             strict,
             memo,
         )
-        existing = self._namespaces.get(name)
+        existing = self._find(name)
         if existing is not None:
             if existing.config != config:
                 raise ConfigurationError(
                     "a namespace of that name already exists with a different configuration"
                 )
+            if existing.lease is not None:
+                self._open_record(name, existing)
             return existing.cache
         if metrics is not None and not isinstance(metrics, MetricsHook):
             raise TypeError("metrics must implement MetricsHook (a record() method)")
@@ -324,6 +440,15 @@ class CacheManager:
                 "this backend stores data outside the process: pass keyring= to the manager "
                 "(Keyring.generate(), Keyring.from_env()), or encrypt=False explicitly"
             )
+        if private and not self._secret_index(leaves):
+            # A KMS-only manager: without a secret, storage keys and namespace tags would be
+            # pseudonyms under a public key, which anyone who reads the store can confirm.
+            raise ConfigurationError(
+                "private namespaces on a store that leaves the process need a secret index key: "
+                "enter the manager first (async with CacheManager(...)), which keeps one wrapped "
+                "by the KMS in the key vault or default backend, or pass index_key= (32 random "
+                "bytes, the same in every process) or keyring="
+            )
         if leaves and not encrypted:
             if serializer == "pickle":
                 raise ConfigurationError(
@@ -334,6 +459,11 @@ class CacheManager:
         policy = Policy(**{**_policy_fields(probe), "encrypt": encrypted})
 
         tag = self._tag(name, leaves_process=leaves)
+        stats_key = (
+            self._index_key(b"acs1/stats/" + name.encode("utf-8"), leaves_process=leaves)
+            if self._secret_index(leaves)
+            else None
+        )
         data_key: StaticKey | None = None
         keys: KeySource | None = None
         if private:
@@ -371,22 +501,36 @@ class CacheManager:
         )
         if metrics is not None:
             cast(MeteredCache, cache).set_metrics(metrics)
-        vault = (
-            Vault(self._vault_store or store, self._current_keyring, self._key_wrapper)
-            if private
-            else None
-        )
-        record = _Namespace(cache, store, vault, tag, data_key, config)
-        if private:
-            cache.set_prepare(lambda: self._load_data_key(record))
-        self._namespaces[name] = record
+        lease: KeyLease | None = None
+        vault: Vault | None = None
+        if data_key is not None:
+            vault = Vault(self._vault_store or store, self._current_keyring, self._key_wrapper)
+            lease = KeyLease(
+                vault,
+                name,
+                tag,
+                data_key,
+                clock=self._clock,
+                interval=self._key_check_interval,
+                on_change=self._key_replaced(cache, tag),
+            )
+        owns_store = self._owned.get(id(store)) is store
+        record = _Namespace(cache, store, vault, tag, lease, config, stats_key, owns_store)
+        if lease is not None:
+            cache.set_prepare(record.renew_key, fresh=lease.fresh)
+        self._open_record(name, record)
         return cache
 
-    async def _load_data_key(self, record: _Namespace) -> None:
-        assert record.vault is not None and record.data_key is not None  # noqa: S101
-        found = await record.vault.load(record.cache.name, record.tag, create=True)
-        assert found is not None  # noqa: S101 - create=True always yields a key
-        record.data_key.load(*found)
+    def _key_replaced(self, cache: Cache, tag: bytes) -> Callable[[], None]:
+        """What to drop when a private namespace's data key is forgotten or replaced."""
+        memo = self._memo
+
+        def drop() -> None:
+            if memo is not None:
+                memo.discard_prefix(KEY_FORMAT + tag)
+            cache.forget_padding_sample()
+
+        return drop
 
     # -- erasure and rotation -------------------------------------------------------------------
 
@@ -397,27 +541,32 @@ class CacheManager:
         """
         self._check_open()
         name = validate_namespace_name(name)
-        record = self._namespaces.get(name)
+        record = self._find(name)
         if record is not None:
             store, tag, vault = record.store, record.tag, record.vault
+            if record.lease is not None:
+                record.lease.revoke()
         else:
             chosen = self._default_backend if backend is None else backend
             if isinstance(chosen, str) and backend_kind(chosen).scheme == "memory":
                 return False
             store, leaves = self._resolve_backend(chosen, Policy(), Stats())
+            self._owned.pop(id(store), None)  # opened for this call only; holds no descriptors
             tag = self._tag(name, leaves_process=leaves)
             vault = Vault(self._vault_store or store, self._current_keyring, self._key_wrapper)
         if self._memo is not None:
             self._memo.discard_prefix(KEY_FORMAT + tag)
         destroyed = await vault.destroy(tag) if vault is not None else False
+        if record is not None and record.lease is not None:
+            # Loads that began before the record was gone must not install its key.
+            record.lease.revoke()
         removed = await store.delete_prefix(KEY_FORMAT + tag + b":")
         removed += await store.delete_prefix(KEY_FORMAT + tag + b"=")
         await store.delete_prefix(stats_prefix(tag))
         if record is not None:
             record.cache.forget_padding_sample()
-            if record.data_key is not None:
-                record.data_key.forget()
-                record.cache.set_prepare(lambda: self._load_data_key(record))
+            if record.lease is not None:
+                self._release(name)
         if destroyed or removed:
             audit.emit(
                 "namespace_erased",
@@ -435,16 +584,28 @@ class CacheManager:
         One record per namespace and manager (``acs1<tag>!stats:<random manager id>``, counts
         only, expiring after ``ttl`` seconds so stopped processes drop out); call it periodically
         from a running application. Returns how many records were written.
+
+        Records are authenticated (HMAC-SHA256 under a sub-key of the index key, bound to the
+        record's storage key, with the expiry inside), so a forged, moved or replayed record is
+        ignored by :meth:`read_stats`. Namespaces whose keys are hashed under no secret (a shared
+        store and neither a keyring nor ``index_key``) publish nothing.
         """
         self._check_open()
         ttl = check_ttl(ttl)
         written = 0
-        for record in self._namespaces.values():
-            body = {**record.cache.stats.as_dict(), "published_at": self._clock()}
+        now = self._clock()
+        for record in self._records():
+            if record.stats_key is None:
+                continue
+            body = {
+                **record.cache.stats.as_dict(),
+                "published_at": now,
+                "expires_at": now + ttl,
+            }
+            record_key = stats_prefix(record.tag) + self._publisher
+            text = json.dumps(body, separators=(",", ":")).encode("ascii")
             await record.store.set(
-                stats_prefix(record.tag) + self._publisher,
-                json.dumps(body, separators=(",", ":")).encode("ascii"),
-                ttl=ttl,
+                record_key, text + _stats_mac(record.stats_key, record_key, text), ttl=ttl
             )
             written += 1
         return written
@@ -452,20 +613,25 @@ class CacheManager:
     async def read_stats(self, name: str) -> dict[str, int]:
         """The counters of namespace ``name`` summed over every process that published them."""
         self._check_open()
-        record = self._namespaces.get(name)
+        record = self._find(name)
         if record is None:
             raise KeyError("no namespace of that name in this manager")
         totals: dict[str, int] = {}
-        async for _, raw in record.store.scan(stats_prefix(record.tag)):
-            try:
-                body = json.loads(raw)
-            except ValueError:
-                continue
-            if not isinstance(body, dict):
+        if record.stats_key is None:
+            return totals
+        now = self._clock()
+        rejected = 0
+        async for record_key, raw in record.store.scan(stats_prefix(record.tag)):
+            body = _open_stats(record.stats_key, record_key, raw, now)
+            if body is None:
+                rejected += 1
                 continue
             for field, value in body.items():
-                if field in Stats.__dataclass_fields__ and type(value) is int:
+                if field in Stats.__dataclass_fields__ and type(value) is int and value >= 0:
                     totals[field] = totals.get(field, 0) + value
+        if rejected:
+            record.cache.stats.tampered += rejected
+            audit.emit("tamper_detected", namespace=name, reason="stats_record", count=rejected)
         return totals
 
     async def rewrap(self, keyring: Keyring | None = None) -> int:
@@ -475,18 +641,19 @@ class CacheManager:
         if keyring is not None:
             if not isinstance(keyring, Keyring):
                 raise TypeError("keyring must be a Keyring")
-            current = self._current_keyring()
             probe = b"acs1/index-check"
-            if self._keyring is not None and keyring.derive_index(probe) != current.derive_index(
-                probe
+            pinned = self._keyring is not None or self._index_secret is not None
+            if pinned and not hmac.compare_digest(
+                keyring.derive_index(probe), self._index_key(probe, leaves_process=True)
             ):
                 raise ConfigurationError(
                     "the new keyring has a different index key, which would move every storage "
                     "key; build it with Keyring.rotate() or pass index_key="
                 )
             self._keyring = keyring
+            self._index_secret = None  # the adopted keyring carries the same index key
         count = 0
-        for record in self._namespaces.values():
+        for record in self._records():
             if record.vault is not None and await record.vault.rewrap(
                 record.cache.name, record.tag
             ):
@@ -496,6 +663,30 @@ class CacheManager:
 
 def stats_prefix(tag: bytes) -> bytes:
     return KEY_FORMAT + tag + b"!stats:"
+
+
+def _stats_mac(key: bytes, record_key: bytes, text: bytes) -> bytes:
+    message = len(record_key).to_bytes(4, "big") + record_key + text
+    return hmac.digest(key, message, "sha256")
+
+
+def _open_stats(key: bytes, record_key: bytes, raw: bytes, now: float) -> dict[str, Any] | None:
+    """A published stats record's counters, or None when it is not authentic or has expired."""
+    text, mac = raw[:-_STATS_MAC_SIZE], raw[-_STATS_MAC_SIZE:]
+    if len(raw) <= _STATS_MAC_SIZE or not hmac.compare_digest(
+        mac, _stats_mac(key, record_key, text)
+    ):
+        return None
+    try:
+        body = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(body, dict):
+        return None
+    expires = body.get("expires_at")
+    if not isinstance(expires, int | float) or isinstance(expires, bool) or not now < expires:
+        return None
+    return body
 
 
 def _policy_fields(policy: Policy) -> dict[str, Any]:

@@ -11,11 +11,19 @@ record copied to another namespace does not unwrap. Destroying the record is cry
 every copy of the namespace's entries, wherever it lies, is unreadable without it. A restore of
 the *record* from a backup revives them; keep the vault in a separate store (``key_vault=``) when
 backups of the cache outlive erasure requests.
+
+A process holds a namespace's unwrapped data key under a :class:`KeyLease`: trusted for at most
+``interval`` seconds (``CacheManager(key_check_interval=...)``, 1 s by default), then checked
+against the vault record again with one read (coalesced across concurrent callers). So an
+``erase()`` by any process reaches every other process within that bound: the record is gone, the
+old key is dropped, and the next write creates (or adopts) a fresh data key.
 """
 
 from __future__ import annotations
 
+import hmac
 import logging
+import math
 import os
 import struct
 from collections.abc import Callable
@@ -25,18 +33,25 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from . import audit
-from .backend import Backend
+from .backend import AtomicBackend, Backend
+from .clock import Clock
 from .errors import IntegrityError
 from .keyring import KEY_SIZE, Keyring
 from .keys import KeyWrapper
+from .layers.encryption import StaticKey
 from .layers.keys import KEY_FORMAT
 
-__all__ = ["Vault"]
+__all__ = ["DEFAULT_KEY_CHECK_INTERVAL", "KeyLease", "Vault"]
+
+DEFAULT_KEY_CHECK_INTERVAL: Final = 1.0
 
 _VERSION: Final = 1
 _KMS_VERSION: Final = 2
 _RECORD: Final = struct.Struct(">B4s4s12s")
 _RECORD_SIZE: Final = _RECORD.size + KEY_SIZE + 16
+# Outside every namespace (a namespace tag is 32 hex characters, never "!").
+INDEX_RECORD: Final = KEY_FORMAT + b"!index"
+_INDEX_CONTEXT_NAME: Final = "acs1/index-key"
 
 
 def _lp(*parts: bytes) -> bytes:
@@ -130,6 +145,26 @@ class Vault:
             return data_key_id, data_key
         return await self._unwrap(name, record_key, stored)
 
+    async def index_key(self) -> bytes:
+        """The manager-wide index key of a KMS-only deployment: generated once, wrapped like a
+        data key, kept in this vault; every process sharing the vault hashes under it."""
+        record = await self._backend.get(INDEX_RECORD)
+        if record is None:
+            key_id, key = os.urandom(4), os.urandom(KEY_SIZE)
+            wrapped = await self._wrap(_INDEX_CONTEXT_NAME, INDEX_RECORD, key_id, key)
+            if isinstance(self._backend, AtomicBackend):
+                await self._backend.add(INDEX_RECORD, wrapped, ttl=None)
+            else:
+                await self._backend.set(INDEX_RECORD, wrapped, ttl=None)
+            record = await self._backend.get(INDEX_RECORD)
+            if record is None:
+                raise IntegrityError
+        try:
+            return (await self._unwrap(_INDEX_CONTEXT_NAME, INDEX_RECORD, record))[1]
+        except IntegrityError:
+            audit.emit("decrypt_failed", namespace="-", what="index_record")
+            raise
+
     async def destroy(self, tag: bytes) -> bool:
         return await self._backend.delete(self.record_key(tag))
 
@@ -145,3 +180,87 @@ class Vault:
         )
         audit.emit("key_rotated", level=logging.INFO, namespace=name, what="vault_record")
         return True
+
+
+class KeyLease:
+    """A private namespace's data key, trusted for at most ``interval`` seconds at a time.
+
+    :meth:`fresh` is the per-operation check (a clock read); when it fails, :meth:`renew` reads
+    the vault record again. A record that changed or vanished (another process erased the
+    namespace) replaces the key, creating a fresh one if need be, and ``on_change`` drops what was
+    derived from the old key (memoized reads, the timing-padding sample). :meth:`revoke` (this
+    process's own ``erase()``) forgets the key at once and voids every load still in flight, so a
+    slow unwrap that finishes after the erasure cannot install the destroyed key.
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_checked_at",
+        "_clock",
+        "_generation",
+        "_interval",
+        "_key",
+        "_loaded",
+        "_name",
+        "_on_change",
+        "_tag",
+        "_vault",
+    )
+
+    def __init__(
+        self,
+        vault: Vault,
+        name: str,
+        tag: bytes,
+        key: StaticKey,
+        *,
+        clock: Clock,
+        interval: float,
+        on_change: Callable[[], None],
+    ) -> None:
+        self._vault = vault
+        self._name = name
+        self._tag = tag
+        self._key = key
+        self._clock = clock
+        self._interval = interval
+        self._on_change = on_change
+        self._generation = 0
+        self._checked_at = -math.inf
+        self._loaded: tuple[bytes, bytes] | None = None
+
+    def __repr__(self) -> str:
+        return f"KeyLease(loaded={self._loaded is not None}, interval={self._interval})"
+
+    def fresh(self) -> bool:
+        checked = self._checked_at
+        # A clock that went backwards ends the lease rather than stretching it.
+        return checked <= self._clock() < checked + self._interval
+
+    def revoke(self) -> None:
+        self._generation += 1
+        self._checked_at = -math.inf
+        had_key = self._loaded is not None
+        self._loaded = None
+        self._key.forget()
+        if had_key:
+            self._on_change()
+
+    async def renew(self) -> None:
+        while True:
+            generation = self._generation
+            started = self._clock()
+            found = await self._vault.load(self._name, self._tag, create=True)
+            if found is None:  # pragma: no cover - create=True always yields a key
+                raise IntegrityError
+            if generation == self._generation:
+                break
+        loaded = self._loaded
+        if loaded is None or not (
+            hmac.compare_digest(loaded[0], found[0]) and hmac.compare_digest(loaded[1], found[1])
+        ):
+            self._key.load(*found)
+            self._loaded = found
+            if loaded is not None:
+                self._on_change()
+        self._checked_at = started

@@ -5,6 +5,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -16,6 +17,7 @@ from aiocache_secure import (
     Keyring,
     MemoryBackend,
 )
+from aiocache_secure.clock import ManualClock
 from aiocache_secure.keys import EnvKeyProvider, FileKeyProvider, KmsKeyWrapper
 
 TEXT = Keyring.new_key_text()
@@ -100,7 +102,8 @@ async def test_kms_wraps_private_data_keys_without_a_master_key() -> None:
     kms = FakeKms()
     store = type("Remote", (MemoryBackend,), {})()  # a store that leaves the process
     wrapper = KmsKeyWrapper(wrap=kms.wrap, unwrap=kms.unwrap)
-    async with CacheManager(key_wrapper=wrapper) as mgr:
+    index_key = os.urandom(32)  # keys the hashing; the KMS holds the wrapping key
+    async with CacheManager(key_wrapper=wrapper, index_key=index_key) as mgr:
         ns = mgr.namespace("tenant:1", backend=store, private=True)
         await ns.set("k", {"secret": 1})
         assert await ns.get("k") == {"secret": 1}
@@ -108,7 +111,7 @@ async def test_kms_wraps_private_data_keys_without_a_master_key() -> None:
         with pytest.raises(ConfigurationError):
             mgr.namespace("not-private", backend=store)  # still needs a keyring
     # A new manager unwraps through the KMS.
-    async with CacheManager(key_wrapper=wrapper) as mgr2:
+    async with CacheManager(key_wrapper=wrapper, index_key=index_key) as mgr2:
         assert await mgr2.namespace("tenant:1", backend=store, private=True).get("k") == {
             "secret": 1
         }
@@ -125,7 +128,8 @@ async def test_kms_wraps_private_data_keys_without_a_master_key() -> None:
     # Another KMS (or a KMS that lost the key) cannot unwrap: a typed error, no silent new key.
     other_kms = FakeKms()
     async with CacheManager(
-        key_wrapper=KmsKeyWrapper(wrap=other_kms.wrap, unwrap=other_kms.unwrap)
+        key_wrapper=KmsKeyWrapper(wrap=other_kms.wrap, unwrap=other_kms.unwrap),
+        index_key=index_key,
     ) as mgr3:
         with pytest.raises(IntegrityError):
             await mgr3.namespace("tenant:1", backend=store, private=True).get("k", MISSING)
@@ -141,3 +145,151 @@ def test_kms_wrapper_validation() -> None:
 
 def _unused(*_: Any) -> None:
     return None
+
+
+@pytest.mark.anyio
+async def test_kms_only_manager_refuses_public_index_on_shared_stores() -> None:
+    kms = FakeKms()
+    wrapper = KmsKeyWrapper(wrap=kms.wrap, unwrap=kms.unwrap)
+    store = type("Remote", (MemoryBackend,), {})()  # a store that leaves the process
+    async with CacheManager(key_wrapper=wrapper) as mgr:
+        with pytest.raises(ConfigurationError, match="index_key="):
+            mgr.namespace("user:alice@example.com", backend=store, private=True)
+        # In-process memory stays usable: nothing leaves the process.
+        mine = mgr.namespace("user:bob", backend="memory://", private=True)
+        await mine.set("k", 1)
+        assert await mine.get("k") == 1
+    assert kms.calls["wrap"] == 1
+    # With a secret index key, nothing in the store is derivable from public constants: two
+    # secrets give unrelated storage keys for the same namespace and key.
+    prefixes = []
+    for _ in range(2):
+        async with CacheManager(key_wrapper=wrapper, index_key=os.urandom(32)) as mgr:
+            ns = mgr.namespace("user:alice@example.com", backend=store, private=True)
+            await ns.set("ssn", "x")
+            prefixes.append(ns.key_prefix)
+    assert prefixes[0] != prefixes[1]
+
+
+def test_index_key_validation() -> None:
+    with pytest.raises(ConfigurationError):
+        CacheManager(index_key=b"short")
+    with pytest.raises(TypeError):
+        CacheManager(index_key="x" * 32)  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="Keyring"):
+        CacheManager(keyring=Keyring.generate(), index_key=os.urandom(32))
+
+
+class GatedKms(FakeKms):
+    """A KMS whose unwrap waits for the test to let it finish (a slow KMS call)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.armed = False
+        self.entered = anyio.Event()
+        self.gate = anyio.Event()
+
+    async def unwrap(self, blob: bytes, context: bytes) -> bytes:
+        if self.armed:
+            self.armed = False
+            self.entered.set()
+            await self.gate.wait()
+        return await super().unwrap(blob, context)
+
+
+@pytest.mark.anyio
+async def test_erase_during_a_slow_first_key_load_is_not_undone() -> None:
+    kms = GatedKms()  # built per run: its events belong to the running event loop
+    wrapper = KmsKeyWrapper(wrap=kms.wrap, unwrap=kms.unwrap)
+    store = type("Remote", (MemoryBackend,), {})()
+    index_key = os.urandom(32)
+    async with CacheManager(key_wrapper=wrapper, index_key=index_key) as first:
+        await first.namespace("user:1", backend=store, private=True).set("k", "v")
+    results: list[object] = []
+    async with CacheManager(key_wrapper=wrapper, index_key=index_key) as mgr:
+        ns = mgr.namespace("user:1", backend=store, private=True)
+        kms.armed = True
+
+        async def read() -> None:
+            results.append(await ns.get("k", MISSING))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(read)
+            await kms.entered.wait()  # the load has read the vault record and awaits the KMS
+            assert await mgr.erase("user:1")
+            kms.gate.set()
+        assert results == [MISSING]
+        await ns.set("after", 1)  # under the fresh data key, not the destroyed one
+    async with CacheManager(key_wrapper=wrapper, index_key=index_key) as fresh:
+        ns = fresh.namespace("user:1", backend=store, private=True)
+        assert await ns.get("after") == 1
+        assert await ns.get("k", MISSING) is MISSING
+
+
+@pytest.mark.anyio
+async def test_kms_manager_adopts_only_a_keyring_with_its_index_key() -> None:
+    kms = FakeKms()
+    store = type("Remote", (MemoryBackend,), {})()
+    index_key = os.urandom(32)
+    wrapper = KmsKeyWrapper(wrap=kms.wrap, unwrap=kms.unwrap)
+    async with CacheManager(key_wrapper=wrapper, index_key=index_key) as mgr:
+        ns = mgr.namespace("tenant:1", backend=store, private=True)
+        await ns.set("k", 1)
+        with pytest.raises(ConfigurationError, match="index key"):
+            await mgr.rewrap(Keyring.generate())  # would move every storage key
+        await mgr.rewrap(Keyring([os.urandom(32)], index_key=index_key))
+        assert await ns.get("k") == 1
+
+
+@pytest.mark.anyio
+async def test_kms_only_manager_keeps_a_wrapped_index_key_in_the_vault(tmp_path: Path) -> None:
+    kms = FakeKms()
+    wrapper = KmsKeyWrapper(wrap=kms.wrap, unwrap=kms.unwrap)
+    url = "file://" + str(tmp_path / "cache")
+    with pytest.raises(ConfigurationError, match="async with"):
+        CacheManager(key_wrapper=wrapper, default_backend=url).namespace("u:1", private=True)
+    prefixes = []
+    for _ in range(2):  # two processes sharing the store agree on the index key
+        async with CacheManager(key_wrapper=wrapper, default_backend=url) as mgr:
+            ns = mgr.namespace("user:alice@example.com", private=True)
+            if not prefixes:
+                await ns.set("ssn", "123")
+            assert await ns.get("ssn") == "123"
+            prefixes.append(ns.key_prefix)
+    assert prefixes[0] == prefixes[1]
+    # Not derivable from public constants: a pinned secret gives another prefix, and a manager
+    # whose KMS cannot unwrap the index record refuses to start.
+    async with CacheManager(
+        key_wrapper=wrapper, default_backend=url, index_key=os.urandom(32)
+    ) as mgr:
+        assert mgr.namespace("user:alice@example.com", private=True).key_prefix != prefixes[0]
+    other = FakeKms()
+    with pytest.raises(IntegrityError):
+        async with CacheManager(
+            key_wrapper=KmsKeyWrapper(wrap=other.wrap, unwrap=other.unwrap), default_backend=url
+        ):
+            pass
+
+
+@pytest.mark.anyio
+async def test_key_lease_rechecks_once_per_interval_for_all_callers() -> None:
+    kms, clock = FakeKms(), ManualClock()
+    wrapper = KmsKeyWrapper(wrap=kms.wrap, unwrap=kms.unwrap)
+    store = type("Remote", (MemoryBackend,), {})()
+    async with CacheManager(
+        key_wrapper=wrapper, index_key=os.urandom(32), clock=clock, key_check_interval=5.0
+    ) as mgr:
+        ns = mgr.namespace("tenant:1", backend=store, private=True)
+        await ns.set("k", 1)
+        loads = kms.calls["unwrap"]  # each vault read of the record unwraps it once
+        for _ in range(50):
+            assert await ns.get("k") == 1
+        clock.advance(4.9)
+        assert await ns.get("k") == 1
+        assert kms.calls["unwrap"] == loads  # within the lease: no vault read at all
+        clock.advance(0.1)
+        async with anyio.create_task_group() as tg:
+            for _ in range(20):
+                tg.start_soon(ns.get, "k")
+        assert kms.calls["unwrap"] == loads + 1  # one re-check, shared by every caller
+        assert await ns.get("k") == 1

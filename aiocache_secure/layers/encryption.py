@@ -280,6 +280,24 @@ class Encryption(Layer):
             memo.put(storage_key, (size, epoch, envelope, expires_ms, frame))
         return frame, reason
 
+    def rehearsal(self, storage_key: bytes, frame: bytes) -> Callable[[], tuple[bytes | None, str]]:
+        """:meth:`open` of a same-shaped envelope under a throwaway key: the work of a hit, for
+        timing padding, that needs none of the namespace's keys (a private namespace loads its
+        data key on first use and replaces it on erasure)."""
+        stand_in = StaticKey()
+        stand_in.load(b"\x00" * 4, AESGCM.generate_key(bit_length=256))
+        twin = Encryption(
+            self.inner,
+            keys=stand_in,
+            namespace=self._namespace,
+            namespace_id=self._ns_id,
+            clock=self._clock,
+            strict=False,
+            on_tamper=lambda: None,
+        )
+        envelope = twin.seal(storage_key, frame)
+        return lambda: twin.open(storage_key, envelope)
+
     async def _reject(self, storage_key: bytes, reason: str) -> None:
         self._forget(storage_key)
         try:
