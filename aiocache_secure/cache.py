@@ -199,6 +199,20 @@ class Cache:
                 if fresh is None:
                     self._prepare = None
 
+    async def _ready(self) -> bool:
+        """Run the pending preparation (a private namespace's key load or lease check).
+
+        False when the store failed and the namespace fails open: the operation is then a miss
+        or a no-op. Either way no key that could not be confirmed is used.
+        """
+        try:
+            await self._run_prepare()
+        except BackendError:
+            if self._fail_open:
+                return False
+            raise
+        return True
+
     # -- helpers -------------------------------------------------------------------------------
 
     @staticmethod
@@ -349,8 +363,8 @@ class Cache:
         """
         raw = self._key(key)
         self._check_open()
-        if self._prepare is not None:
-            await self._run_prepare()
+        if self._prepare is not None and not await self._ready():
+            return default
         if self._padding is not None:
             return await self._padded_get(raw, default)
         try:
@@ -424,8 +438,8 @@ class Cache:
     async def get_many(self, keys: Iterable[str], default: Any = None) -> list[Any]:
         raws = self._keys(keys)
         self._check_open()
-        if self._prepare is not None:
-            await self._run_prepare()
+        if self._prepare is not None and not await self._ready():
+            return [default] * len(raws)
         if not raws:
             return []
         if self._memo is not None:
@@ -550,8 +564,8 @@ class Cache:
         """Seconds left: ``None`` on a miss, ``math.inf`` for an entry that never expires."""
         raw = self._key(key)
         self._check_open()
-        if self._prepare is not None:
-            await self._run_prepare()
+        if self._prepare is not None and not await self._ready():
+            return None
         try:
             data = await self._stack.get(raw)
         except BackendError as exc:
@@ -599,8 +613,8 @@ class Cache:
 
     async def _set_frame(self, raw: bytes, data: bytes, seconds: float | None) -> None:
         self._check_open()
-        if self._prepare is not None:
-            await self._run_prepare()
+        if self._prepare is not None and not await self._ready():
+            return
         self._forget(raw)
         try:
             await self._stack.set(raw, data, ttl=seconds)
@@ -620,8 +634,8 @@ class Cache:
             raw = self._key(key)
             batch.append((raw, frame.pack(expires, raw if embed else b"", dumps(value))))
         self._check_open()
-        if self._prepare is not None:
-            await self._run_prepare()
+        if self._prepare is not None and not await self._ready():
+            return
         if not batch:
             return
         for raw, _ in batch:
@@ -636,8 +650,8 @@ class Cache:
     async def delete(self, key: str) -> bool:
         raw = self._key(key)
         self._check_open()
-        if self._prepare is not None:
-            await self._run_prepare()
+        if self._prepare is not None and not await self._ready():
+            return False
         self._forget(raw)
         try:
             deleted = await self._stack.delete(raw)
@@ -650,8 +664,8 @@ class Cache:
     async def delete_many(self, keys: Iterable[str]) -> int:
         raws = [self._key(k) for k in keys]
         self._check_open()
-        if self._prepare is not None:
-            await self._run_prepare()
+        if self._prepare is not None and not await self._ready():
+            return 0
         count = 0
         for raw in raws:
             self._forget(raw)
@@ -674,8 +688,8 @@ class Cache:
         if self._memo is not None:
             self._memo.discard_prefix(self._memo_prefix)
         self._check_open()
-        if self._prepare is not None:
-            await self._run_prepare()
+        if self._prepare is not None and not await self._ready():
+            return 0
         try:
             count = await self._stack.delete_prefix(b"")
         except BackendError as exc:
@@ -691,8 +705,8 @@ class Cache:
         raw = self._key(key)
         data, seconds = self._frame(raw, value, ttl)
         self._check_open()
-        if self._prepare is not None:
-            await self._run_prepare()
+        if self._prepare is not None and not await self._ready():
+            return False
         self._forget(raw)
         try:
             for _ in range(_CAS_RETRIES):

@@ -185,3 +185,35 @@ async def test_forged_stats_records_are_ignored(
             r.audit["reason"] for r in audit_records() if r.audit["event"] == "tamper_detected"
         ]
         assert reasons == ["stats_record"] * 3
+
+
+@pytest.mark.parametrize("fail_open", [True, False])
+async def test_an_unreadable_vault_at_lease_end_fails_like_the_store(
+    tmp_path: Any, fail_open: bool
+) -> None:
+    """When the lease runs out and the vault cannot be read, the key is never used again: a
+    fail-open namespace answers misses and drops writes, a fail-closed one raises."""
+    import os
+
+    from aiocache_secure import BackendUnavailable
+
+    vault, clock = tmp_path / "vault", ManualClock()
+    manager = CacheManager(keyring=Keyring.generate(), key_vault=f"file://{vault}", clock=clock)
+    async with manager:
+        ns = manager.namespace("user:3", private=True, fail_open=fail_open)
+        await ns.set("k", "v")
+        assert await ns.get("k") == "v"
+        os.rename(vault, tmp_path / "moved")
+        os.symlink(tmp_path / "moved", vault)  # the vault path no longer names our directory
+        clock.advance(1.0)
+        if fail_open:
+            assert await ns.get("k", MISSING) is MISSING
+            assert await ns.get_many(["k"], MISSING) == [MISSING]
+            await ns.set("k2", "w")  # a no-op
+            assert await ns.delete("k") is False
+            assert ns.stats.errors >= 1
+        else:
+            with pytest.raises(BackendUnavailable):
+                await ns.get("k")
+            with pytest.raises(BackendUnavailable):
+                await ns.set("k2", "w")
