@@ -82,6 +82,8 @@ class Keyring:
 
     @classmethod
     def generate(cls) -> Keyring:
+        """A keyring of one fresh random 256-bit key (for tests and demos; production keys
+        come from :meth:`from_env`, a key file or :meth:`from_provider`)."""
         return cls([os.urandom(KEY_SIZE)])
 
     @classmethod
@@ -139,10 +141,12 @@ class Keyring:
 
     @property
     def primary_id(self) -> bytes:
+        """The 4-byte id of the primary key, the one new entries are sealed under."""
         return self._order[0]
 
     @property
     def key_ids(self) -> tuple[bytes, ...]:
+        """Every key's id, primary first."""
         return self._order
 
     def __len__(self) -> int:

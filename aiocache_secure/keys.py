@@ -43,10 +43,16 @@ _warned_env = False
 
 @runtime_checkable
 class KeyProvider(Protocol):
-    def load(self) -> Keyring: ...
+    """Where a keyring comes from: anything with a ``load()`` returning a :class:`Keyring`."""
+
+    def load(self) -> Keyring:
+        """Read the keys now; ConfigurationError when they cannot be had."""
+        ...
 
 
 class EnvKeyProvider:
+    """Keys from environment variable ``name`` (comma-separated base64, primary first)."""
+
     __slots__ = ("name",)
 
     def __init__(self, name: str = "AIOCACHE_SECURE_KEYS") -> None:
@@ -58,6 +64,7 @@ class EnvKeyProvider:
         return f"EnvKeyProvider({self.name!r})"
 
     def load(self) -> Keyring:
+        """Read the variable (warns once per process: environment variables leak)."""
         global _warned_env
         keyring = Keyring.from_env(self.name)
         if not _warned_env:
@@ -96,6 +103,8 @@ def read_key_file(path: str | os.PathLike[str]) -> str:
 
 
 class FileKeyProvider:
+    """Keys from a key file: a regular file, mode 0600 or stricter, owned by this user."""
+
     __slots__ = ("path",)
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
@@ -105,6 +114,7 @@ class FileKeyProvider:
         return f"FileKeyProvider({str(self.path)!r})"
 
     def load(self) -> Keyring:
+        """Read the file, refusing it unless it is a private regular file of ours."""
         return Keyring.from_text(read_key_file(self.path))
 
 
@@ -112,9 +122,13 @@ class FileKeyProvider:
 class KeyWrapper(Protocol):
     """Wraps and unwraps 32-byte data keys; ``context`` must be bound to the result."""
 
-    async def wrap(self, data_key: bytes, *, context: bytes) -> bytes: ...
+    async def wrap(self, data_key: bytes, *, context: bytes) -> bytes:
+        """Encrypt ``data_key``, binding ``context`` (the namespace) to the result."""
+        ...
 
-    async def unwrap(self, wrapped: bytes, *, context: bytes) -> bytes: ...
+    async def unwrap(self, wrapped: bytes, *, context: bytes) -> bytes:
+        """The data key of ``wrapped``; raises if it fails or ``context`` differs."""
+        ...
 
 
 class KmsKeyWrapper:
@@ -141,10 +155,12 @@ class KmsKeyWrapper:
         return "KmsKeyWrapper()"
 
     async def wrap(self, data_key: bytes, *, context: bytes) -> bytes:
+        """Call your KMS's wrap; a non-bytes or empty result is refused."""
         wrapped = await self._wrap(data_key, context)
         if not isinstance(wrapped, bytes) or not wrapped:
             raise ConfigurationError("the KMS wrap hook must return non-empty bytes")
         return wrapped
 
     async def unwrap(self, wrapped: bytes, *, context: bytes) -> bytes:
+        """Call your KMS's unwrap."""
         return await self._unwrap(wrapped, context)

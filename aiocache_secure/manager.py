@@ -168,6 +168,7 @@ class CacheManager:
 
     @property
     def closed(self) -> bool:
+        """Whether the manager (and so every namespace it made) is closed."""
         return self._lifecycle.closed
 
     async def __aenter__(self) -> Self:
@@ -228,6 +229,7 @@ class CacheManager:
 
     @property
     def keyring(self) -> Keyring | None:
+        """The keyring in use (``None`` for a manager without one)."""
         return self._keyring
 
     @property
@@ -354,6 +356,7 @@ class CacheManager:
 
     @property
     def namespaces(self) -> Mapping[str, Cache]:
+        """The namespaces open in this manager, by name (a snapshot)."""
         return {record.cache.name: record.cache for record in self._records()}
 
     def namespace(
@@ -709,6 +712,8 @@ def default_manager() -> CacheManager:
 
 
 def set_default_manager(manager: CacheManager | None) -> None:
+    """Make ``manager`` the module-level default (used by :func:`get_cache` and ``@cached``);
+    ``None`` goes back to a lazily created in-memory manager."""
     global _default
     _default = manager
 
