@@ -28,7 +28,7 @@ import binascii
 import decimal
 from collections import Counter
 from collections.abc import Callable, Iterable
-from datetime import date, datetime, time, timezone
+from datetime import date, datetime, time, timedelta, timezone
 from functools import cache
 from typing import Any, Final
 from uuid import UUID
@@ -92,13 +92,37 @@ def _zone_keys() -> frozenset[str]:
     return frozenset(available_timezones())
 
 
+def _offset_us(tz: timezone) -> int:
+    # isoformat() and fromisoformat() lose an offset's microseconds: it travels apart, exactly.
+    return tz.utcoffset(None) // timedelta(microseconds=1)
+
+
+def _zone(form: object) -> timezone | ZoneInfo:
+    """The tzinfo of a form's third item: a fixed offset in µs, or a tz database key."""
+    if type(form) is int:
+        try:
+            return timezone(timedelta(microseconds=form))
+        except (ValueError, OverflowError):
+            raise _bad("offset") from None
+    key = _text(form, "zone")
+    if key not in _zone_keys():
+        raise _bad("zone")
+    return ZoneInfo(key)
+
+
 def _datetime_form(value: datetime) -> list[object]:
+    """``[naive ISO text, fold]``, plus a fixed offset in µs or a zone key if aware."""
     tz = value.tzinfo
-    if tz is None or type(tz) is timezone:
-        return [value.isoformat(), value.fold]
-    if isinstance(tz, ZoneInfo) and tz.key is not None:
-        return [value.replace(tzinfo=None).isoformat(), value.fold, tz.key]
-    raise SerializationError("a datetime's tzinfo must be None, a fixed offset or a zoneinfo zone")
+    form: list[object] = [value.replace(tzinfo=None).isoformat(), value.fold]
+    if tz is None:
+        return form
+    if type(tz) is timezone:
+        return [*form, _offset_us(tz)]
+    if isinstance(tz, ZoneInfo) and tz.key in _zone_keys():
+        return [*form, tz.key]
+    raise SerializationError(
+        "a datetime's tzinfo must be None, a fixed offset or a zone of the tz database"
+    )
 
 
 def _datetime_from(form: object) -> datetime:
@@ -108,13 +132,12 @@ def _datetime_from(form: object) -> datetime:
         value = datetime.fromisoformat(_text(form[0], "datetime"))
     except ValueError:
         raise _bad("datetime") from None
+    if value.tzinfo is not None:
+        raise _bad("datetime")
     fold = _fold(form[1])
     if len(form) == 2:
         return value.replace(fold=fold)
-    key = _text(form[2], "zone")
-    if value.tzinfo is not None or key not in _zone_keys():
-        raise _bad("datetime")
-    return value.replace(tzinfo=ZoneInfo(key), fold=fold)
+    return value.replace(tzinfo=_zone(form[2]), fold=fold)
 
 
 def _date_form(value: date) -> str:
@@ -129,19 +152,34 @@ def _date_from(form: object) -> date:
 
 
 def _time_form(value: time) -> list[object]:
-    if value.tzinfo is not None and type(value.tzinfo) is not timezone:
-        raise SerializationError("a time's tzinfo must be None or a fixed offset")
-    return [value.isoformat(), value.fold]
+    """``[naive ISO text, fold]``, plus a fixed offset in µs if aware."""
+    tz = value.tzinfo
+    form: list[object] = [value.replace(tzinfo=None).isoformat(), value.fold]
+    if tz is None:
+        return form
+    if type(tz) is timezone:
+        return [*form, _offset_us(tz)]
+    raise SerializationError("a time's tzinfo must be None or a fixed offset")
 
 
 def _time_from(form: object) -> time:
-    if type(form) is not list or len(form) != 2:
+    if (
+        type(form) is not list
+        or len(form) not in (2, 3)
+        or len(form) == 3
+        and type(form[2]) is not int
+    ):
         raise _bad("time")
     try:
         value = time.fromisoformat(_text(form[0], "time"))
     except ValueError:
         raise _bad("time") from None
-    return value.replace(fold=_fold(form[1]))
+    if value.tzinfo is not None:
+        raise _bad("time")
+    fold = _fold(form[1])
+    if len(form) == 2:
+        return value.replace(fold=fold)
+    return value.replace(tzinfo=_zone(form[2]), fold=fold)
 
 
 def _uuid_form(value: UUID) -> str:
