@@ -311,6 +311,35 @@ def test_sets_with_few_collisions_are_fine(serializer: Any) -> None:
         serializer.loads(serializer.dumps(set(COLLIDING)))
 
 
+TAGS = ["$b", "$tu", "$set", "$fs", "$esc", "$dt", "$d", "$tm", "$u", "$dec", "$x"]
+forms = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=30),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(st.sampled_from(TAGS) | st.text(max_size=3), inner, max_size=2)
+    ),
+    max_leaves=12,
+)
+
+
+@PROPERTY
+@given(forms)
+def test_arbitrary_tagged_trees_decode_or_refuse(tree: Any) -> None:
+    try:
+        JSON.loads(b"\x01" + json.dumps(tree).encode())
+    except SerializationError:
+        pass
+
+
+@PROPERTY
+@given(st.integers(min_value=0, max_value=12), st.binary(max_size=40))
+def test_arbitrary_ext_types_decode_or_refuse(code: int, data: bytes) -> None:
+    try:
+        MSGPACK.loads(msgpack.packb([msgpack.ExtType(code, data)]))
+    except SerializationError:
+        pass
+
+
 # -- hostile and unstorable values ------------------------------------------------------------
 
 
