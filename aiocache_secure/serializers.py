@@ -45,7 +45,7 @@ from .errors import ConfigurationError, SerializationError
 
 __all__ = ["MAX_DEPTH", "MAX_EXT_DEPTH", "SERIALIZERS", "Serializer", "get_serializer"]
 
-MAX_DEPTH: Final = 200
+MAX_DEPTH: Final = 100  # a tuple level costs four Python frames to decode
 MAX_EXT_DEPTH: Final = 32
 
 

@@ -408,6 +408,11 @@ def test_deep_planted_payloads_are_refused() -> None:
     for _ in range(MAX_DEPTH):
         deepest = (deepest,)
     assert JSON.loads(JSON.dumps(deepest)) == deepest  # what is written can be read
+
+    def from_deep_stack(frames: int) -> Any:  # a caller already deep in its own recursion
+        return from_deep_stack(frames - 1) if frames else JSON.loads(JSON.dumps(deepest))
+
+    assert from_deep_stack(300) == deepest
     for depth in (MAX_DEPTH + 2, 600, 5000):
         with pytest.raises(SerializationError):
             JSON.loads(b"\x01" + b'{"$tu":[' * depth + b"]}" * depth)
