@@ -4,8 +4,9 @@ The serializers store a fixed set of types (:mod:`aiocache_secure.serializers`).
 travel through them in two steps, both pure and synchronous:
 
 * :func:`dump` (on write) turns models into storable values: a Pydantic v2 ``BaseModel`` by
-  ``model_dump(mode="python")`` (so its dates, UUIDs and decimals keep their types in the tagged
-  scheme), a dataclass instance into a dict of its ``init`` fields, an enum member into its value,
+  ``model_dump(mode="python", round_trip=True)`` (so its dates, UUIDs and decimals keep their
+  types in the tagged scheme, and computed fields are left for ``model_validate`` to recompute),
+  a dataclass instance into a dict of its ``init`` fields, an enum member into its value,
   recursively through lists, tuples, sets and dicts.
 * :func:`coerce` (on read) turns a decoded value into an instance of the type the *caller*
   declared, e.g. a function's return annotation: ``Model.model_validate`` for Pydantic models,
@@ -122,7 +123,8 @@ def dump(value: Any) -> Any:
             return tuple(members)
         return set(members) if isinstance(value, set) else frozenset(members)
     if _is_model(type(value)):
-        return dump(value.model_dump(mode="python"))
+        # round_trip: what model_validate accepts back (no computed fields, Json[...] as text).
+        return dump(value.model_dump(mode="python", round_trip=True))
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {
             field.name: dump(getattr(value, field.name))

@@ -119,6 +119,22 @@ def test_pydantic_models_come_back_as_instances(name: str) -> None:
     assert type(through(name, alice, User).extra["when"]) is date
 
 
+class Strict(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid")
+    x: int
+
+    @pydantic.computed_field  # type: ignore[prop-decorator]
+    @property
+    def double(self) -> int:
+        return self.x * 2
+
+
+@SERIALIZERS
+def test_computed_fields_are_recomputed_not_stored(name: str) -> None:
+    assert dump(Strict(x=2)) == {"x": 2}
+    assert through(name, Strict(x=2), Strict).double == 4
+
+
 def test_dump_keeps_the_types_of_model_fields() -> None:
     dumped = dump(user())
     assert type(dumped["id"]) is UUID and type(dumped["balance"]) is Decimal
