@@ -332,6 +332,15 @@ def test_arbitrary_tagged_trees_decode_or_refuse(tree: Any) -> None:
 
 
 @PROPERTY
+@given(st.binary(max_size=200))
+def test_arbitrary_bytes_after_the_tag_byte(data: bytes) -> None:
+    try:
+        JSON.loads(b"\x01" + data)
+    except SerializationError:
+        pass
+
+
+@PROPERTY
 @given(st.integers(min_value=0, max_value=12), st.binary(max_size=40))
 def test_arbitrary_ext_types_decode_or_refuse(code: int, data: bytes) -> None:
     try:
@@ -375,6 +384,13 @@ class CustomZone(tzinfo):
 def test_unstorable_values_are_refused_on_write(serializer: Any, value: Any) -> None:
     with pytest.raises(SerializationError):
         serializer.dumps(value)
+
+
+def test_msgpack_non_str_keys_as_before() -> None:
+    # Written as before and refused on read (a miss), never read back with other keys.
+    with pytest.raises(SerializationError):
+        MSGPACK.loads(MSGPACK.dumps({1: "a"}))
+    assert MSGPACK.loads(MSGPACK.dumps({b"k": (1,)})) == {b"k": (1,)}
 
 
 @pytest.mark.parametrize("value", [{1: (2,)}, {(1,): date(2026, 1, 1)}, [{None: b""}]])
