@@ -42,6 +42,7 @@ from typing import Any, Final
 from uuid import UUID
 
 from .errors import SerializationError
+from .serializers import MAX_DEPTH
 
 __all__ = ["check_storable", "coerce", "dump", "storable"]
 
@@ -99,20 +100,28 @@ def _name(annotation: Any) -> str:
 
 def dump(value: Any) -> Any:
     """``value`` with every model, dataclass instance and enum member turned into plain values;
-    the very same object where nothing inside needed it."""
+    the very same object where nothing inside needed it. ``SerializationError`` if nested deeper
+    than the serializers store (a cycle, say)."""
+    return _dump(value, 0)
+
+
+def _dump(value: Any, depth: int) -> Any:
     if isinstance(value, str | int | float | bytes | type(None)) and not isinstance(
         value, enum.Enum
     ):
         return value
+    if depth > MAX_DEPTH:
+        raise SerializationError("value is nested too deeply")
+    depth += 1
     if isinstance(value, enum.Enum):
-        return dump(value.value)
+        return _dump(value.value, depth)
     if isinstance(value, dict):
-        items = [(dump(key), dump(inner)) for key, inner in value.items()]
+        items = [(_dump(key, depth), _dump(inner, depth)) for key, inner in value.items()]
         if all(a is k and b is v for (a, b), (k, v) in zip(items, value.items(), strict=True)):
             return value
         return dict(items)
     if isinstance(value, list | tuple | set | frozenset):
-        members = [dump(inner) for inner in value]
+        members = [_dump(inner, depth) for inner in value]
         if type(value) in (list, tuple, set, frozenset) and all(
             a is b for a, b in zip(members, value, strict=True)
         ):
@@ -124,10 +133,10 @@ def dump(value: Any) -> Any:
         return set(members) if isinstance(value, set) else frozenset(members)
     if _is_model(type(value)):
         # round_trip: what model_validate accepts back (no computed fields, Json[...] as text).
-        return dump(value.model_dump(mode="python", round_trip=True))
+        return _dump(value.model_dump(mode="python", round_trip=True), depth)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {
-            field.name: dump(getattr(value, field.name))
+            field.name: _dump(getattr(value, field.name), depth)
             for field in dataclasses.fields(value)
             if field.init
         }

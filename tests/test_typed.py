@@ -141,6 +141,10 @@ def test_dump_keeps_the_types_of_model_fields() -> None:
     assert dumped["plan"] == "pro" and type(dumped["address"]["since"]) is date
     plain = {"a": [1, (2, 3)], "b": {4}}
     assert dump(plain) is plain  # nothing to turn: the very same object
+    cycle: list[Any] = []
+    cycle.append(cycle)
+    with pytest.raises(SerializationError, match="nested too deeply"):
+        dump(cycle)
 
 
 @SERIALIZERS
