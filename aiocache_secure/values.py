@@ -107,7 +107,10 @@ def _zone(form: object) -> timezone | ZoneInfo:
     key = _text(form, "zone")
     if key not in _zone_keys():
         raise _bad("zone")
-    return ZoneInfo(key)
+    try:
+        return ZoneInfo(key)
+    except (KeyError, ValueError, OSError):  # listed at startup, unreadable now
+        raise _bad("zone") from None
 
 
 def _datetime_form(value: datetime) -> list[object]:
