@@ -116,7 +116,10 @@ def _zone(form: object) -> timezone | ZoneInfo:
 def _datetime_form(value: datetime) -> list[object]:
     """``[naive ISO text, fold]``, plus a fixed offset in µs or a zone key if aware."""
     tz = value.tzinfo
-    form: list[object] = [value.replace(tzinfo=None).isoformat(), value.fold]
+    # The base type's own fields: a subclass's isoformat() may print what fromisoformat() refuses.
+    day, clock = (value.year, value.month, value.day), (value.hour, value.minute, value.second)
+    wall = datetime(*day, *clock, value.microsecond)
+    form: list[object] = [wall.isoformat(), value.fold]
     if tz is None:
         return form
     if type(tz) is timezone:
@@ -144,7 +147,7 @@ def _datetime_from(form: object) -> datetime:
 
 
 def _date_form(value: date) -> str:
-    return value.isoformat()
+    return date(value.year, value.month, value.day).isoformat()
 
 
 def _date_from(form: object) -> date:
@@ -157,7 +160,8 @@ def _date_from(form: object) -> date:
 def _time_form(value: time) -> list[object]:
     """``[naive ISO text, fold]``, plus a fixed offset in µs if aware."""
     tz = value.tzinfo
-    form: list[object] = [value.replace(tzinfo=None).isoformat(), value.fold]
+    wall = time(value.hour, value.minute, value.second, value.microsecond)
+    form: list[object] = [wall.isoformat(), value.fold]
     if tz is None:
         return form
     if type(tz) is timezone:
@@ -186,7 +190,7 @@ def _time_from(form: object) -> time:
 
 
 def _uuid_form(value: UUID) -> str:
-    return str(value)
+    return str(UUID(int=value.int))
 
 
 def _uuid_from(form: object) -> UUID:
@@ -211,7 +215,7 @@ def _decimal_form(value: decimal.Decimal) -> str:
             "a Decimal must not be a signalling NaN, and needs at most "
             f"{MAX_DECIMAL_DIGITS} digits and an exponent within ±{MAX_DECIMAL_EXPONENT}"
         )
-    return str(value)
+    return decimal.Decimal.__str__(value)
 
 
 def _decimal_from(form: object) -> decimal.Decimal:

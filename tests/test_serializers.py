@@ -136,6 +136,33 @@ def test_examples_keep_their_types(serializer: Any) -> None:
     assert isinstance(nan, Decimal) and nan.is_qnan() and nan.is_signed()
 
 
+class OddDatetime(datetime):
+    def isoformat(self, *args: Any, **kwargs: Any) -> str:
+        return "nanoseconds: 000000001"
+
+
+class OddUUID(UUID):
+    def __str__(self) -> str:
+        return "not a uuid"
+
+
+class OddDecimal(Decimal):
+    def __str__(self) -> str:
+        return "not a decimal"
+
+
+@BOTH
+def test_subclasses_come_back_as_the_base_type(serializer: Any) -> None:
+    # Written from the base type's own fields, whatever the subclass prints.
+    value = [
+        OddDatetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=timezone(timedelta(hours=1))),
+        OddUUID(int=7),
+        OddDecimal("1.50"),
+    ]
+    want = [datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=timezone(timedelta(hours=1))), UUID(int=7)]
+    assert_same(serializer.loads(serializer.dumps(value)), [*want, Decimal("1.50")])
+
+
 @BOTH
 def test_equal_sets_give_equal_bytes(serializer: Any) -> None:
     members = [f"member-{i}" for i in range(50)]
