@@ -4,9 +4,9 @@
     .venv/bin/python fuzz/fuzz_decoders.py -max_total_time=600 -rss_limit_mb=2048
 
 Feeds arbitrary bytes to the envelope decoder (``Encryption.open``), the entry-frame decoder, the
-JSON and msgpack deserializers and the vault record parser. Documented outcomes only: a decoded
-value, ``(None, reason)``, ``IntegrityError`` or ``SerializationError``; anything else is a crash
-that atheris reports with the input that caused it.
+JSON (plain and tagged) and msgpack deserializers and the vault record parser. Documented outcomes
+only: a decoded value, ``(None, reason)``, ``IntegrityError`` or ``SerializationError``; anything
+else is a crash that atheris reports with the input that caused it.
 """
 
 from __future__ import annotations
@@ -54,9 +54,9 @@ def test_one(data: bytes) -> None:
         frame.unpack(data)
     except IntegrityError:
         pass
-    for serializer in (JSON, MSGPACK):
+    for serializer, payload in ((JSON, data), (JSON, b"\x01" + data), (MSGPACK, data)):
         try:
-            serializer.loads(data)
+            serializer.loads(payload)  # b"\x01": the tagged scheme's decoder
         except SerializationError:
             pass
     anyio.run(vault_round, data)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Callable
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -60,8 +61,17 @@ async def test_oversized_and_invalid_keys(manager: CacheManager) -> None:
 
 @pytest.mark.parametrize(
     "value",
-    [object(), {1: "int key"}, {"s": {2}}, b"bytes", float("nan"), [float("inf")], complex(1, 2)],
-    ids=["object", "int-key", "set", "bytes", "nan", "inf", "complex"],
+    [
+        object(),
+        {1: "int key"},
+        {"s": {(1, object())}},
+        bytearray(b"bytes"),
+        float("nan"),
+        [float("inf")],
+        complex(1, 2),
+        Decimal("1e999999999"),
+    ],
+    ids=["object", "int-key", "set-of-object", "bytearray", "nan", "inf", "complex", "decimal"],
 )
 async def test_unserializable_values(manager: CacheManager, value: Any) -> None:
     ns = manager.namespace("n")
