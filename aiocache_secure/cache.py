@@ -23,7 +23,7 @@ from typing import Any, Final, NoReturn, TypeVar, cast, overload
 
 import anyio
 
-from . import audit, frame
+from . import audit, frame, typed
 from .backend import AtomicBackend, Backend
 from .clock import Clock
 from .errors import (
@@ -39,13 +39,14 @@ from .layers.encryption import Encryption
 from .layers.padding import TimingPadding
 from .memo import ENTRY_OVERHEAD, Memo
 from .policy import Policy
-from .serializers import Serializer
+from .serializers import Serializer, export_form
 from .stats import Stats
 
 __all__ = ["MISSING", "Cache"]
 
 _log: Final = logging.getLogger("aiocache_secure")
 _D = TypeVar("_D")
+_T = TypeVar("_T")
 
 
 class _Missing(enum.Enum):
@@ -355,12 +356,24 @@ class Cache:
     @overload
     async def get(self, key: str, default: _D) -> Any | _D: ...
 
-    async def get(self, key: str, default: _D | None = None) -> Any | _D | None:
+    @overload
+    async def get(self, key: str, *, type: type[_T]) -> _T | None: ...
+
+    @overload
+    async def get(self, key: str, default: _D, *, type: type[_T]) -> _T | _D: ...
+
+    async def get(self, key: str, default: Any = None, *, type: Any = None) -> Any:
         """The value stored under ``key``, or ``default`` on a miss.
 
         Pass ``default=MISSING`` to tell a miss from a cached ``None``: the result is then
         ``Any | Literal[MISSING]``, and ``if value is not MISSING:`` narrows it for type checkers.
+
+        ``type=``: the value comes back as that type (a Pydantic model, a dataclass,
+        ``list[Model]``, ``Model | None``, ...; see docs/values.md); an entry that does not fit
+        it is a miss. The class comes from the caller, never from the stored data.
         """
+        if type is not None:
+            return await self._get_typed(key, default, type)
         raw = self._key(key)
         self._check_open()
         if self._prepare is not None and not await self._ready():
@@ -435,7 +448,34 @@ class Cache:
             raws = [self._key(k) for k in keys]  # raises the precise error, if any
         return raws
 
-    async def get_many(self, keys: Iterable[str], default: Any = None) -> list[Any]:
+    @staticmethod
+    def _typed_or(value: Any, default: Any, annotation: Any) -> Any:
+        if value is MISSING:
+            return default
+        try:
+            return typed.coerce(value, annotation)
+        except SerializationError:
+            return default
+
+    async def _get_typed(self, key: str, default: Any, annotation: Any) -> Any:
+        found = await self.get(key, MISSING)
+        if found is MISSING:
+            return default
+        try:
+            return typed.coerce(found, annotation)
+        except SerializationError:
+            return default
+
+    async def get_many(
+        self, keys: Iterable[str], default: Any = None, *, type: Any = None
+    ) -> list[Any]:
+        """One value per key, in order; ``default`` for each miss. One round trip to the store.
+
+        ``type=`` as for :meth:`get`: every value comes back as that type.
+        """
+        if type is not None:
+            found = await self.get_many(keys, MISSING)
+            return [self._typed_or(value, default, type) for value in found]
         raws = self._keys(keys)
         self._check_open()
         if self._prepare is not None and not await self._ready():
@@ -879,7 +919,7 @@ class Cache:
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
                 out = anyio.wrap_file(handle)
                 async for key, value in self.items():
-                    line = json.dumps({"key": key, "value": value}, ensure_ascii=False)
+                    line = json.dumps({"key": key, "value": export_form(value)}, ensure_ascii=False)
                     await out.write(line + "\n")
                     count += 1
                     if progress is not None:

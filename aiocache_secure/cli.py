@@ -29,6 +29,7 @@ from .errors import (
 from .keyring import Keyring
 from .lint import check_config
 from .manager import CacheManager
+from .serializers import export_form
 
 __all__ = ["main"]
 
@@ -184,7 +185,7 @@ async def _export(manager: CacheManager, args: argparse.Namespace) -> int:
             return 0
         count = 0
         async for key, value in cache.items():
-            print(json.dumps({"key": key, "value": value}, ensure_ascii=False))
+            print(json.dumps({"key": key, "value": export_form(value)}, ensure_ascii=False))
             count += 1
             bar(count)
     bar.done(count)

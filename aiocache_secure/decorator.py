@@ -40,7 +40,9 @@ import hashlib
 import inspect
 import logging
 import random
+import sys
 import time
+import typing
 from collections.abc import Awaitable, Callable
 from typing import Any, Concatenate, Final, Generic, ParamSpec, Self, TypeVar, overload
 
@@ -56,6 +58,7 @@ from .errors import (
 from .flight import Flight, spawn
 from .manager import CacheManager, default_manager
 from .policy import MAX_TTL, check_ttl, validate_namespace_name
+from .typed import check_storable, coerce, dump, needs_coercion
 
 __all__ = ["EARLY_REFRESH", "LEASE_SECONDS", "LEASE_WAIT", "BoundCached", "Cached", "cached"]
 
@@ -80,14 +83,41 @@ _jitter: Final = random.Random()  # noqa: S311 - spreads expiry, no secrecy invo
 _Copy = Callable[[], tuple[bool, Any]]
 
 
-def _decode(cache: Cache, payload: bytes, wrapped: bool) -> tuple[bool, Any]:
+def _decode(cache: Cache, payload: bytes, wrapped: bool, declared: Any) -> tuple[bool, Any]:
     """A new copy of the value serialized in ``payload`` (a stale-while-revalidate entry when
-    ``wrapped``); ``(False, None)`` if it does not decode."""
+    ``wrapped``), as the ``declared`` return type when it needs one; ``(False, None)`` if it does
+    not decode."""
     try:
         found = cache._loads(payload)
+        value = found[1] if wrapped else found
+        return True, value if declared is None else coerce(value, declared)
     except SerializationError:
         return False, None
-    return True, found[1] if wrapped else found
+
+
+_UNRESOLVED: Final = object()
+
+
+def _declared_type(fn: Callable[..., Any], names: dict[str, Any] | None = None) -> Any:
+    """The return type reads must turn values back into (models, dataclasses, ...), ``None``
+    when values come back as declared anyway, ``_UNRESOLVED`` while a forward reference in the
+    annotation names something not defined yet. ``TypeError`` for a type the cache cannot store:
+    better at decoration than a logged failure on every call."""
+    target = inspect.unwrap(fn)
+    if "return" not in getattr(target, "__annotations__", {}):
+        return None
+    try:
+        declared = typing.get_type_hints(target, localns=names, include_extras=True).get("return")
+    except Exception:  # NameError for a forward reference, and what else evaluation raises
+        return _UNRESOLVED
+    if declared is None:
+        return None
+    try:
+        check_storable(declared)
+    except TypeError as exc:
+        name = getattr(fn, "__qualname__", "the function")
+        raise TypeError(f"@cached {name}: {exc}; return a storable type, or drop @cached") from None
+    return declared if needs_coercion(declared) else None
 
 
 def _uncopyable() -> tuple[bool, Any]:
@@ -100,6 +130,7 @@ class _Core:
     __slots__ = (
         "_cache",
         "_condition",
+        "_declared",
         "_flights",
         "_fn",
         "_key",
@@ -107,6 +138,7 @@ class _Core:
         "_lock",
         "_manager",
         "_name",
+        "_names",
         "_namespace",
         "_owner",
         "_stale_ttl",
@@ -125,6 +157,7 @@ class _Core:
         condition: Callable[[Any], bool] | None,
         stale_ttl: float | None,
         lock: bool,
+        names: dict[str, Any] | None = None,
     ) -> None:
         self._fn = fn
         self._key = CallKey(fn, key)
@@ -140,6 +173,35 @@ class _Core:
         self._flights: dict[str, Flight] = {}
         self._logged: dict[type[BaseException], float] = {}
         self.first_param = self._key.first_param
+        self._declared = _declared_type(fn, names)
+        # Kept only while needed: they hold the defining scope's objects alive.
+        self._names = names if self._declared is _UNRESOLVED else None
+
+    def _settle_declared(self) -> bool:
+        """Resolve a return annotation that named something not defined at decoration time;
+        False while it still cannot be (or is not storable): the cache is then bypassed, since
+        it could not hand back the declared type."""
+        try:
+            self._declared = _declared_type(self._fn, self._names)
+        except TypeError as exc:
+            self._log_once(exc, "@cached %s: the return type cannot be cached (%s)")
+            return False
+        if self._declared is _UNRESOLVED:
+            self._log_once(NameError(), "@cached %s: the return annotation does not resolve (%s)")
+            return False
+        self._names = None
+        return True
+
+    def _as_declared(self, value: Any) -> Any:
+        """``value`` as the declared return type; MISSING if it does not fit (an entry written
+        before the type changed, say), which the caller treats as a miss."""
+        declared = self._declared
+        if declared is None:
+            return value
+        try:
+            return coerce(value, declared)
+        except SerializationError:
+            return MISSING
 
     # -- the namespace --------------------------------------------------------------------------
 
@@ -164,6 +226,8 @@ class _Core:
         except ClosedError as exc:
             self._read_failed(exc)
             return await self._fn(*args, **kwargs)
+        if self._declared is _UNRESOLVED and not self._settle_declared():
+            return await self._fn(*args, **kwargs)
         try:
             found = await cache.get(key, MISSING)
         except _READ_ERRORS as exc:
@@ -171,8 +235,15 @@ class _Core:
             found = MISSING
         if found is not MISSING:
             if self._stale_ttl is None:
-                return found
+                if self._declared is None:
+                    return found
+                value = self._as_declared(found)
+                if value is not MISSING:
+                    return value
             fresh, value = self._unwrap(cache, found)
+            if fresh is not None and self._declared is not None:
+                value = self._as_declared(value)
+                fresh = None if value is MISSING else fresh
             if fresh is not None:
                 if not fresh and key not in self._flights:
                     self._start(cache, key, args, kwargs, background=True)
@@ -345,10 +416,12 @@ class _Core:
         except _READ_ERRORS as exc:
             self._read_failed(exc)
             return MISSING
-        if found is MISSING or self._stale_ttl is None:
+        if found is MISSING:
             return found
+        if self._stale_ttl is None:
+            return self._as_declared(found)
         fresh, value = self._unwrap(cache, found)
-        return value if fresh else MISSING
+        return self._as_declared(value) if fresh else MISSING
 
     def _unwrap(self, cache: Cache, found: Any) -> tuple[bool | None, Any]:
         """``(fresh, value)`` of a stale-while-revalidate entry; ``(None, None)`` if malformed."""
@@ -367,16 +440,17 @@ class _Core:
     def _serialize(self, cache: Cache, value: Any) -> tuple[bytes, _Copy]:
         """The bytes to store for ``value``, and a maker of new copies of it decoded from them
         (SerializationError if the namespace's serializer cannot store it)."""
+        if self._declared is not None:
+            value = dump(value)
         if self._stale_ttl is None:
             payload = cache._dumps(value)
-            return payload, functools.partial(_decode, cache, payload, False)
+            return payload, functools.partial(_decode, cache, payload, False, self._declared)
         assert self._ttl is not None  # noqa: S101 - cached() requires ttl with stale_ttl
         fresh_for = self._ttl * (1.0 - EARLY_REFRESH * _jitter.random())
         payload = cache._dumps([float(cache.clock() + fresh_for), value])
-        return payload, functools.partial(_decode, cache, payload, True)
+        return payload, functools.partial(_decode, cache, payload, True, self._declared)
 
-    @staticmethod
-    def _copies(cache: Cache, value: Any, copy: _Copy | None, callers: int) -> _Copy | None:
+    def _copies(self, cache: Cache, value: Any, copy: _Copy | None, callers: int) -> _Copy | None:
         """How the callers after the first get their own copy of ``value`` (see :class:`Flight`).
 
         Decoded from the bytes the namespace's serializer made of it, so a caller that shared a
@@ -391,11 +465,12 @@ class _Core:
             return None
         if copy is not None:
             return copy
+        declared = self._declared
         try:
-            payload = cache._dumps(value)
+            payload = cache._dumps(value if declared is None else dump(value))
         except SerializationError:
             return _uncopyable
-        return functools.partial(_decode, cache, payload, False)
+        return functools.partial(_decode, cache, payload, False, declared)
 
     # -- failures -------------------------------------------------------------------------------
 
@@ -549,6 +624,9 @@ def cached(
             or inspect.iscoroutinefunction(inspect.unwrap(target))
         ):
             raise TypeError("@cached decorates coroutine functions (async def)")
+        # The names visible where the function is defined, for a return annotation that names
+        # a local class (under postponed evaluation of annotations, PEP 563).
+        names = dict(sys._getframe(1).f_locals)
         core = _Core(
             target,
             namespace=namespace,
@@ -558,6 +636,7 @@ def cached(
             condition=condition,
             stale_ttl=stale_ttl,
             lock=lock,
+            names=names,
         )
         wrapped: Cached[P, R] = Cached(core, target)
         if kind is staticmethod:

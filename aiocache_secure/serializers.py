@@ -43,7 +43,14 @@ import orjson
 from . import values
 from .errors import ConfigurationError, SerializationError
 
-__all__ = ["MAX_DEPTH", "MAX_EXT_DEPTH", "SERIALIZERS", "Serializer", "get_serializer"]
+__all__ = [
+    "MAX_DEPTH",
+    "MAX_EXT_DEPTH",
+    "SERIALIZERS",
+    "Serializer",
+    "export_form",
+    "get_serializer",
+]
 
 MAX_DEPTH: Final = 100  # a tuple level costs four Python frames to decode
 MAX_EXT_DEPTH: Final = 32
@@ -112,6 +119,21 @@ def _json_text(tree: Any) -> bytes:
         return _std_encode(tree).encode("utf-8", "surrogatepass")
     except (ValueError, TypeError, RecursionError) as exc:
         raise SerializationError("value is not json-serializable") from exc
+
+
+def export_form(value: Any) -> Any:
+    """``value`` as plain JSON, for exports: itself when it is plain JSON, else the tagged
+    scheme's tree (``{"$dt": ...}``, ``{"$tu": [...]}``, ...; docs/values.md), so nothing is
+    lost or silently changed. Models, dataclasses and enums appear as their plain values."""
+    if _is_plain_json(value):
+        return value
+    try:
+        return _to_tree(value, 0)
+    except SerializationError:
+        dumped = _models_dumped(value)
+        if dumped is value:
+            raise
+        return export_form(dumped)
 
 
 def _to_tree(item: Any, depth: int) -> Any:
@@ -190,6 +212,15 @@ def _untag(tag: str, form: Any, depth: int) -> Any:
     return scalar.parse(form)
 
 
+def _models_dumped(value: Any) -> Any:
+    """``value`` with models, dataclass instances and enum members as plain values (the very
+    same object when it holds none): what a serializer stores in their place. Only reached when
+    the value would otherwise be refused, so plain values never pay for the walk."""
+    from .typed import dump  # typed imports this module
+
+    return dump(value)
+
+
 class JsonSerializer:
     """JSON through orjson (about ten times faster than the standard library both ways)."""
 
@@ -197,7 +228,13 @@ class JsonSerializer:
 
     def dumps(self, value: Any) -> bytes:
         if not _is_plain_json(value):
-            return _TAGGED + _json_text(_to_tree(value, 0))
+            try:
+                return _TAGGED + _json_text(_to_tree(value, 0))
+            except SerializationError:
+                dumped = _models_dumped(value)
+                if dumped is value:
+                    raise
+                return self.dumps(dumped)
         try:
             return orjson.dumps(value)
         except orjson.JSONEncodeError:
@@ -315,7 +352,10 @@ class MsgpackSerializer:
         try:
             return self._pack(value)
         except SerializationError:
-            raise
+            dumped = _models_dumped(value)
+            if dumped is value:
+                raise
+            return self.dumps(dumped)
         except (TypeError, ValueError, OverflowError, RecursionError) as exc:
             raise SerializationError("value is not msgpack-serializable") from exc
 

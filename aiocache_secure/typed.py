@@ -44,7 +44,7 @@ from uuid import UUID
 from .errors import SerializationError
 from .serializers import MAX_DEPTH
 
-__all__ = ["check_storable", "coerce", "dump", "storable"]
+__all__ = ["check_storable", "coerce", "dump", "needs_coercion", "storable"]
 
 _SCALARS: Final = frozenset(
     {str, int, float, bool, bytes, type(None), datetime, date, time, UUID, Decimal}
@@ -282,6 +282,51 @@ def _coerce_typeddict(value: Any, cls: type) -> Any:
     if not isinstance(value, dict) or not (required <= value.keys() <= hints.keys()):
         raise _mismatch(cls)
     return {key: coerce(inner, hints[key]) for key, inner in value.items()}
+
+
+# -- needs_coercion: whether a read must go through coerce at all ----------------------------------
+
+
+def needs_coercion(annotation: Any) -> bool:
+    """Whether values declared as ``annotation`` come back from the store as something other
+    than the declared type (models, dataclasses, named tuples and enums are stored as plain
+    values): only those reads pay for :func:`coerce`."""
+    return _needs(annotation, 0)
+
+
+def _needs(annotation: Any, depth: int) -> bool:
+    if depth > MAX_DEPTH or isinstance(annotation, str | typing.ForwardRef):
+        return True  # unknown: coerce decides (and refuses what it cannot resolve)
+    supertype = getattr(annotation, "__supertype__", None)
+    if supertype is not None:
+        return _needs(supertype, depth + 1)
+    origin = typing.get_origin(annotation)
+    if origin is None:
+        if not isinstance(annotation, type):
+            return False
+        return (
+            _is_model(annotation)
+            or dataclasses.is_dataclass(annotation)
+            or issubclass(annotation, enum.Enum)
+            or _is_named_tuple(annotation)
+            or typing.is_typeddict(annotation)
+        )
+    if origin is typing.Literal:
+        return False
+    if origin is typing.Annotated:
+        return _needs(typing.get_args(annotation)[0], depth + 1)
+    if (
+        origin not in _UNIONS
+        and isinstance(origin, type)
+        and origin not in _BASES
+        and not _is_abc(origin)
+    ):
+        return True  # a parametrized user generic
+    return any(_needs(arg, depth + 1) for arg in typing.get_args(annotation) if arg is not Ellipsis)
+
+
+def _is_abc(origin: type) -> bool:
+    return origin.__module__ == "collections.abc"
 
 
 # -- storable: checked once, at decoration time ---------------------------------------------------

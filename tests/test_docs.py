@@ -94,3 +94,28 @@ def test_configuration_errors_name_the_file_and_table(tmp_path: Path) -> None:
     message = str(caught.value)
     assert str(path) in message and "[namespaces.users]" in message
     assert "hunter2" not in message and "soon" not in message
+
+
+VALUES_EXAMPLES = [
+    block
+    for block in re.findall(r"```python\n(.*?)```", (ROOT / "docs" / "values.md").read_text(), re.S)
+    if "asyncio.run(main())" in block
+]
+
+
+@pytest.mark.parametrize("index", range(len(VALUES_EXAMPLES)))
+def test_values_guide_examples_run(index: int) -> None:
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-W", "error", "-c", VALUES_EXAMPLES[index]],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_values_guide_has_a_runnable_example() -> None:
+    assert VALUES_EXAMPLES

@@ -65,12 +65,18 @@ class MeteredCache(Cache):
             self._hook.record(operation, self.name, outcome, time.perf_counter() - start)
         return result
 
-    async def get(self, key: str, default: Any = None) -> Any:
+    async def get(self, key: str, default: Any = None, *, type: Any = None) -> Any:
+        if type is not None:  # measured once, by the plain read it makes
+            return await super().get(key, default, type=type)
         return await self._measure(
             "get", lambda: super(MeteredCache, self).get(key, default), reads=True
         )
 
-    async def get_many(self, keys: Iterable[str], default: Any = None) -> list[Any]:
+    async def get_many(
+        self, keys: Iterable[str], default: Any = None, *, type: Any = None
+    ) -> list[Any]:
+        if type is not None:
+            return await super().get_many(keys, default, type=type)
         return await self._measure(
             "get_many", lambda: super(MeteredCache, self).get_many(keys, default), reads=True
         )
