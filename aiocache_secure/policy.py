@@ -10,11 +10,22 @@ import math
 import random
 import re
 from dataclasses import dataclass
-from typing import Final
+from datetime import timedelta
+from typing import Final, TypeAlias
 
 from .errors import ConfigurationError
 
-__all__ = ["DEFAULT_MAX_VALUE_BYTES", "MAX_TTL", "Policy", "check_ttl", "validate_namespace_name"]
+__all__ = [
+    "DEFAULT_MAX_VALUE_BYTES",
+    "MAX_TTL",
+    "Policy",
+    "Seconds",
+    "check_ttl",
+    "validate_namespace_name",
+]
+
+Seconds: TypeAlias = "float | timedelta"
+"""A lifetime: seconds as a number, or a ``datetime.timedelta``."""
 
 DEFAULT_MAX_VALUE_BYTES: Final = 16 * 1024 * 1024
 MAX_TTL: Final = 100 * 365 * 86400.0
@@ -38,10 +49,13 @@ def validate_namespace_name(name: object) -> str:
 
 
 def check_ttl(ttl: object, what: str = "ttl", *, bounded: bool = True) -> float:
-    """A finite, positive number of seconds, at most :data:`MAX_TTL` unless ``bounded`` is
-    false (the caller clamps it); TypeError or ValueError otherwise."""
+    """A finite, positive number of seconds (or a ``datetime.timedelta``), at most
+    :data:`MAX_TTL` unless ``bounded`` is false (the caller clamps it); TypeError or ValueError
+    otherwise."""
+    if isinstance(ttl, timedelta):
+        ttl = ttl.total_seconds()
     if isinstance(ttl, bool) or not isinstance(ttl, int | float):
-        raise TypeError(f"{what} must be a number of seconds")
+        raise TypeError(f"{what} must be a number of seconds or a datetime.timedelta")
     try:
         value = float(ttl)
     except OverflowError:  # an int beyond float's range
