@@ -6,7 +6,7 @@ import json
 import logging
 import os
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Final, Self, cast
@@ -16,6 +16,7 @@ import anyio
 from . import audit
 from .backend import Backend
 from .backends import MemoryBackend, backend_kind, open_backend
+from .breaker import Breaker, GuardedBackend, guard
 from .cache import Cache, Lifecycle
 from .clock import Clock, system_clock
 from .errors import BackendError, ClosedError, ConfigurationError
@@ -61,6 +62,8 @@ class CacheManager:
     namespaces' data keys instead of the keyring, so the master key need not be in the process.
     ``memo_bytes``: the budget of the verified-read memo shared by this manager's namespaces
     (recent storage keys and opened entries; see :mod:`aiocache_secure.memo`); 0 turns it off.
+    ``breaker``: the circuit breaker of every store but ``memory://``, one per store and shared by
+    its namespaces (see :mod:`aiocache_secure.breaker`); ``None`` turns breakers off.
     """
 
     def __init__(
@@ -73,8 +76,11 @@ class CacheManager:
         key_vault: str | Backend | None = None,
         key_wrapper: KeyWrapper | None = None,
         memo_bytes: int = DEFAULT_MEMO_BYTES,
+        breaker: Breaker | None = Breaker(),  # noqa: B008 - frozen, shared safely
     ) -> None:
         memo = Memo(memo_bytes)
+        if breaker is not None and not isinstance(breaker, Breaker):
+            raise TypeError("breaker must be a Breaker or None")
         if keyring is not None and not isinstance(keyring, Keyring):
             raise TypeError("keyring must be a Keyring")
         if not isinstance(strict, bool):
@@ -96,6 +102,8 @@ class CacheManager:
         self._shared: dict[str, Backend] = {}
         self._owned: list[Backend] = []
         self._namespaces: dict[str, _Namespace] = {}
+        self._breaker = breaker
+        self._guards: dict[int, GuardedBackend] = {}
         self._vault_store: Backend | None = None
         self._publisher = secrets.token_hex(8).encode("ascii")
         if key_vault is not None:
@@ -181,16 +189,26 @@ class CacheManager:
 
     # -- backends -------------------------------------------------------------------------------
 
+    def _guarded(self, store: Backend) -> Backend:
+        """``store`` behind its circuit breaker: one per store, shared by its namespaces."""
+        if self._breaker is None or isinstance(store, MemoryBackend | GuardedBackend):
+            return store
+        guarded = self._guards.get(id(store))
+        if guarded is None:
+            kind = str(getattr(store, "kind", type(store).__name__))
+            guarded = self._guards[id(store)] = guard(store, self._breaker, kind=kind)
+        return guarded
+
     def _open_shared(self, backend: str | Backend) -> Backend:
         if not isinstance(backend, str):
             if not isinstance(backend, Backend):
                 raise TypeError("a backend is a URL string or a Backend instance")
-            return backend
+            return self._guarded(backend)
         opened = self._shared.get(backend)
         if opened is None:
             opened = open_backend(backend, clock=self._clock, strict=self._strict)
             self._shared[backend] = opened
-        return opened
+        return self._guarded(opened)
 
     def _resolve_backend(
         self, backend: str | Backend, policy: Policy, stats: Stats
@@ -205,7 +223,7 @@ class CacheManager:
                     "max_entries/max_bytes apply to backends the manager opens from a URL; "
                     "configure a Backend instance's own limits instead"
                 )
-            return backend, type(backend) is not MemoryBackend
+            return self._guarded(backend), type(backend) is not MemoryBackend
         kind = backend_kind(backend)
         if not kind.per_namespace:
             if quotas:
@@ -227,7 +245,7 @@ class CacheManager:
             on_evict=on_evict,
         )
         self._owned.append(store)
-        return store, kind.leaves_process
+        return self._guarded(store), kind.leaves_process
 
     # -- namespaces -----------------------------------------------------------------------------
 
@@ -317,6 +335,9 @@ class CacheManager:
         )
         serializer_impl = get_serializer(serializer)
         store, leaves = self._resolve_backend(chosen, probe, stats)
+        if isinstance(store, GuardedBackend):
+            stats.breaker = store.circuit.state
+            store.circuit.watch(_breaker_watcher(name, stats, metrics))
         encrypted = private or (leaves if encrypt is None else encrypt)
         needs_keyring = not (private and self._key_wrapper is not None)
         if encrypted and leaves and self._keyring is None and needs_keyring:
@@ -492,6 +513,15 @@ class CacheManager:
             ):
                 count += 1
         return count
+
+
+def _breaker_watcher(name: str, stats: Stats, metrics: MetricsHook | None) -> Callable[[str], None]:
+    def changed(state: str) -> None:
+        stats.breaker = state
+        if metrics is not None:
+            metrics.record("breaker", name, state, 0.0)
+
+    return changed
 
 
 def stats_prefix(tag: bytes) -> bytes:
