@@ -1,4 +1,5 @@
-"""Redis servers for the suite: standalone, a 3-primary Cluster, and TLS with ACL users.
+"""Redis servers for the suite: standalone, a 3-primary Cluster, TLS with ACL users, and a
+Sentinel group (a primary, a replica and three sentinels, passwords on both).
 
 All are private to the session, on free loopback ports, in temporary directories. The backend
 fixtures (``redis_url``, ``redis_cluster_url``, ``redis_tls_url``) remove every key the test wrote
@@ -151,6 +152,36 @@ def redis_cluster_url(redis_cluster: list[int]) -> Iterator[str]:
     for port in redis_cluster:
         with redis.Redis(port=port) as node:
             _wipe(node)
+
+
+# -- Sentinel --------------------------------------------------------------------------------
+
+SENTINEL_DATA_PASSWORD = "sentinel-data-secret-Hv4"  # throwaway, private to these test servers
+SENTINEL_PASSWORD = "sentinel-own-secret-Pm7"
+
+
+@pytest.fixture(scope="session")
+def redis_sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[servers.SentinelGroup]:
+    """A Sentinel group shared by the session: tests must not fail it over (see
+    ``tests/test_redis_failover.py`` for groups of their own)."""
+    with servers.redis_sentinel_group(
+        tmp_path_factory.mktemp("redis-sentinel"),
+        password=SENTINEL_DATA_PASSWORD,
+        sentinel_password=SENTINEL_PASSWORD,
+    ) as group:
+        yield group
+
+
+@pytest.fixture
+def redis_sentinel_url(
+    redis_sentinel: servers.SentinelGroup,
+) -> Iterator[Callable[[], RedisBackend]]:
+    """A factory of backends on the group's primary, found through its sentinels."""
+    user = f"default:{SENTINEL_DATA_PASSWORD}@"
+    url = redis_sentinel.url.replace("://", f"://{user}", 1)
+    yield lambda: RedisBackend(url, sentinel_password=SENTINEL_PASSWORD)
+    with redis.Redis(port=redis_sentinel.primary[0], password=SENTINEL_DATA_PASSWORD) as client:
+        _wipe(client)
 
 
 # -- TLS with ACL users ----------------------------------------------------------------------
