@@ -96,6 +96,7 @@ class SentinelGroup:
     primary: tuple[int, subprocess.Popen[bytes]]
     replica: tuple[int, subprocess.Popen[bytes]]
     sentinels: tuple[int, ...]
+    sentinel_pids: tuple[int, ...] = ()
 
     @property
     def url(self) -> str:
@@ -174,7 +175,7 @@ def redis_sentinel_group(
             timeout=15,
             password=password,
         )
-        ports = []
+        ports, pids = [], []
         for index in range(3):
             port = free_port()
             proc = _sentinel(
@@ -183,6 +184,7 @@ def redis_sentinel_group(
             stack.callback(stop, proc)
             wait_for_port(port, proc=proc)
             ports.append(port)
+            pids.append(proc.pid)
         for port in ports:  # every sentinel knows the replica and its peers
             _ping_until(
                 port,
@@ -190,4 +192,4 @@ def redis_sentinel_group(
                 timeout=30,
                 password=sentinel_password,
             )
-        yield SentinelGroup(service, primary, replica, tuple(ports))
+        yield SentinelGroup(service, primary, replica, tuple(ports), tuple(pids))
