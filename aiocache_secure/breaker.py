@@ -63,12 +63,14 @@ class Breaker:
     """When a backend's circuit opens, and for how long.
 
     ``failures`` backend failures in a row within ``window`` seconds open it; after ``pause``
-    seconds one probe call is let through. ``clock`` returns monotonic seconds (tests pass a
+    seconds one probe call is let through. Keep ``window`` above ``failures`` times the store's
+    timeout, so that even a lone caller waiting out one timeout after another opens it (the
+    default: 5 × 3 s < 30 s). ``clock`` returns monotonic seconds (tests pass a
     :class:`~aiocache_secure.clock.ManualClock`).
     """
 
     failures: int = 5
-    window: float = 10.0
+    window: float = 30.0
     pause: float = 2.0
     clock: Callable[[], float] = field(default=time.monotonic, repr=False, compare=False)
 

@@ -67,7 +67,7 @@ def test_options_are_validated() -> None:
             Breaker(**bad)  # type: ignore[arg-type]
     with pytest.raises(TypeError):
         CacheManager(breaker=5)  # type: ignore[arg-type]
-    assert Breaker() == Breaker(failures=5, window=10.0, pause=2.0)
+    assert Breaker() == Breaker(failures=5, window=30.0, pause=2.0)
 
 
 async def test_opens_fails_fast_then_probes_and_closes(
