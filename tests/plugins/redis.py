@@ -9,6 +9,7 @@ if a namespace name and keyring were ever reused.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import ipaddress
 import socket
@@ -152,6 +153,58 @@ def redis_cluster_url(redis_cluster: list[int]) -> Iterator[str]:
     for port in redis_cluster:
         with redis.Redis(port=port) as node:
             _wipe(node)
+
+
+@contextlib.contextmanager
+def cluster_with_replicas(
+    base: Path, primaries: int = 3
+) -> Iterator[dict[int, subprocess.Popen[bytes]]]:
+    """A cluster of ``primaries`` primaries, each with one replica, for tests that fail a primary
+    over: its processes by port."""
+    with contextlib.ExitStack() as stack:
+        procs: dict[int, subprocess.Popen[bytes]] = {}
+        for index in range(2 * primaries):
+            port = cluster_port()
+            node = base / f"node{index}"
+            _, procs[port] = stack.enter_context(
+                servers.redis_server(
+                    node,
+                    "--cluster-enabled", "yes",
+                    "--cluster-config-file", str(node / "nodes.conf"),
+                    "--cluster-node-timeout", "1000",
+                    "--cluster-replica-validity-factor", "0",
+                    port=port,
+                )
+            )  # fmt: skip
+        ports = list(procs)
+        subprocess.run(
+            [
+                "redis-cli", "--cluster", "create",
+                *(f"127.0.0.1:{port}" for port in ports),
+                "--cluster-replicas", "1", "--cluster-yes",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )  # fmt: skip
+        deadline = time.monotonic() + 30
+        while True:
+            ready = 0
+            for port in ports:
+                with redis.Redis(port=port) as node:
+                    info = _raw(node.execute_command("CLUSTER INFO"))
+                    known = f"cluster_known_nodes:{len(ports)}".encode()
+                    replication = _raw(node.info("replication"))
+                    synced = b"role:master" in replication or b"master_link_status:up" in (
+                        replication
+                    )
+                    ready += b"cluster_state:ok" in info and known in info and synced
+            if ready == len(ports):
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError("the test cluster did not reach cluster_state:ok")
+            time.sleep(0.1)
+        yield procs
 
 
 # -- Sentinel --------------------------------------------------------------------------------
