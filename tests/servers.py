@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 import socket
+import ssl
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -104,13 +105,45 @@ class SentinelGroup:
         return f"redis+sentinel://{hosts}/{self.service}/0"
 
 
+@dataclass(frozen=True)
+class TlsPaths:
+    """The server certificate, its key and the CA for TLS-only servers (client certificates
+    are not required)."""
+
+    cert: Path
+    key: Path
+    ca: Path
+
+    def server_args(self, port: int) -> tuple[str, ...]:
+        return (
+            "--port", "0", "--tls-port", str(port),
+            "--tls-cert-file", str(self.cert), "--tls-key-file", str(self.key),
+            "--tls-ca-cert-file", str(self.ca),
+            "--tls-auth-clients", "no", "--tls-replication", "yes",
+        )  # fmt: skip
+
+    def config(self, port: int) -> str:
+        args = self.server_args(port)
+        return "".join(f"{k[2:]} {v}\n" for k, v in zip(args[::2], args[1::2], strict=True))
+
+    def context(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=str(self.ca))
+
+
 def _sentinel(
-    tmp: Path, port: int, primary: int, service: str, password: str | None, own: str | None
+    tmp: Path,
+    port: int,
+    primary: int,
+    service: str,
+    password: str | None,
+    own: str | None,
+    tls: TlsPaths | None,
 ) -> subprocess.Popen[bytes]:
     tmp.mkdir(parents=True, exist_ok=True)
     config = tmp / "sentinel.conf"  # a sentinel rewrites its configuration as it learns
     auth = f"sentinel auth-pass {service} {password}\n" if password else ""
     auth += f"requirepass {own}\n" if own else ""
+    auth += tls.config(port) if tls else ""
     config.write_text(
         f"port {port}\n"
         "bind 127.0.0.1\n"
@@ -129,13 +162,22 @@ def _sentinel(
 
 
 def _ping_until(
-    port: int, check: Callable[[bytes], bool], *, timeout: float, password: str | None
+    port: int,
+    check: Callable[[bytes], bool],
+    *,
+    timeout: float,
+    password: str | None,
+    tls: TlsPaths | None,
 ) -> None:
     """Poll a server with ``INFO`` until ``check(reply)`` holds."""
     deadline = time.monotonic() + timeout
     auth = f"AUTH {password}\r\n".encode() if password else b""
     while True:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1) as s:
+        with contextlib.ExitStack() as opened:
+            opened.enter_context(contextlib.suppress(OSError))
+            s = opened.enter_context(socket.create_connection(("127.0.0.1", port), 1))
+            if tls:
+                s = opened.enter_context(tls.context().wrap_socket(s, server_hostname="127.0.0.1"))
             s.sendall(auth + b"INFO\r\n")
             reply = b""
             s.settimeout(1)
@@ -159,27 +201,40 @@ def redis_sentinel_group(
     *,
     password: str | None = None,
     sentinel_password: str | None = None,
+    tls: TlsPaths | None = None,
 ) -> Iterator[SentinelGroup]:
     """Real ``redis-server --sentinel`` processes on free loopback ports, failover in seconds
     (down after 1 s, failover timeout 3 s, quorum 2 of 3). ``password``: the data nodes'
-    ``requirepass``; ``sentinel_password``: the sentinels' own."""
+    ``requirepass``; ``sentinel_password``: the sentinels' own; ``tls``: every server, data
+    nodes and sentinels, on a TLS-only port (replication and sentinel links over TLS too)."""
     auth = ("--requirepass", password, "--masterauth", password) if password else ()
+
+    def data_node(name: str, *extra: str) -> tuple[int, subprocess.Popen[bytes]]:
+        port = free_port()
+        args = (*auth, *(tls.server_args(port) if tls else ()), *extra)
+        return stack.enter_context(redis_server(tmp / name, *args, port=port))
+
     with contextlib.ExitStack() as stack:
-        primary = stack.enter_context(redis_server(tmp / "primary", *auth))
-        replica = stack.enter_context(
-            redis_server(tmp / "replica", *auth, "--replicaof", "127.0.0.1", str(primary[0]))
-        )
+        primary = data_node("primary")
+        replica = data_node("replica", "--replicaof", "127.0.0.1", str(primary[0]))
         _ping_until(
             replica[0],
             lambda info: b"master_link_status:up" in info,
             timeout=15,
             password=password,
+            tls=tls,
         )
         ports, pids = [], []
         for index in range(3):
             port = free_port()
             proc = _sentinel(
-                tmp / f"sentinel{index}", port, primary[0], service, password, sentinel_password
+                tmp / f"sentinel{index}",
+                port,
+                primary[0],
+                service,
+                password,
+                sentinel_password,
+                tls,
             )
             stack.callback(stop, proc)
             wait_for_port(port, proc=proc)
@@ -191,5 +246,6 @@ def redis_sentinel_group(
                 lambda info: b"slaves=1,sentinels=3" in info,
                 timeout=30,
                 password=sentinel_password,
+                tls=tls,
             )
         yield SentinelGroup(service, primary, replica, tuple(ports), tuple(pids))

@@ -4,7 +4,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 import redis
@@ -13,7 +14,12 @@ from aiocache_secure import BackendUnavailable, CacheManager, ConfigurationError
 from aiocache_secure.backends import backend_kind
 from aiocache_secure.backends.redis import RedisAddress, RedisBackend, parse_url
 from tests import servers
-from tests.plugins.redis import SENTINEL_DATA_PASSWORD, SENTINEL_PASSWORD
+from tests.plugins.redis import (
+    SENTINEL_DATA_PASSWORD,
+    SENTINEL_PASSWORD,
+    TlsFiles,
+    make_tls_files,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -109,3 +115,29 @@ async def test_wrong_sentinel_password_is_opaque(
     with pytest.raises(BackendUnavailable):
         await wrong_data.get(b"acs1x")
     await wrong_data.aclose()
+
+
+@pytest.fixture
+def tls_group(tmp_path: Path) -> Iterator[tuple[servers.SentinelGroup, TlsFiles]]:
+    files = make_tls_files(tmp_path)
+    paths = servers.TlsPaths(files.server_cert, files.server_key, files.ca)
+    with servers.redis_sentinel_group(tmp_path / "group", tls=paths) as group:
+        yield group, files
+
+
+@pytest.mark.slow
+async def test_sentinels_and_primary_over_tls(
+    tls_group: tuple[servers.SentinelGroup, TlsFiles],
+) -> None:
+    group, files = tls_group
+    url = group.url.replace("redis+sentinel://", "rediss+sentinel://", 1)
+    store = RedisBackend(url, ca_file=files.ca, timeout=2.0)
+    async with CacheManager(Keyring.generate(), default_backend=store) as manager:
+        ns = manager.namespace("tls")
+        await ns.set("k", {"v": 1})
+        assert await ns.get("k") == {"v": 1}
+    await store.aclose()
+    untrusted = RedisBackend(url, ca_file=files.other_ca, timeout=2.0)
+    with pytest.raises(BackendUnavailable):
+        await untrusted.get(b"acs1k")
+    await untrusted.aclose()
