@@ -6,7 +6,8 @@ harshest outage: connections stay open, nothing answers)::
 
 Figures: the median time of one ``get`` on an encrypted namespace (a strict one raising
 ``BackendUnavailable``, a ``fail_open`` one missing) and of one ``@cached`` call while the store is
-paused and the breaker open; the same ``get`` without a breaker, which waits out the backend's
+paused and the breaker open, and of one request through the ASGI ``CacheMiddleware`` (a plain
+ASGI app behind it); the same ``get`` without a breaker, which waits out the backend's
 ``timeout`` (3 s by default); the time from SIGCONT to the first successful ``get`` (at most the
 breaker's ``pause``); and the cost of the breaker on a healthy store.
 """
@@ -29,6 +30,7 @@ from typing import Any
 
 from aiocache_secure import BackendError, Breaker, Cache, CacheManager, Keyring, cached
 from aiocache_secure.backends.redis import RedisBackend
+from aiocache_secure.integrations.asgi import CacheMiddleware
 
 
 @contextlib.contextmanager
@@ -83,6 +85,25 @@ async def healthy(url: str, keyring: Keyring, calls: int) -> None:
             )  # type: ignore[misc]
 
 
+async def app(scope: Any, receive: Any, send: Any) -> None:
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"hello"})
+
+
+def asgi_request(middleware: CacheMiddleware) -> Callable[[], Awaitable[None]]:
+    scope = {"type": "http", "method": "GET", "path": "/p", "raw_path": b"/p",
+             "query_string": b"", "headers": [(b"host", b"example.test")], "scheme": "http",
+             "server": ("example.test", 80), "root_path": "", "http_version": "1.1"}  # fmt: skip
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Any) -> None:
+        return None
+
+    return lambda: middleware(scope, receive, send)
+
+
 async def open_circuit(strict: Cache) -> float:
     started = time.perf_counter()
     while strict.stats.breaker != "open":
@@ -114,6 +135,9 @@ async def main(calls: int) -> None:
                 await median_us(lambda: lenient.get("k"), calls))  # fmt: skip
             say("store paused, breaker open: @cached call (function runs)",
                 await median_us(lambda: compute(2), calls))  # fmt: skip
+            web = asgi_request(CacheMiddleware(app, cache=lenient))
+            say("store paused, breaker open: ASGI request (app runs)",
+                await median_us(web, calls))  # fmt: skip
             os.kill(proc.pid, signal.SIGCONT)
             back = time.perf_counter()
             while True:
