@@ -13,7 +13,9 @@ backend share one :class:`Circuit`:
     no-op under ``fail_open``), without touching the store, for ``pause`` seconds.
 ``half_open``
     The first call after the pause is let through as a probe, while the others still fail fast:
-    success closes the circuit, a failure opens it for another ``pause``.
+    success closes the circuit, a failure opens it for another ``pause``. A probe that is still
+    out after another ``pause`` no longer holds the others back: the next call probes too, so a
+    lost probe never leaves the circuit open for good; a cancelled probe frees the way at once.
 
 Only :class:`~aiocache_secure.errors.BackendUnavailable` and
 :class:`~aiocache_secure.errors.BackendTimeout` count as failures: a tampered entry, a value too
@@ -125,11 +127,15 @@ class Circuit:
         retry_at = self._retry_at
         if retry_at is None:
             return False
-        if not self._probing and self._clock() >= retry_at:
+        now = self._clock()
+        if now < retry_at:
+            raise BackendUnavailable("backend circuit open: failing fast")
+        # One probe per pause: a probe still out after a whole pause no longer holds others back.
+        self._retry_at = now + self._config.pause
+        if not self._probing:
             self._probing = True
             self._changed(HALF_OPEN)
-            return True
-        raise BackendUnavailable("backend circuit open: failing fast")
+        return True
 
     def succeeded(self, probe: bool) -> None:
         if probe:
@@ -155,8 +161,8 @@ class Circuit:
 
     def abandoned(self, probe: bool) -> None:
         """The call ended without a verdict on the store (cancelled, closed, refused locally)."""
-        if probe:
-            self._probing = False
+        if probe and self._retry_at is not None:
+            self._retry_at = min(self._retry_at, self._clock())  # the next call probes
 
     # -- internals ------------------------------------------------------------------------------
 

@@ -27,7 +27,7 @@ from aiocache_secure import (
     cached,
 )
 from aiocache_secure.backends.redis import RedisBackend
-from aiocache_secure.breaker import GuardedBackend
+from aiocache_secure.breaker import Circuit, GuardedBackend
 from tests import servers
 
 pytestmark = pytest.mark.anyio
@@ -259,3 +259,22 @@ async def test_a_backend_instance_gets_one_circuit(tmp_path: Path, anyio_backend
             finally:
                 os.kill(proc.pid, signal.SIGCONT)
     await store.aclose()
+
+
+def test_a_lost_or_cancelled_probe_never_wedges_the_circuit() -> None:
+    clock = ManualClock(0.0)
+    circuit = Circuit(Breaker(failures=1, window=1.0, pause=2.0, clock=clock), kind="test")
+    assert circuit.admit() is False  # closed: not a probe
+    circuit.failed(False)
+    assert circuit.state == "open"
+    clock.advance(2.0)
+    assert circuit.admit() is True
+    assert circuit.state == "half_open"
+    with pytest.raises(BackendUnavailable):
+        circuit.admit()  # one probe at a time
+    clock.advance(2.0)
+    assert circuit.admit() is True  # the first probe has been out a whole pause
+    circuit.abandoned(True)  # cancelled
+    assert circuit.admit() is True  # the next call probes at once
+    circuit.succeeded(True)
+    assert circuit.state == "closed" and circuit.admit() is False
