@@ -225,7 +225,9 @@ def parse_url(url: str) -> RedisAddress:
         return _parse_sentinel_url(_SENTINEL_SCHEMES[scheme.lower()], rest)
     kind = _SCHEMES.get(scheme.lower()) if sep else None
     if kind is None:
-        raise ConfigurationError("not a redis URL (redis://, rediss://, redis[s]+cluster://)")
+        raise ConfigurationError(
+            "not a redis URL (redis://, rediss://, redis[s]+cluster://, redis[s]+sentinel://)"
+        )
     tls, cluster = kind
     if "?" in rest or "#" in rest:
         raise ConfigurationError(
