@@ -23,7 +23,7 @@ large, a closed manager or a cancelled caller say nothing about the store's heal
 state is one audit event (``breaker_opened``, ``breaker_half_open``, ``breaker_closed``) naming the
 backend's kind, never its URL, and is pushed to every watcher (the namespaces' ``stats.breaker``
 and metrics hooks). The circuit is plain synchronous state: it runs unchanged under asyncio and
-trio, and its clock (monotonic seconds) is injectable.
+trio, and its clock is injectable (``Breaker(clock=...)``, or the manager's injected clock).
 """
 
 from __future__ import annotations
@@ -67,14 +67,14 @@ class Breaker:
     ``failures`` backend failures in a row within ``window`` seconds open it; after ``pause``
     seconds one probe call is let through. Keep ``window`` above ``failures`` times the store's
     timeout, so that even a lone caller waiting out one timeout after another opens it (the
-    default: 5 × 3 s < 30 s). ``clock`` returns monotonic seconds (tests pass a
-    :class:`~aiocache_secure.clock.ManualClock`).
+    default: 5 × 3 s < 30 s). ``clock`` returns seconds; when it is not given, the manager's
+    clock if one was injected (``CacheManager(clock=ManualClock())``), else ``time.monotonic``.
     """
 
     failures: int = 5
     window: float = 30.0
     pause: float = 2.0
-    clock: Callable[[], float] = field(default=time.monotonic, repr=False, compare=False)
+    clock: Callable[[], float] | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if isinstance(self.failures, bool) or not isinstance(self.failures, int):
@@ -89,7 +89,7 @@ class Breaker:
                 or not 0 < number < math.inf
             ):
                 raise ConfigurationError(f"Breaker.{name} must be a positive number of seconds")
-        if not callable(self.clock):
+        if self.clock is not None and not callable(self.clock):
             raise ConfigurationError("Breaker.clock must be a callable returning seconds")
 
 
@@ -98,9 +98,11 @@ class Circuit:
 
     __slots__ = ("_clock", "_config", "_failed", "_kind", "_probing", "_retry_at", "_watchers")
 
-    def __init__(self, config: Breaker, *, kind: str) -> None:
+    def __init__(
+        self, config: Breaker, *, kind: str, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._config = config
-        self._clock = config.clock
+        self._clock = config.clock or clock
         self._kind = kind
         self._failed: deque[float] = deque(maxlen=config.failures)
         self._retry_at: float | None = None  # None while closed
@@ -286,13 +288,16 @@ class GuardedLeases(GuardedBackend):
                     await self.release_lease(key, token)
 
 
-def guard(store: Backend, config: Breaker, *, kind: str) -> GuardedBackend:
-    """``store`` behind a new circuit (with the lease methods when ``store`` has them)."""
+def guard(
+    store: Backend, config: Breaker, *, kind: str, clock: Callable[[], float] = time.monotonic
+) -> GuardedBackend:
+    """``store`` behind a new circuit (with the lease methods when ``store`` has them);
+    ``clock`` serves when ``config`` names none."""
     leases = all(
         callable(getattr(store, name, None)) for name in ("acquire_lease", "release_lease", "lease")
     )
     cls = GuardedLeases if leases else GuardedBackend
-    return cls(store, Circuit(config, kind=kind))
+    return cls(store, Circuit(config, kind=kind, clock=clock))
 
 
 def _atomic(backend: Backend) -> AtomicBackend:

@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import secrets
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
@@ -196,7 +197,10 @@ class CacheManager:
         guarded = self._guards.get(id(store))
         if guarded is None:
             kind = str(getattr(store, "kind", type(store).__name__))
-            guarded = self._guards[id(store)] = guard(store, self._breaker, kind=kind)
+            # An injected manager clock drives the breaker too; the system's wall clock does not
+            # (it may jump), time.monotonic does.
+            clock = time.monotonic if self._clock is system_clock else self._clock
+            guarded = self._guards[id(store)] = guard(store, self._breaker, kind=kind, clock=clock)
         return guarded
 
     def _open_shared(self, backend: str | Backend) -> Backend:

@@ -278,3 +278,18 @@ def test_a_lost_or_cancelled_probe_never_wedges_the_circuit() -> None:
     assert circuit.admit() is True  # the next call probes at once
     circuit.succeeded(True)
     assert circuit.state == "closed" and circuit.admit() is False
+
+
+async def test_the_managers_injected_clock_drives_the_breaker(outage: Outage) -> None:
+    clock = ManualClock()
+    breaker = Breaker(failures=1, window=1.0, pause=5.0)
+    async with CacheManager(Keyring.generate(), clock=clock, breaker=breaker) as manager:
+        ns = manager.namespace("b", backend=outage.directory.as_uri())
+        outage.start()
+        with pytest.raises(BackendUnavailable):
+            await ns.get("k")
+        outage.end()
+        assert ns.stats.breaker == "open"
+        clock.advance(5.0)
+        assert await ns.get("k", default=MISSING) is MISSING
+        assert ns.stats.breaker == "closed"
