@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .backend import AtomicBackend, Backend
 from .backends.memory import MemoryBackend
+from .breaker import Breaker
 from .cache import MISSING, Cache
 from .clock import ManualClock
 from .decorator import cached
@@ -33,6 +34,7 @@ __all__ = [
     "BackendError",
     "BackendTimeout",
     "BackendUnavailable",
+    "Breaker",
     "Cache",
     "CacheError",
     "CacheManager",

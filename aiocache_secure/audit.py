@@ -1,7 +1,8 @@
 """Structured audit events on the stdlib logger ``aiocache_secure.audit``.
 
 Events: ``tamper_detected``, ``decrypt_failed``, ``insecure_config``, ``key_rotated``,
-``namespace_erased``, ``limit_exceeded``, ``nonce_budget``, ``backend_error``.
+``namespace_erased``, ``limit_exceeded``, ``nonce_budget``, ``backend_error``,
+``breaker_opened``, ``breaker_half_open``, ``breaker_closed``.
 
 An event never carries a cache key, a value, key material or a credential: callers pass only
 names, counts and reasons chosen from fixed vocabularies. Every field is rendered with CR, LF and
@@ -28,6 +29,9 @@ EVENTS: Final = frozenset(
         "limit_exceeded",
         "nonce_budget",
         "backend_error",
+        "breaker_opened",
+        "breaker_half_open",
+        "breaker_closed",
     }
 )
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]")

@@ -9,6 +9,7 @@ import logging
 import math
 import os
 import secrets
+import time
 import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ import anyio
 from . import audit
 from .backend import Backend
 from .backends import MemoryBackend, backend_kind, open_backend
+from .breaker import Breaker, GuardedBackend, guard
 from .cache import Cache, Lifecycle
 from .clock import Clock, system_clock
 from .errors import BackendError, ClosedError, ConfigurationError
@@ -84,6 +86,8 @@ class CacheManager:
     ``max_private_namespaces``: how many private namespaces the manager keeps open (default
     10,000); beyond that the least recently requested are released (a released namespace still
     held by the application keeps working, and is found again by :meth:`namespace`).
+    ``breaker``: the circuit breaker of every store but ``memory://``, one per store and shared by
+    its namespaces (see :mod:`aiocache_secure.breaker`); ``None`` turns breakers off.
     """
 
     def __init__(
@@ -99,8 +103,11 @@ class CacheManager:
         index_key: bytes | None = None,
         key_check_interval: float = DEFAULT_KEY_CHECK_INTERVAL,
         max_private_namespaces: int = DEFAULT_MAX_PRIVATE_NAMESPACES,
+        breaker: Breaker | None = Breaker(),  # noqa: B008 - frozen, shared safely
     ) -> None:
         memo = Memo(memo_bytes)
+        if breaker is not None and not isinstance(breaker, Breaker):
+            raise TypeError("breaker must be a Breaker or None")
         if index_key is not None:
             if not isinstance(index_key, bytes):
                 raise TypeError("index_key must be bytes")
@@ -147,6 +154,8 @@ class CacheManager:
         # released (beyond the cap, or erased) that the application still holds.
         self._private_order: dict[str, None] = {}
         self._released: weakref.WeakValueDictionary[str, _Namespace] = weakref.WeakValueDictionary()
+        self._breaker = breaker
+        self._guards: dict[int, GuardedBackend] = {}
         self._vault_store: Backend | None = None
         self._vault_leaves = False
         self._publisher = secrets.token_hex(8).encode("ascii")
@@ -264,16 +273,35 @@ class CacheManager:
 
     # -- backends -------------------------------------------------------------------------------
 
+    def _guarded(self, store: Backend) -> Backend:
+        """``store`` behind its circuit breaker: one per store, shared by its namespaces."""
+        if self._breaker is None or isinstance(store, MemoryBackend | GuardedBackend):
+            return store
+        guarded = self._guards.get(id(store))
+        if guarded is None:
+            kind = str(getattr(store, "kind", type(store).__name__))
+            # An injected manager clock drives the breaker too; the system's wall clock does not
+            # (it may jump), time.monotonic does.
+            clock = time.monotonic if self._clock is system_clock else self._clock
+            guarded = self._guards[id(store)] = guard(store, self._breaker, kind=kind, clock=clock)
+        return guarded
+
+    def _forget_store(self, store: Backend) -> None:
+        """Stop tracking a store opened for one namespace (or one call), and its circuit."""
+        self._owned.pop(id(store), None)
+        if isinstance(store, GuardedBackend):
+            self._guards.pop(id(store.inner), None)
+
     def _open_shared(self, backend: str | Backend) -> Backend:
         if not isinstance(backend, str):
             if not isinstance(backend, Backend):
                 raise TypeError("a backend is a URL string or a Backend instance")
-            return backend
+            return self._guarded(backend)
         opened = self._shared.get(backend)
         if opened is None:
             opened = open_backend(backend, clock=self._clock, strict=self._strict)
             self._shared[backend] = opened
-        return opened
+        return self._guarded(opened)
 
     def _resolve_backend(
         self, backend: str | Backend, policy: Policy, stats: Stats
@@ -288,7 +316,7 @@ class CacheManager:
                     "max_entries/max_bytes apply to backends the manager opens from a URL; "
                     "configure a Backend instance's own limits instead"
                 )
-            return backend, type(backend) is not MemoryBackend
+            return self._guarded(backend), type(backend) is not MemoryBackend
         kind = backend_kind(backend)
         if not kind.per_namespace:
             if quotas:
@@ -309,8 +337,9 @@ class CacheManager:
             max_bytes=policy.max_bytes,
             on_evict=on_evict,
         )
-        self._owned[id(store)] = store
-        return store, kind.leaves_process
+        guarded = self._guarded(store)  # closing it closes the store
+        self._owned[id(guarded)] = guarded
+        return guarded, kind.leaves_process
 
     # -- namespaces -----------------------------------------------------------------------------
 
@@ -344,7 +373,7 @@ class CacheManager:
         record = self._namespaces.pop(name, None)
         if record is not None:
             if record.owns_store:
-                self._owned.pop(id(record.store), None)
+                self._forget_store(record.store)
             self._released[name] = record
 
     def backend_of(self, name: str) -> Backend:
@@ -436,6 +465,9 @@ class CacheManager:
         )
         serializer_impl = get_serializer(serializer)
         store, leaves = self._resolve_backend(chosen, probe, stats)
+        if isinstance(store, GuardedBackend):
+            stats.breaker = store.circuit.state
+            store.circuit.watch(_breaker_watcher(name, stats, metrics))
         encrypted = private or (leaves if encrypt is None else encrypt)
         needs_keyring = not (private and self._key_wrapper is not None)
         if encrypted and leaves and self._keyring is None and needs_keyring:
@@ -554,7 +586,7 @@ class CacheManager:
             if isinstance(chosen, str) and backend_kind(chosen).scheme == "memory":
                 return False
             store, leaves = self._resolve_backend(chosen, Policy(), Stats())
-            self._owned.pop(id(store), None)  # opened for this call only; holds no descriptors
+            self._forget_store(store)  # opened for this call only; holds no descriptors
             tag = self._tag(name, leaves_process=leaves)
             vault = Vault(self._vault_store or store, self._current_keyring, self._key_wrapper)
         if self._memo is not None:
@@ -662,6 +694,15 @@ class CacheManager:
             ):
                 count += 1
         return count
+
+
+def _breaker_watcher(name: str, stats: Stats, metrics: MetricsHook | None) -> Callable[[str], None]:
+    def changed(state: str) -> None:
+        stats.breaker = state
+        if metrics is not None:
+            metrics.record("breaker", name, state, 0.0)
+
+    return changed
 
 
 def stats_prefix(tag: bytes) -> bytes:

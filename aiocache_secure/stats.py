@@ -1,8 +1,13 @@
-"""Per-namespace counters: the zero-dependency view of what a namespace did."""
+"""Per-namespace counters: the zero-dependency view of what a namespace did.
+
+``breaker`` is not a counter: it is the state of the circuit breaker of the namespace's backend
+(``closed``, ``open``, ``half_open``; ``off`` without one), kept current by the breaker, and left
+out of :meth:`Stats.as_dict` and :meth:`Stats.reset`.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 
 __all__ = ["Stats"]
 
@@ -22,6 +27,7 @@ class Stats:
     errors: int = 0
     evictions: int = 0
     tampered: int = 0
+    breaker: str = field(default="off", compare=False)
 
     @property
     def hit_ratio(self) -> float:
@@ -31,9 +37,12 @@ class Stats:
 
     def as_dict(self) -> dict[str, int]:
         """The counters as a dict (for JSON and metrics exporters)."""
-        return asdict(self)
+        return {name: getattr(self, name) for name in _COUNTERS}
 
     def reset(self) -> None:
         """Set every counter back to 0."""
-        for name in self.__dataclass_fields__:
+        for name in _COUNTERS:
             setattr(self, name, 0)
+
+
+_COUNTERS = tuple(name for name in Stats.__dataclass_fields__ if name != "breaker")

@@ -16,8 +16,13 @@ import pytest
 
 pytest_plugins: list[str] = ["tests.plugins.file", "tests.plugins.redis", "tests.plugins.mongo"]
 
-BACKENDS = ["memory", "file", "redis", "redis-cluster", "redis-tls", "mongo", "mongo-motor"]
-ASYNCIO_ONLY: set[str] = {"redis", "redis-cluster", "redis-tls", "mongo", "mongo-motor"}
+BACKENDS = [
+    "memory", "file", "redis", "redis-cluster", "redis-tls", "redis-sentinel", "mongo",
+    "mongo-motor",
+]  # fmt: skip
+ASYNCIO_ONLY: set[str] = {
+    "redis", "redis-cluster", "redis-tls", "redis-sentinel", "mongo", "mongo-motor",
+}  # fmt: skip
 
 
 @pytest.fixture(params=["asyncio", "trio"])

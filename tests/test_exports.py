@@ -11,6 +11,7 @@ EXPECTED = [
     "BackendError",
     "BackendTimeout",
     "BackendUnavailable",
+    "Breaker",
     "Cache",
     "CacheError",
     "CacheManager",

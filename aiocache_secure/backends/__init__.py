@@ -8,6 +8,7 @@ URL                    backend                                      extra
 ``redis://``           :class:`~.redis.RedisBackend`                 ``redis``
 ``rediss://``          the same over TLS
 ``redis+cluster://``   Redis Cluster (``rediss+cluster://`` for TLS) ``redis``
+``redis+sentinel://``  Redis Sentinel (``rediss+sentinel://``: TLS)  ``redis``
 ``mongodb://``         :class:`~.mongo.MongoBackend`                 ``mongo``
 =====================  ===========================================  =====================
 
@@ -69,6 +70,8 @@ _KINDS = {
         BackendKind("rediss", "redis", "redis", False, True),
         BackendKind("redis+cluster", "redis", "redis", False, True),
         BackendKind("rediss+cluster", "redis", "redis", False, True),
+        BackendKind("redis+sentinel", "redis", "redis", False, True),
+        BackendKind("rediss+sentinel", "redis", "redis", False, True),
         BackendKind("mongodb", "mongo", "mongo", False, True),
         BackendKind("mongodb+srv", "mongo", "mongo", False, True),
     )

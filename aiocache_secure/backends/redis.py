@@ -6,13 +6,18 @@ URLs name the server and nothing else::
     rediss://[user:password@]host[:port][/db]       TLS, certificate and host name verified
     redis+cluster://host:port[,host:port...]        a Redis Cluster (seed nodes; db is always 0)
     rediss+cluster://host:port[,host:port...]       the same over TLS
+    redis+sentinel://host:port[,host:port...]/service[/db]   the primary of ``service``, found
+                                                    through these sentinels (port 26379 default)
+    rediss+sentinel://...                           the same, sentinels and data nodes over TLS
 
 User name and password are percent-decoded; a query string is refused. Everything else is a typed
 keyword argument of :class:`RedisBackend` (build the instance yourself and pass it as
 ``backend=``): ``password=`` (kept out of URLs and logs), ``ca_file=``, ``cert_file=``,
 ``key_file=``, ``verify_tls=``, ``timeout=``, ``connect_timeout=``, ``max_connections=``,
-``auto_batch=``, ``max_batch=``, or ``client=`` with a ready ``redis.asyncio.Redis`` /
-``RedisCluster`` built with ``decode_responses=False`` (its owner closes it).
+``auto_batch=``, ``max_batch=``, ``sentinel_username=``, ``sentinel_password=`` (the
+sentinels' own credentials; user info in a sentinel URL is the data nodes'), or ``client=`` with
+a ready ``redis.asyncio.Redis`` / ``RedisCluster`` built with ``decode_responses=False`` (its
+owner closes it).
 
 Nothing connects at construction; the first command does, on the running asyncio loop. Under trio
 every operation raises :class:`~aiocache_secure.errors.ConfigurationError`: redis-py needs asyncio.
@@ -48,6 +53,13 @@ to ``>=5.0.3,<9`` in ``pyproject.toml``, also disconnects on cancellation in ``r
 On a standalone server, commands bypass redis-py's client object and go straight to redis-py
 connections in a pool of our own (:class:`._rediswire.Wire`); a cluster uses ``RedisCluster``.
 
+Sentinel. The same wire, on redis-py's sentinel-managed connections: every new connection asks the
+sentinels (``SENTINEL MASTERS``, first answering sentinel wins, ones that report the primary down
+are skipped) for the primary's address, within the operation's deadline. When a connection finds
+a new address, every older connection is dropped before its next command, and a primary demoted
+to replica answers writes with ``READONLY``, which drops that connection too; so after a failover
+service resumes on the promoted replica as soon as the sentinels name it.
+
 Lease (distributed lock for stampede protection)::
 
     async with backend.lease(key, ttl=10.0, wait=2.0) as held:   # held: bool
@@ -81,6 +93,12 @@ from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.cluster import ClusterNode
 from redis.asyncio.connection import Connection, SSLConnection
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import (
+    Sentinel,
+    SentinelConnectionPool,
+    SentinelManagedConnection,
+    SentinelManagedSSLConnection,
+)
 from redis.backoff import NoBackoff
 from redis.exceptions import (
     AuthenticationError,
@@ -106,6 +124,9 @@ from ._rediswire import Wire
 __all__ = ["RedisAddress", "RedisBackend", "escape_glob", "from_url", "parse_url"]
 
 DEFAULT_PORT: Final = 6379
+DEFAULT_SENTINEL_PORT: Final = 26379
+_SENTINEL_SCHEMES: Final = {"redis+sentinel": False, "rediss+sentinel": True}
+_SERVICE: Final = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _SCHEMES: Final = {
     "redis": (False, False),
     "rediss": (True, False),
@@ -175,13 +196,15 @@ class RedisAddress:
     db: int = 0
     username: str | None = field(default=None, repr=False)
     password: str | None = field(default=None, repr=False)
+    service: str | None = None  # Sentinel: the monitored primary's name; nodes are sentinels
 
     @property
     def scheme(self) -> str:
-        return ("rediss" if self.tls else "redis") + ("+cluster" if self.cluster else "")
+        kind = "+cluster" if self.cluster else "+sentinel" if self.service is not None else ""
+        return ("rediss" if self.tls else "redis") + kind
 
 
-def _parse_node(text: str) -> tuple[str, int]:
+def _parse_node(text: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
     if text.startswith("["):
         host, sep, rest = text[1:].partition("]")
         if not sep or (rest and not rest.startswith(":")):
@@ -194,20 +217,25 @@ def _parse_node(text: str) -> tuple[str, int]:
     if not host:
         raise ConfigurationError("a redis URL needs a host")
     if not port_text:
-        return host, DEFAULT_PORT
+        return host, default_port
     if not port_text.isdigit() or not 0 < int(port_text) < 65536:
         raise ConfigurationError("the port of a redis URL must be a number in 1..65535")
     return host, int(port_text)
 
 
 def parse_url(url: str) -> RedisAddress:
-    """Parse ``redis[s][+cluster]://`` URLs. Errors never quote the URL (it may hold a password)."""
+    """Parse ``redis[s][+cluster|+sentinel]://`` URLs. Errors never quote the URL (it may hold a
+    password)."""
     if not isinstance(url, str):
         raise TypeError("a redis URL is a str")
     scheme, sep, rest = url.partition("://")
+    if sep and scheme.lower() in _SENTINEL_SCHEMES:
+        return _parse_sentinel_url(_SENTINEL_SCHEMES[scheme.lower()], rest)
     kind = _SCHEMES.get(scheme.lower()) if sep else None
     if kind is None:
-        raise ConfigurationError("not a redis URL (redis://, rediss://, redis[s]+cluster://)")
+        raise ConfigurationError(
+            "not a redis URL (redis://, rediss://, redis[s]+cluster://, redis[s]+sentinel://)"
+        )
     tls, cluster = kind
     if "?" in rest or "#" in rest:
         raise ConfigurationError(
@@ -232,6 +260,34 @@ def parse_url(url: str) -> RedisAddress:
         if cluster and db != 0:
             raise ConfigurationError("a Redis Cluster has only database 0")
     return RedisAddress(tls, cluster, nodes, db, username, password)
+
+
+def _parse_sentinel_url(tls: bool, rest: str) -> RedisAddress:
+    """``host:port[,host:port...]/service[/db]`` after ``redis[s]+sentinel://``."""
+    if "?" in rest or "#" in rest:
+        raise ConfigurationError(
+            "redis URLs take no query options: pass sentinel credentials, TLS files and the "
+            "like as keyword arguments of RedisBackend"
+        )
+    netloc, _, path = rest.partition("/")
+    userinfo, at, hosts = netloc.rpartition("@")
+    username = password = None
+    if at:
+        user, colon, secret = userinfo.partition(":")
+        username = unquote(user) or None
+        password = unquote(secret) if colon else None
+    nodes = tuple(_parse_node(part, DEFAULT_SENTINEL_PORT) for part in hosts.split(","))
+    service, _, db_text = path.partition("/")
+    if not _SERVICE.fullmatch(service):
+        raise ConfigurationError(
+            "a redis+sentinel URL names the monitored service: redis+sentinel://host:port/service"
+        )
+    db = 0
+    if db_text:
+        if not db_text.isdigit() or len(db_text) > 5:
+            raise ConfigurationError("the path of a redis URL is a database number")
+        db = int(db_text)
+    return RedisAddress(tls, False, nodes, db, username, password, service)
 
 
 # -- driver errors -------------------------------------------------------------------------------
@@ -311,6 +367,8 @@ class RedisBackend:
         max_batch: int = 256,
         scan_count: int = 1000,
         strict: bool = False,
+        sentinel_username: str | None = None,
+        sentinel_password: str | None = None,
     ) -> None:
         if (url is None) == (client is None):
             raise ConfigurationError("RedisBackend takes a url or a client, not both or neither")
@@ -338,7 +396,8 @@ class RedisBackend:
         self._owned = client is None
         self._connect: Callable[[], Any]
         if client is not None:
-            unused = (username, password, ca_file, cert_file, key_file, connect_timeout)
+            unused: tuple[object, ...] = (username, password, ca_file, cert_file, key_file)
+            unused += (connect_timeout, sentinel_username, sentinel_password)
             if unused != (None,) * len(unused) or not verify_tls:
                 raise ConfigurationError(
                     "connection options belong to the client you pass, not to RedisBackend"
@@ -356,6 +415,7 @@ class RedisBackend:
                 connect_timeout=self._timeout if connect_timeout is None else connect_timeout,
                 max_connections=max_connections,
                 strict=strict,
+                sentinel_auth=(sentinel_username, sentinel_password),
             )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._redis: Any = None
@@ -386,6 +446,7 @@ class RedisBackend:
         connect_timeout: float,
         max_connections: int,
         strict: bool,
+        sentinel_auth: tuple[str | None, str | None] = (None, None),
     ) -> Callable[[], Any]:
         self.kind = address.scheme
         self.cluster = address.cluster
@@ -393,6 +454,8 @@ class RedisBackend:
             password is not None and address.password is not None
         ):
             raise ConfigurationError("credentials given both in the URL and as arguments")
+        if address.service is None and sentinel_auth != (None, None):
+            raise ConfigurationError("sentinel credentials need a redis+sentinel:// URL")
         ca_file, cert_file, key_file = (None if f is None else os.fspath(f) for f in files)
         if not address.tls and (
             ca_file is not None or cert_file is not None or key_file is not None or not verify_tls
@@ -429,6 +492,8 @@ class RedisBackend:
             # Cluster redirections (MOVED/ASK) are followed regardless; this bounds the rest.
             options["retry"] = Retry(NoBackoff(), 1)
             return lambda: RedisCluster(startup_nodes=nodes, ssl=address.tls, **options)
+        if address.service is not None:
+            return _sentinel_wire(address, options, sentinel_auth, timeout=self._timeout)
         host, port = address.nodes[0]
         del options["max_connections"]
         options.update(
@@ -851,6 +916,90 @@ class RedisBackend:
                     await wire.aclose()
                 if client is not None and self._owned:
                     await client.aclose()
+
+
+# -- Sentinel ------------------------------------------------------------------------------------
+
+
+class _SentinelPool(SentinelConnectionPool):
+    """Counts changes of the primary's address, so connections to an older one are dropped."""
+
+    generation = 0
+
+    async def get_master_address(self) -> Any:
+        before = self.master_address
+        address = await super().get_master_address()  # type: ignore[no-untyped-call]
+        if before is not None and address != before:
+            self.generation += 1
+        return address
+
+
+class _SentinelConnection(SentinelManagedConnection):
+    generation = -1
+
+    async def connect_to(self, address: Any) -> None:
+        # Found by this connection's own discovery, so current (the handshake sends commands).
+        self.generation = self.connection_pool.generation
+        await super().connect_to(address)  # type: ignore[no-untyped-call]
+
+    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        if self.generation != self.connection_pool.generation:
+            await self.disconnect()
+            await self.connect()  # type: ignore[no-untyped-call]
+        await super().send_packed_command(command, check_health)
+
+
+class _SentinelSSLConnection(_SentinelConnection, SentinelManagedSSLConnection):
+    pass
+
+
+class _SentinelWire(Wire):
+    """The standalone wire on sentinel-managed connections; closing it closes the sentinels."""
+
+    __slots__ = ("_sentinel",)
+
+    def __init__(self, sentinel: Sentinel, pool: _SentinelPool, *, limit: int, timeout: float):
+        # The connections hold the pool by weak reference: the closure keeps it alive.
+        super().__init__(
+            lambda: pool.connection_class(**pool.connection_kwargs), limit=limit, timeout=timeout
+        )
+        self._sentinel = sentinel
+
+    async def aclose(self) -> None:
+        try:
+            await super().aclose()
+        finally:
+            await self._sentinel.aclose()
+
+
+def _sentinel_wire(
+    address: RedisAddress,
+    options: dict[str, Any],
+    auth: tuple[str | None, str | None],
+    *,
+    timeout: float,
+) -> Callable[[], Wire]:
+    limit = options.pop("max_connections")
+    tls = {k: v for k, v in options.items() if k.startswith("ssl_")}
+    sentinel_options: dict[str, Any] = {
+        "username": auth[0],
+        "password": auth[1],
+        "socket_timeout": timeout,
+        "socket_connect_timeout": options["socket_connect_timeout"],
+        "retry": Retry(NoBackoff(), 0),
+        "decode_responses": False,
+        **({"ssl": True, **tls} if address.tls else {}),
+    }
+    options.update(db=address.db, retry=Retry(NoBackoff(), 0), socket_timeout=None)
+    connection_class = _SentinelSSLConnection if address.tls else _SentinelConnection
+    service = address.service
+
+    def connect() -> Wire:
+        sentinel = Sentinel(list(address.nodes), sentinel_kwargs=sentinel_options)  # type: ignore[no-untyped-call]
+        pool = _SentinelPool(service, sentinel, connection_class=connection_class, **options)  # type: ignore[no-untyped-call]
+        return _SentinelWire(sentinel, pool, limit=limit, timeout=timeout)
+
+    return connect
 
 
 def _set_command(key: bytes, value: bytes, px: int | None) -> tuple[Any, ...]:

@@ -1,4 +1,5 @@
-"""Redis servers for the suite: standalone, a 3-primary Cluster, and TLS with ACL users.
+"""Redis servers for the suite: standalone, a 3-primary Cluster, TLS with ACL users, and a
+Sentinel group (a primary, a replica and three sentinels, passwords on both).
 
 All are private to the session, on free loopback ports, in temporary directories. The backend
 fixtures (``redis_url``, ``redis_cluster_url``, ``redis_tls_url``) remove every key the test wrote
@@ -8,6 +9,7 @@ if a namespace name and keyring were ever reused.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import ipaddress
 import socket
@@ -151,6 +153,88 @@ def redis_cluster_url(redis_cluster: list[int]) -> Iterator[str]:
     for port in redis_cluster:
         with redis.Redis(port=port) as node:
             _wipe(node)
+
+
+@contextlib.contextmanager
+def cluster_with_replicas(
+    base: Path, primaries: int = 3
+) -> Iterator[dict[int, subprocess.Popen[bytes]]]:
+    """A cluster of ``primaries`` primaries, each with one replica, for tests that fail a primary
+    over: its processes by port."""
+    with contextlib.ExitStack() as stack:
+        procs: dict[int, subprocess.Popen[bytes]] = {}
+        for index in range(2 * primaries):
+            port = cluster_port()
+            node = base / f"node{index}"
+            _, procs[port] = stack.enter_context(
+                servers.redis_server(
+                    node,
+                    "--cluster-enabled", "yes",
+                    "--cluster-config-file", str(node / "nodes.conf"),
+                    "--cluster-node-timeout", "1000",
+                    "--cluster-replica-validity-factor", "0",
+                    port=port,
+                )
+            )  # fmt: skip
+        ports = list(procs)
+        subprocess.run(
+            [
+                "redis-cli", "--cluster", "create",
+                *(f"127.0.0.1:{port}" for port in ports),
+                "--cluster-replicas", "1", "--cluster-yes",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )  # fmt: skip
+        deadline = time.monotonic() + 30
+        while True:
+            ready = 0
+            for port in ports:
+                with redis.Redis(port=port) as node:
+                    info = _raw(node.execute_command("CLUSTER INFO"))
+                    known = f"cluster_known_nodes:{len(ports)}".encode()
+                    replication = _raw(node.info("replication"))
+                    synced = b"role:master" in replication or b"master_link_status:up" in (
+                        replication
+                    )
+                    ready += b"cluster_state:ok" in info and known in info and synced
+            if ready == len(ports):
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError("the test cluster did not reach cluster_state:ok")
+            time.sleep(0.1)
+        yield procs
+
+
+# -- Sentinel --------------------------------------------------------------------------------
+
+SENTINEL_DATA_PASSWORD = "sentinel-data-secret-Hv4"  # throwaway, private to these test servers
+SENTINEL_PASSWORD = "sentinel-own-secret-Pm7"
+
+
+@pytest.fixture(scope="session")
+def redis_sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[servers.SentinelGroup]:
+    """A Sentinel group shared by the session: tests must not fail it over (see
+    ``tests/test_redis_failover.py`` for groups of their own)."""
+    with servers.redis_sentinel_group(
+        tmp_path_factory.mktemp("redis-sentinel"),
+        password=SENTINEL_DATA_PASSWORD,
+        sentinel_password=SENTINEL_PASSWORD,
+    ) as group:
+        yield group
+
+
+@pytest.fixture
+def redis_sentinel_url(
+    redis_sentinel: servers.SentinelGroup,
+) -> Iterator[Callable[[], RedisBackend]]:
+    """A factory of backends on the group's primary, found through its sentinels."""
+    user = f"default:{SENTINEL_DATA_PASSWORD}@"
+    url = redis_sentinel.url.replace("://", f"://{user}", 1)
+    yield lambda: RedisBackend(url, sentinel_password=SENTINEL_PASSWORD)
+    with redis.Redis(port=redis_sentinel.primary[0], password=SENTINEL_DATA_PASSWORD) as client:
+        _wipe(client)
 
 
 # -- TLS with ACL users ----------------------------------------------------------------------
