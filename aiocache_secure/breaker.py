@@ -37,6 +37,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, ParamSpec, TypeVar
 
+import anyio.lowlevel
+
 from . import audit
 from .backend import AtomicBackend, Backend
 from .errors import (
@@ -183,6 +185,16 @@ class Circuit:
             watcher(state)
 
 
+async def _admit(circuit: Circuit) -> bool:
+    try:
+        return circuit.admit()
+    except BackendUnavailable:
+        # Failing fast still yields to the event loop once: a caller that retries in a loop
+        # while the store is down must not starve every other task (the fault soak did).
+        await anyio.lowlevel.checkpoint()
+        raise
+
+
 class GuardedBackend:
     """A store behind its :class:`Circuit`: the Backend (and AtomicBackend) protocol, guarded.
 
@@ -206,7 +218,7 @@ class GuardedBackend:
 
     async def _run(self, call: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T:
         circuit = self.circuit
-        probe = circuit.admit()
+        probe = await _admit(circuit)
         try:
             result = await call(*args, **kwargs)
         except _FAILURES:
@@ -238,7 +250,7 @@ class GuardedBackend:
 
     async def scan(self, prefix: bytes) -> AsyncIterator[tuple[bytes, bytes]]:
         circuit = self.circuit
-        probe = circuit.admit()
+        probe = await _admit(circuit)
         try:
             async for item in self.inner.scan(prefix):
                 yield item

@@ -1,10 +1,16 @@
 """Soak: 100 concurrent tasks, 80% gets / 20% sets, for a fixed time, on memory and Redis.
 
-    .venv/bin/python -m benchmarks.soak [--seconds 60] [--backends memory,redis]
+    .venv/bin/python -m benchmarks.soak [--seconds 60] [--backends memory,redis] [--faults]
 
 Prints per backend: operations, errors, p50/p99/max latency, and RSS after warm-up vs at the end
 (target: no errors, RSS growth within 10%). The Redis run starts its own redis-server on a free
 loopback port in a temporary directory and stops it afterwards.
+
+``--faults`` (Redis only) runs a fault schedule during the soak: the server is paused (SIGSTOP)
+for 3 s at 30% of the run, killed (SIGKILL) at 55% and restarted empty on the same port 2 s
+later. Every value read is checked against the key it was read for (a wrong value is one written
+for another key, or anything else): target 0 wrong values; errors are expected while the store is
+down, and are counted, with the latency percentiles of the whole run.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import contextlib
 import os
 import random
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -33,48 +40,103 @@ def rss() -> int:
         return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-@contextlib.contextmanager
-def redis_server() -> Iterator[str]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise SystemExit("redis-server not installed (scripts/test.sh installs it)")
-    with tempfile.TemporaryDirectory() as tmp:
-        proc = subprocess.Popen(
-            [
-                binary,
-                "--port",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                tmp,
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+class RedisProcess:
+    """A private redis-server on a free loopback port that can be paused, killed and restarted."""
+
+    def __init__(self, directory: str) -> None:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise SystemExit("redis-server not installed (scripts/test.sh installs it)")
+        self.command = [
+            binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            directory,
+        ]
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            self.command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
+        for _ in range(200):
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port)):
+                return
+            time.sleep(0.05)
+        raise SystemExit("redis-server did not start")
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+            self.proc.terminate()
+            self.proc.wait(10)
+
+
+@contextlib.contextmanager
+def redis_server() -> Iterator[RedisProcess]:
+    with tempfile.TemporaryDirectory() as tmp:
+        server = RedisProcess(tmp)
+        server.start()
         try:
-            for _ in range(200):
-                with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port)):
-                    break
-                time.sleep(0.05)
-            yield f"redis://127.0.0.1:{port}/0"
+            yield server
         finally:
-            proc.terminate()
-            proc.wait(10)
+            server.stop()
 
 
-async def soak(url: str, seconds: float) -> None:
+async def fault_schedule(server: RedisProcess, seconds: float, log: list[str]) -> None:
+    """Pause, then kill and restart the server, at fixed points of the run."""
+    started = time.monotonic()
+
+    async def at(fraction: float) -> None:
+        await asyncio.sleep(max(0.0, started + seconds * fraction - time.monotonic()))
+
+    def note(event: str) -> None:
+        log.append(f"{time.monotonic() - started:5.1f}s {event}")
+
+    await at(0.30)
+    server.signal(signal.SIGSTOP)
+    note("SIGSTOP")
+    await asyncio.sleep(3.0)
+    server.signal(signal.SIGCONT)
+    note("SIGCONT")
+    await at(0.55)
+    await asyncio.to_thread(server.kill)
+    note("SIGKILL")
+    await asyncio.sleep(2.0)
+    await asyncio.to_thread(server.start)
+    note("restarted (empty)")
+
+
+async def soak(url: str, seconds: float, server: RedisProcess | None = None) -> None:
     # A bounded reservoir: keeping every sample would itself grow RSS by ~30 bytes an operation.
     latencies: list[float] = []
     seen = 0
     errors = 0
+    wrong = 0
+    faults: list[str] = []
     async with CacheManager(keyring=Keyring.generate()) as manager:
         ns = manager.namespace("soak", backend=url, encrypt=True, ttl=300)
         stop = time.monotonic() + seconds
@@ -82,17 +144,20 @@ async def soak(url: str, seconds: float) -> None:
         rss_warm: int | None = None
 
         async def worker(seed: int) -> None:
-            nonlocal errors, seen
+            nonlocal errors, seen, wrong
             rng = random.Random(seed)  # noqa: S311 - load shape, not secrecy
-            value = {"blob": "x" * 200, "n": seed}
             while time.monotonic() < stop:
                 key = f"k{rng.randrange(KEYSPACE)}"
                 start = time.perf_counter()
                 try:
                     if rng.random() < 0.8:
-                        await ns.get(key)
+                        found = await ns.get(key)
+                        if found is not None and (
+                            type(found) is not dict or found.get("key") != key
+                        ):
+                            wrong += 1
                     else:
-                        await ns.set(key, value)
+                        await ns.set(key, {"blob": "x" * 200, "key": key, "n": seed})
                 except Exception:  # noqa: BLE001 - the soak counts every failure
                     errors += 1
                 if time.monotonic() > warm_until:
@@ -110,18 +175,24 @@ async def soak(url: str, seconds: float) -> None:
             await asyncio.sleep(max(0.0, warm_until - time.monotonic()))
             rss_warm = rss()
 
-        await asyncio.gather(sampler(), *(worker(i) for i in range(TASKS)))
+        jobs = [sampler(), *(worker(i) for i in range(TASKS))]
+        if server is not None:
+            jobs.append(fault_schedule(server, seconds, faults))
+        await asyncio.gather(*jobs)
         rss_end = rss()
     latencies.sort()
     n = seen
     growth = (rss_end - (rss_warm or rss_end)) / (rss_warm or rss_end)
+    for line in faults:
+        print(f"  fault: {line}")
+    verdict = wrong == 0 and growth <= 0.10 and (errors == 0 or server is not None)
     print(
-        f"{url.split('://')[0]:7} ops={n:>9} errors={errors} "
+        f"{url.split('://')[0]:7} ops={n:>9} errors={errors} wrong_values={wrong} "
         f"p50={latencies[len(latencies) // 2] * 1e6:7.0f}us "
         f"p99={latencies[int(len(latencies) * 0.99)] * 1e6:7.0f}us "
         f"max={latencies[-1] * 1e3:6.1f}ms ops/s={n / (seconds - min(10.0, seconds / 6)):,.0f} "
         f"rss_after_warmup={(rss_warm or 0) / 2**20:.1f}MiB rss_end={rss_end / 2**20:.1f}MiB "
-        f"growth={growth:+.1%} {'OK' if errors == 0 and growth <= 0.10 else 'FAIL'}"
+        f"growth={growth:+.1%} {'OK' if verdict else 'FAIL'}"
     )
 
 
@@ -129,13 +200,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--backends", default="memory,redis")
+    parser.add_argument("--faults", action="store_true", help="pause/kill/restart Redis mid-run")
     args = parser.parse_args()
     for backend in args.backends.split(","):
-        if backend == "memory":
+        if backend == "memory" and not args.faults:
             asyncio.run(soak("memory://", args.seconds))
         elif backend == "redis":
-            with redis_server() as url:
-                asyncio.run(soak(url, args.seconds))
+            with redis_server() as server:
+                asyncio.run(soak(server.url, args.seconds, server if args.faults else None))
 
 
 if __name__ == "__main__":

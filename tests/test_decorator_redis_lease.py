@@ -22,7 +22,9 @@ async def test_lease_shared_across_managers(redis_url: str) -> None:
     def make(manager: CacheManager) -> object:
         manager.namespace("reports", backend=redis_url, ttl=60)
 
-        @cached(namespace="reports", manager=manager, lock=True)
+        # A closure over mutable state (calls) gets a key space of its own unless key= names
+        # it: the two "processes" must agree on their keys to share one computation.
+        @cached(namespace="reports", manager=manager, lock=True, key="report:{report_id}")
         async def build(report_id: int) -> dict[str, int]:
             calls.append(report_id)
             await anyio.sleep(0.3)
