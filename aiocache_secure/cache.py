@@ -151,9 +151,8 @@ class Cache:
         self._padding = TimingPadding() if policy.pad_timing else None
         self._padding_many = TimingPadding() if policy.pad_timing else None
         self._dummy: Callable[[], object] | None = None
-        # Timing padding's reference entry (storage-independent key, frame): the largest this
-        # namespace has written or read, whose work a miss replays; and its size when the
-        # padding's floor was last measured.
+        # Timing padding's reference entry (key, frame): the largest this namespace has written
+        # or read, whose work a miss replays; and its size when the floor was last measured.
         self._pad_ref: tuple[bytes, bytes] | None = None
         self._pad_calibrated = 0
         self._prepare: Callable[[], Awaitable[None]] | None = None
@@ -358,36 +357,39 @@ class Cache:
         return default
 
     async def _padded_get(self, raw: bytes, default: Any) -> Any:
-        assert self._padding is not None  # noqa: S101 - this method runs only when padding is on
-        started = self._padding.now()
-        ok, value, _ = await self._padded_read(raw)
-        if ok:
-            self.stats.hits += 1
-        else:
-            self.stats.misses += 1
-        result = value if ok else default
-        # Nothing that depends on the outcome runs after the deadline.
-        self._padding.wait(started)
-        return result
-
-    async def _padded_read(self, raw: bytes) -> tuple[bool, Any, bytes]:
-        """``(True, value, frame)`` on a hit, ``(False, reason, b"")`` on a miss, with the work
-        of a hit either way: a miss replays the reference entry (see :meth:`_replay`)."""
+        padding = self._padding
+        assert padding is not None  # noqa: S101 - this method runs only when padding is on
+        started = padding.timer()
         try:
             data = await self._stack.get(raw)
         except BackendError as exc:
             self._backend_failed(exc)
             data = None
+        ok, value = self._padded_open(raw, data)
+        if ok:
+            self.stats.hits += 1
+        else:
+            self.stats.misses += 1
+            if data is not None:
+                await self._discard(raw, value)
+        result = value if ok else default
+        # Nothing that depends on the outcome runs after the deadline.
+        padding.wait(started)
+        return result
+
+    def _padded_open(self, raw: bytes, data: bytes | None) -> tuple[bool, Any]:
+        """:meth:`_open_frame` with the work of a hit either way: a miss (``data`` None)
+        replays the reference entry (see :meth:`_replay`)."""
         now_ms = self._clock() * 1000
         if data is None:
             self._replay()
-            return False, None, b""
+            return False, None
         ok, value = self._open_frame(raw, data, now_ms)
         if ok:
-            self._keep_reference(raw, data)
-            return True, value, data
-        await self._discard(raw, value)
-        return False, value, b""
+            ref = self._pad_ref
+            if ref is None or len(data) > len(ref[1]):
+                self._keep_reference(raw, data)
+        return ok, value
 
     def _replay(self) -> None:
         """A miss's share of timing padding: the work of a hit on the reference entry (decrypt
@@ -555,28 +557,23 @@ class Cache:
     ) -> list[Any]:
         """``get_many`` with the work of a hit for every key (a miss replays the reference
         entry), padded to ``len(raws)`` budgets of batch reads."""
-        started = padding.now()
+        started = padding.timer()
         try:
             found = await self._stack.get_many(raws)
         except BackendError as exc:
             self._backend_failed(exc)
             found = [None] * len(raws)
-        now_ms = self._clock() * 1000
         out: list[Any] = []
         hits = 0
         try:
             for raw, data in zip(raws, found, strict=True):
-                if data is None:
-                    self._replay()
-                    out.append(default)
-                    continue
-                ok, value = self._open_frame(raw, data, now_ms)
+                ok, value = self._padded_open(raw, data)
                 if ok:
-                    self._keep_reference(raw, data)
                     out.append(value)
                     hits += 1
                     continue
-                await self._discard(raw, value)
+                if data is not None:
+                    await self._discard(raw, value)
                 out.append(default)
         finally:  # counted once per batch; a strict-mode IntegrityError counts what was read
             self.stats.hits += hits
@@ -617,14 +614,23 @@ class Cache:
 
     async def _padded_ttl(self, raw: bytes) -> float | None:
         """``ttl`` as a padded read: the work of a ``get`` (the value is parsed and dropped)."""
-        assert self._padding is not None  # noqa: S101 - this method runs only when padding is on
-        started = self._padding.now()
-        ok, _, data = await self._padded_read(raw)
+        padding = self._padding
+        assert padding is not None  # noqa: S101 - this method runs only when padding is on
+        started = padding.timer()
+        try:
+            data = await self._stack.get(raw)
+        except BackendError as exc:
+            self._backend_failed(exc)
+            data = None
+        ok, value = self._padded_open(raw, data)
         left: float | None = None
         if ok:
+            assert data is not None  # noqa: S101 - a hit has a frame
             expires_ms = _FRAME_HEAD.unpack_from(data)[0]
             left = math.inf if not expires_ms else max(expires_ms / 1000 - self._clock(), 1e-9)
-        self._padding.wait(started)
+        elif data is not None:
+            await self._discard(raw, value)
+        padding.wait(started)
         return left
 
     # -- writes --------------------------------------------------------------------------------

@@ -52,7 +52,7 @@ _CALIBRATION_RUNS: Final = 5
 class TimingPadding:
     """The deadline of padded reads; ``timer`` (monotonic nanoseconds) is injectable for tests."""
 
-    __slots__ = ("_budget", "_floor", "_samples", "_timer")
+    __slots__ = ("_budget", "_floor", "_samples", "timer")
 
     def __init__(
         self,
@@ -63,7 +63,7 @@ class TimingPadding:
         self._budget = initial_budget_ns
         self._floor = 0
         self._samples: list[int] = []
-        self._timer = timer
+        self.timer = timer
 
     @property
     def budget_ns(self) -> int:
@@ -75,16 +75,13 @@ class TimingPadding:
         """The least budget: 1.5 × the measured cost of replaying the reference entry."""
         return self._floor
 
-    def now(self) -> int:
-        return self._timer()
-
     def calibrate(self, replay: Callable[[], object]) -> int:
         """Measure ``replay`` (the reference entry's work) and raise the floor to cover it.
 
         The median of a few runs, so that one pause on a shared machine does not set the floor
         for good; returns the measured cost. The floor only grows (until :meth:`reset`).
         """
-        timer = self._timer
+        timer = self.timer
         runs = []
         for _ in range(_CALIBRATION_RUNS):
             started = timer()
@@ -108,7 +105,7 @@ class TimingPadding:
 
         Returns the padded duration chosen (a whole number of budgets, before the jitter).
         """
-        timer = self._timer
+        timer = self.timer
         work = timer() - started_ns
         samples = self._samples
         samples.append(work // units)
