@@ -373,7 +373,9 @@ class Cache:
             if data is not None:
                 await self._discard(raw, value)
         result = value if ok else default
-        # Nothing that depends on the outcome runs after the deadline.
+        # Nothing that depends on the outcome runs after the deadline: not even freeing the
+        # frame a hit read (tens of nanoseconds for a large one, in this frame's teardown).
+        del data, value
         padding.wait(started)
         return result
 
@@ -578,6 +580,7 @@ class Cache:
         finally:  # counted once per batch; a strict-mode IntegrityError counts what was read
             self.stats.hits += hits
             self.stats.misses += len(out) - hits
+        del found, data, value  # frames are freed before the deadline (see _padded_get)
         padding.wait(started, len(raws))
         return out
 
@@ -630,6 +633,7 @@ class Cache:
             left = math.inf if not expires_ms else max(expires_ms / 1000 - self._clock(), 1e-9)
         elif data is not None:
             await self._discard(raw, value)
+        del data, value  # the frame and the parsed value are freed before the deadline
         padding.wait(started)
         return left
 

@@ -17,12 +17,13 @@ default loop), so a padded read does three things:
    entry. A read whose work overruns its budget (a pause, a slow store) waits to the next whole
    multiple of the budget, so an overrun lands on one of a few coarse steps that a hit and a miss
    reach equally often rather than on its own exact time;
-3. a uniform 0-1 µs jitter on the deadline. What still differs after the deadline (returning a
-   value rather than the default costs CPython ~20 ns more in frame teardown) is then buried in
-   noise: ``benchmarks/timing.py`` measures max |t| < 10 over 20,000 pairs, where the same ~20 ns
-   without jitter gives |t| ≈ 15-20. An attacker who can collect many more samples per key than
-   that can still average it out; the padding removes the microsecond-scale signal (|t| in the
-   thousands unpadded), not every nanosecond.
+3. a uniform jitter on the deadline, 0-1 µs or up to 1/16 of the budget if that is more. What
+   still differs after the deadline (20-40 ns: returning a value rather than the default in
+   CPython's frame teardown, and the state a large value's work leaves in the caches) is then
+   buried in noise: ``benchmarks/timing.py`` measures max |t| < 10 over 20,000 pairs, where the
+   same residual without jitter gives |t| ≈ 15-20. An attacker who can collect many more samples
+   per key than that can still average it out; the padding removes the microsecond-scale
+   signal (|t| in the thousands unpadded), not every nanosecond.
 
 A batch read of ``n`` keys does the same per key (a miss replays the reference) and waits to
 ``n`` budgets of its own window (batches amortise the store's round trip, so their per-key work
@@ -116,11 +117,13 @@ class TimingPadding:
         budget = self._budget * units
         steps = work // budget + 1 if work >= budget else 1
         padded = steps * budget
-        # Uniform jitter (0-1 µs) on the deadline: the spin notices the deadline once per loop
-        # turn (~50 ns), so without it the overshoot depends on where in a turn the work ended;
-        # and it buries the ~20 ns that returning a hit rather than a miss still costs after the
-        # deadline (CPython frame teardown) under noise a 20k-sample t-test cannot average away.
-        deadline = started_ns + padded + getrandbits(10)
+        # Uniform jitter on the deadline, 0-1 µs or up to 1/16 of the budget if that is more:
+        # the spin notices the deadline once per loop turn (~50 ns), so without it the overshoot
+        # depends on where in a turn the work ended; and it buries the 20-40 ns by which a hit
+        # and a miss still differ after the deadline (CPython frame teardown, and caches that
+        # a large value's work leaves in a different state) under noise a 20k-sample t-test
+        # cannot average away. A fixed share of the budget keeps its cost proportionate.
+        deadline = started_ns + padded + getrandbits(max(10, budget.bit_length() - 4))
         while timer() < deadline:
             pass
         return padded
