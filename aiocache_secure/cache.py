@@ -99,6 +99,7 @@ class Cache:
         "_memo_prefix",
         "_storage_key",
         "_padding",
+        "_padding_many",
         "_prefix",
         "_prepare",
         "_prepare_fresh",
@@ -108,7 +109,8 @@ class Cache:
         "_stack",
         "_strict",
         "_dummy",
-        "_pad_last",
+        "_pad_ref",
+        "_pad_calibrated",
         "name",
         "policy",
         "stats",
@@ -152,8 +154,12 @@ class Cache:
         self._fail_open = policy.fail_open
         self._last_error_log = -math.inf
         self._padding = TimingPadding() if policy.pad_timing else None
+        self._padding_many = TimingPadding() if policy.pad_timing else None
         self._dummy: Callable[[], object] | None = None
-        self._pad_last: tuple[bytes, bytes] | None = None
+        # Timing padding's reference entry (key, frame): the largest this namespace has written
+        # or read, whose work a miss replays; and its size when the floor was last measured.
+        self._pad_ref: tuple[bytes, bytes] | None = None
+        self._pad_calibrated = 0
         self._prepare: Callable[[], Awaitable[None]] | None = None
         self._prepare_fresh: Callable[[], bool] | None = None
         self._prepare_lock = anyio.Lock()
@@ -404,28 +410,15 @@ class Cache:
         return default
 
     async def _padded_get(self, raw: bytes, default: Any) -> Any:
-        started = time.perf_counter_ns()
+        padding = self._padding
+        assert padding is not None  # noqa: S101 - this method runs only when padding is on
+        started = padding.timer()
         try:
             data = await self._stack.get(raw)
         except BackendError as exc:
             self._backend_failed(exc)
             data = None
-        if data is None:
-            # Replay the last hit's work (decrypt its envelope, parse its frame), so a miss
-            # costs what a hit costs, tail included; before any hit, a same-shaped dummy.
-            last = self._pad_last
-            if last is None:
-                assert self._dummy is not None  # noqa: S101 - set whenever padding is on
-                self._dummy()
-            else:
-                if self._encryption is not None:
-                    self._encryption.replay()
-                self._open_frame(*last)
-            ok, value = False, None
-        else:
-            ok, value = self._open_frame(raw, data)
-            if ok:
-                self._pad_last = (raw, data)
+        ok, value = self._padded_open(raw, data)
         if ok:
             self.stats.hits += 1
         else:
@@ -433,10 +426,52 @@ class Cache:
             if data is not None:
                 await self._discard(raw, value)
         result = value if ok else default
-        assert self._padding is not None  # noqa: S101 - this method runs only when padding is on
-        # Nothing that depends on the outcome runs after the deadline.
-        self._padding.wait(started)
+        # Nothing that depends on the outcome runs after the deadline: not even freeing the
+        # frame a hit read (tens of nanoseconds for a large one, in this frame's teardown).
+        del data, value
+        padding.wait(started)
         return result
+
+    def _padded_open(self, raw: bytes, data: bytes | None) -> tuple[bool, Any]:
+        """:meth:`_open_frame` with the work of a hit either way: a miss (``data`` None)
+        replays the reference entry (see :meth:`_replay`)."""
+        now_ms = self._clock() * 1000
+        if data is None:
+            self._replay()
+            return False, None
+        ok, value = self._open_frame(raw, data, now_ms)
+        if ok:
+            ref = self._pad_ref
+            if ref is None or len(data) > len(ref[1]):
+                self._keep_reference(raw, data)
+        return ok, value
+
+    def _replay(self) -> None:
+        """A miss's share of timing padding: the work of a hit on the reference entry (decrypt
+        its envelope, parse its frame, whether or not it has expired since); before any entry,
+        on a same-shaped dummy. It depends on neither the key probed now nor the one before."""
+        ref = self._pad_ref
+        if ref is None:
+            assert self._dummy is not None  # noqa: S101 - set whenever padding is on
+            self._dummy()
+            return
+        if self._encryption is not None:
+            self._encryption.replay()
+        self._open_frame(ref[0], ref[1], 0.0)
+
+    def _keep_reference(self, raw: bytes, data: bytes) -> None:
+        """Make ``data`` the reference entry if it is the largest so far; when the reference has
+        grown by more than a quarter since it was last measured, measure its replay again and
+        raise both paddings' floors to cover it (once per growth: a value the namespace has
+        written is covered before it is first read)."""
+        ref = self._pad_ref
+        if ref is not None and len(data) <= len(ref[1]):
+            return
+        self._pad_ref = (raw, data)
+        if len(data) * 4 > self._pad_calibrated * 5:
+            assert self._padding is not None and self._padding_many is not None  # noqa: S101
+            self._pad_calibrated = len(data)
+            self._padding_many.cover(self._padding.calibrate(self._replay))
 
     def _keys(self, keys: Iterable[str]) -> list[bytes]:
         keys = keys if isinstance(keys, list | tuple) else list(keys)
@@ -482,6 +517,8 @@ class Cache:
             return [default] * len(raws)
         if not raws:
             return []
+        if self._padding_many is not None:
+            return await self._padded_get_many(raws, default, self._padding_many)
         if self._memo is not None:
             done = await self._get_many_memoized(raws, default, self._memo)
             if done is not None:
@@ -597,6 +634,36 @@ class Cache:
             self.stats.misses += len(out) - hits
         return out
 
+    async def _padded_get_many(
+        self, raws: list[bytes], default: Any, padding: TimingPadding
+    ) -> list[Any]:
+        """``get_many`` with the work of a hit for every key (a miss replays the reference
+        entry), padded to ``len(raws)`` budgets of batch reads."""
+        started = padding.timer()
+        try:
+            found = await self._stack.get_many(raws)
+        except BackendError as exc:
+            self._backend_failed(exc)
+            found = [None] * len(raws)
+        out: list[Any] = []
+        hits = 0
+        try:
+            for raw, data in zip(raws, found, strict=True):
+                ok, value = self._padded_open(raw, data)
+                if ok:
+                    out.append(value)
+                    hits += 1
+                    continue
+                if data is not None:
+                    await self._discard(raw, value)
+                out.append(default)
+        finally:  # counted once per batch; a strict-mode IntegrityError counts what was read
+            self.stats.hits += hits
+            self.stats.misses += len(out) - hits
+        del found, data, value  # frames are freed before the deadline (see _padded_get)
+        padding.wait(started, len(raws))
+        return out
+
     async def exists(self, key: str) -> bool:
         return await self.ttl(key) is not None
 
@@ -606,6 +673,8 @@ class Cache:
         self._check_open()
         if self._prepare is not None and not await self._ready():
             return None
+        if self._padding is not None:
+            return await self._padded_ttl(raw)
         try:
             data = await self._stack.get(raw)
         except BackendError as exc:
@@ -624,6 +693,28 @@ class Cache:
         if left <= 0:
             await self._discard(raw, "expired")
             return None
+        return left
+
+    async def _padded_ttl(self, raw: bytes) -> float | None:
+        """``ttl`` as a padded read: the work of a ``get`` (the value is parsed and dropped)."""
+        padding = self._padding
+        assert padding is not None  # noqa: S101 - this method runs only when padding is on
+        started = padding.timer()
+        try:
+            data = await self._stack.get(raw)
+        except BackendError as exc:
+            self._backend_failed(exc)
+            data = None
+        ok, value = self._padded_open(raw, data)
+        left: float | None = None
+        if ok:
+            assert data is not None  # noqa: S101 - a hit has a frame
+            expires_ms = _FRAME_HEAD.unpack_from(data)[0]
+            left = math.inf if not expires_ms else max(expires_ms / 1000 - self._clock(), 1e-9)
+        elif data is not None:
+            await self._discard(raw, value)
+        del data, value  # the frame and the parsed value are freed before the deadline
+        padding.wait(started)
         return left
 
     # -- writes --------------------------------------------------------------------------------
@@ -662,6 +753,8 @@ class Cache:
             self._backend_failed(exc)
             return
         self.stats.sets += 1
+        if self._padding is not None:
+            self._keep_reference(raw, data)
 
     async def set_many(self, items: Mapping[str, Any], ttl: float | None = None) -> None:
         if not isinstance(items, Mapping):
@@ -686,6 +779,8 @@ class Cache:
             self._backend_failed(exc)
             return
         self.stats.sets += len(batch)
+        if self._padding is not None:
+            self._keep_reference(*max(batch, key=lambda item: len(item[1])))
 
     async def delete(self, key: str) -> bool:
         raw = self._key(key)
@@ -717,8 +812,12 @@ class Cache:
         return count
 
     def forget_padding_sample(self) -> None:
-        """Drop the last hit kept for timing padding (after a clear or an erase)."""
-        self._pad_last = None
+        """Drop the reference entry kept for timing padding (after a clear or an erase)."""
+        self._pad_ref = None
+        self._pad_calibrated = 0
+        for padding in (self._padding, self._padding_many):
+            if padding is not None:
+                padding.reset()
         if self._encryption is not None:
             self._encryption.forget_replay()
 

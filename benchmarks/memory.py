@@ -53,6 +53,13 @@ async def run(ops: int, rounds: int) -> None:
                 "get miss": await measure(lambda ns=ns: ns.get("miss"), ops, rounds),
                 "set": await measure(lambda ns=ns: ns.set("k", VALUE), ops, rounds),
             }
+            if label in ("aiocache_secure default", "aiocache_secure padded"):
+                results[label]["get_many hit"] = await measure(
+                    lambda ns=ns: ns.get_many(["hit"]), ops, rounds
+                )
+                results[label]["get_many miss"] = await measure(
+                    lambda ns=ns: ns.get_many(["miss"]), ops, rounds
+                )
 
     try:
         from aiocache import SimpleMemoryCache
@@ -99,6 +106,12 @@ async def run(ops: int, rounds: int) -> None:
     print(
         f"padded get: hit {pad['get hit']:.0f} ns / miss {pad['get miss']:.0f} ns = "
         f"x{max(pad['get hit'], pad['get miss']) / hit:.2f} an unpadded hit (target <= 3)"
+    )
+    many = max(pad["get_many hit"], pad["get_many miss"])
+    print(
+        f"padded get_many (1 key): hit {pad['get_many hit']:.0f} ns / miss "
+        f"{pad['get_many miss']:.0f} ns = x{many / hit:.2f} an unpadded get hit, "
+        f"x{many / ours['get_many hit']:.2f} an unpadded get_many hit"
     )
     worst = max(pad_enc["get hit"], pad_enc["get miss"])
     print(

@@ -441,25 +441,51 @@ class Encryption(Layer):
 
 
 class PaddedEncryption(Encryption):
-    """Encryption for ``pad_timing=True`` namespaces: remembers the last envelope it opened so
-    that a miss can repeat exactly the work of a hit (:meth:`replay`)."""
+    """Encryption for ``pad_timing=True`` namespaces: remembers the largest envelope it has
+    opened or sealed, so that a miss can repeat the work of a hit on the namespace's largest
+    entry (:meth:`replay`), whichever key was read last (see :mod:`.padding`)."""
 
-    __slots__ = ("_last",)
+    __slots__ = ("_largest",)
 
     def __init__(self, inner: Backend, **kwargs: Any) -> None:
         super().__init__(inner, **kwargs)
-        self._last: tuple[bytes, bytes] | None = None
+        self._largest: tuple[bytes, bytes] | None = None
+
+    def _keep(self, key: bytes, envelope: bytes) -> None:
+        if self._largest is None or len(envelope) > len(self._largest[1]):
+            self._largest = (key, envelope)
 
     async def get(self, key: bytes) -> bytes | None:
         envelope = await self.inner.get(key)
         frame = await self._opened(key, envelope)
         if frame is not None and envelope is not None:
-            self._last = (key, envelope)
+            self._keep(key, envelope)
         return frame
 
+    async def get_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
+        envelopes = await self.inner.get_many(keys)
+        frames: list[bytes | None] = []
+        for key, envelope in zip(keys, envelopes, strict=True):
+            frame = await self._opened(key, envelope)
+            if frame is not None and envelope is not None:
+                self._keep(key, envelope)
+            frames.append(frame)
+        return frames
+
+    async def set(self, key: bytes, value: bytes, *, ttl: float | None) -> None:
+        envelope = self.seal(key, value)
+        await self.inner.set(key, envelope, ttl=ttl)
+        self._keep(key, envelope)
+
+    async def set_many(self, items: Sequence[tuple[bytes, bytes]], *, ttl: float | None) -> None:
+        sealed = [(k, self.seal(k, v)) for k, v in items]
+        await self.inner.set_many(sealed, ttl=ttl)
+        for key, envelope in sealed:
+            self._keep(key, envelope)
+
     def replay(self) -> None:
-        if self._last is not None:
-            self.open(*self._last)
+        if self._largest is not None:
+            self.open(*self._largest)
 
     def forget_replay(self) -> None:
-        self._last = None
+        self._largest = None
