@@ -38,7 +38,7 @@ from .frame import HEAD as _FRAME_HEAD
 from .layers.encryption import Encryption
 from .layers.padding import TimingPadding
 from .memo import ENTRY_OVERHEAD, Memo
-from .policy import Policy
+from .policy import Policy, Seconds
 from .serializers import Serializer, export_form
 from .stats import Stats
 
@@ -665,6 +665,8 @@ class Cache:
         return out
 
     async def exists(self, key: str) -> bool:
+        """Whether a live entry is stored under ``key`` (as padded as a read on a padded
+        namespace)."""
         return await self.ttl(key) is not None
 
     async def ttl(self, key: str) -> float | None:
@@ -719,7 +721,7 @@ class Cache:
 
     # -- writes --------------------------------------------------------------------------------
 
-    async def set(self, key: str, value: Any, ttl: float | None = None) -> None:
+    async def set(self, key: str, value: Any, ttl: Seconds | None = None) -> None:
         """Store ``value`` under ``key`` for ``ttl`` seconds (namespace default when None)."""
         raw = self._key(key)
         data, seconds = self._frame(raw, value, ttl)
@@ -734,7 +736,7 @@ class Cache:
     def _loads(self, payload: bytes) -> Any:
         return self._serializer.loads(payload)
 
-    async def _set_payload(self, key: str, payload: bytes, ttl: float | None = None) -> None:
+    async def _set_payload(self, key: str, payload: bytes, ttl: Seconds | None = None) -> None:
         """:meth:`set` of a value that :meth:`_dumps` serialized."""
         raw = self._key(key)
         seconds = self.policy.resolve_ttl(ttl)
@@ -756,7 +758,7 @@ class Cache:
         if self._padding is not None:
             self._keep_reference(raw, data)
 
-    async def set_many(self, items: Mapping[str, Any], ttl: float | None = None) -> None:
+    async def set_many(self, items: Mapping[str, Any], ttl: Seconds | None = None) -> None:
         if not isinstance(items, Mapping):
             raise TypeError("set_many takes a mapping of str keys to values")
         seconds = self.policy.resolve_ttl(ttl)
@@ -797,6 +799,7 @@ class Cache:
         return deleted
 
     async def delete_many(self, keys: Iterable[str]) -> int:
+        """Delete every key given; how many entries were deleted."""
         raws = [self._key(k) for k in keys]
         self._check_open()
         if self._prepare is not None and not await self._ready():
@@ -839,7 +842,7 @@ class Cache:
 
     # -- atomic updates (backends implementing AtomicBackend) -------------------------------------
 
-    async def add(self, key: str, value: Any, ttl: float | None = None) -> bool:
+    async def add(self, key: str, value: Any, ttl: Seconds | None = None) -> bool:
         """Store ``value`` only if ``key`` has no live entry; returns whether it was stored."""
         raw = self._key(key)
         data, seconds = self._frame(raw, value, ttl)
@@ -867,7 +870,7 @@ class Cache:
             return False
         raise ContentionError("add() lost its race too many times")
 
-    async def incr(self, key: str, delta: int = 1, ttl: float | None = None) -> int:
+    async def incr(self, key: str, delta: int = 1, ttl: Seconds | None = None) -> int:
         """Add ``delta`` to the integer under ``key`` (created at ``delta``); the new value.
 
         ``ttl`` applies when the counter is created; an existing counter keeps its expiry.
@@ -901,7 +904,7 @@ class Cache:
                 await _backoff(attempt)
         raise ContentionError("incr() lost its race too many times")
 
-    async def expire(self, key: str, ttl: float | None) -> bool:
+    async def expire(self, key: str, ttl: Seconds | None) -> bool:
         """Give a live entry a new lifetime (``None``: the namespace default); False on a miss.
 
         On encrypted namespaces this re-seals the entry: the expiry is authenticated.

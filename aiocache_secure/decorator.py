@@ -57,7 +57,7 @@ from .errors import (
 )
 from .flight import Flight, spawn
 from .manager import CacheManager, default_manager
-from .policy import MAX_TTL, check_ttl, validate_namespace_name
+from .policy import MAX_TTL, Seconds, check_ttl, validate_namespace_name
 from .typed import check_storable, coerce, dump, needs_coercion
 
 __all__ = ["EARLY_REFRESH", "LEASE_SECONDS", "LEASE_WAIT", "BoundCached", "Cached", "cached"]
@@ -579,11 +579,11 @@ class _ClassMethod:
 def cached(
     namespace: str,
     *,
-    ttl: float | None = None,
+    ttl: Seconds | None = None,
     manager: CacheManager | None = None,
     key: str | Callable[..., str] | None = None,
     condition: Callable[[Any], bool] | None = None,
-    stale_ttl: float | None = None,
+    stale_ttl: Seconds | None = None,
     lock: bool = False,
 ) -> Callable[[Callable[P, Awaitable[R]]], Cached[P, R]]:
     """Cache a coroutine function's results in namespace ``namespace``.

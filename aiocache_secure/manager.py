@@ -32,7 +32,13 @@ from .layers.encryption import KeyringKeys, KeySource, StaticKey
 from .layers.keys import KEY_FORMAT, namespace_tag
 from .memo import DEFAULT_MEMO_BYTES, Memo
 from .metrics import MeteredCache, MetricsHook
-from .policy import DEFAULT_MAX_VALUE_BYTES, Policy, check_ttl, validate_namespace_name
+from .policy import (
+    DEFAULT_MAX_VALUE_BYTES,
+    Policy,
+    Seconds,
+    check_ttl,
+    validate_namespace_name,
+)
 from .serializers import get_serializer
 from .stats import Stats
 from .vault import DEFAULT_KEY_CHECK_INTERVAL, KeyLease, Vault
@@ -393,8 +399,8 @@ class CacheManager:
         name: str,
         backend: str | Backend | None = None,
         *,
-        ttl: float | None = None,
-        max_ttl: float | None = None,
+        ttl: Seconds | None = None,
+        max_ttl: Seconds | None = None,
         ttl_jitter: float = 0.0,
         encrypt: bool | None = None,
         hash_keys: bool = True,
@@ -413,6 +419,10 @@ class CacheManager:
         self._check_open()
         name = validate_namespace_name(name)
         chosen = self._default_backend if backend is None else backend
+        if ttl is not None:
+            ttl = check_ttl(ttl)
+        if max_ttl is not None:
+            max_ttl = check_ttl(max_ttl, "max_ttl")
         config = (
             chosen if isinstance(chosen, str) else id(chosen),
             ttl,

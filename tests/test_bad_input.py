@@ -307,3 +307,23 @@ async def test_set_many_needs_a_mapping(manager: CacheManager) -> None:
     ns = manager.namespace("n")
     with pytest.raises(TypeError):
         await ns.set_many([("a", 1)])  # type: ignore[arg-type]
+
+
+async def test_ttls_accept_timedelta() -> None:
+    from datetime import timedelta
+
+    from aiocache_secure import CacheManager, ManualClock
+
+    clock = ManualClock()
+    async with CacheManager(clock=clock) as manager:
+        ns = manager.namespace("td", ttl=timedelta(minutes=5), max_ttl=timedelta(hours=1))
+        assert manager.namespace("td", ttl=300, max_ttl=3600) is ns  # the same configuration
+        await ns.set("a", 1, ttl=timedelta(seconds=30))
+        assert await ns.ttl("a") == pytest.approx(30)
+        await ns.set_many({"b": 2}, ttl=timedelta(seconds=10))
+        assert await ns.expire("a", timedelta(seconds=90))
+        assert await ns.ttl("a") == pytest.approx(90)
+        await ns.set("c", 3, ttl=timedelta(days=2))
+        assert await ns.ttl("c") == pytest.approx(3600)  # clamped by max_ttl
+        with pytest.raises(ValueError):
+            await ns.set("d", 4, ttl=timedelta(seconds=-1))

@@ -44,3 +44,10 @@ async def narrows(cache: Cache) -> int:
         found: int = value  # narrowed: no longer "Any | MISSING"
         return found
     return 0
+
+
+async def lifetimes(cache: Cache) -> None:
+    from datetime import timedelta
+
+    await cache.set("k", 1, ttl=timedelta(minutes=5))
+    await cache.expire("k", timedelta(seconds=30))

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from ..cache import Cache
+from ..policy import Seconds
 
 __all__ = ["MeteredCache", "MetricsHook"]
 
@@ -81,16 +82,16 @@ class MeteredCache(Cache):
             "get_many", lambda: super(MeteredCache, self).get_many(keys, default), reads=True
         )
 
-    async def set(self, key: str, value: Any, ttl: float | None = None) -> None:
+    async def set(self, key: str, value: Any, ttl: Seconds | None = None) -> None:
         await self._measure("set", lambda: super(MeteredCache, self).set(key, value, ttl))
 
-    async def _set_payload(self, key: str, payload: bytes, ttl: float | None = None) -> None:
+    async def _set_payload(self, key: str, payload: bytes, ttl: Seconds | None = None) -> None:
         # @cached's write (see Cache._set_payload) is a set like any other.
         await self._measure(
             "set", lambda: super(MeteredCache, self)._set_payload(key, payload, ttl)
         )
 
-    async def set_many(self, items: Mapping[str, Any], ttl: float | None = None) -> None:
+    async def set_many(self, items: Mapping[str, Any], ttl: Seconds | None = None) -> None:
         await self._measure("set_many", lambda: super(MeteredCache, self).set_many(items, ttl))
 
     async def delete(self, key: str) -> bool:
@@ -104,11 +105,11 @@ class MeteredCache(Cache):
     async def clear(self) -> int:
         return await self._measure("clear", lambda: super(MeteredCache, self).clear())
 
-    async def add(self, key: str, value: Any, ttl: float | None = None) -> bool:
+    async def add(self, key: str, value: Any, ttl: Seconds | None = None) -> bool:
         return await self._measure("add", lambda: super(MeteredCache, self).add(key, value, ttl))
 
-    async def incr(self, key: str, delta: int = 1, ttl: float | None = None) -> int:
+    async def incr(self, key: str, delta: int = 1, ttl: Seconds | None = None) -> int:
         return await self._measure("incr", lambda: super(MeteredCache, self).incr(key, delta, ttl))
 
-    async def expire(self, key: str, ttl: float | None) -> bool:
+    async def expire(self, key: str, ttl: Seconds | None) -> bool:
         return await self._measure("expire", lambda: super(MeteredCache, self).expire(key, ttl))
