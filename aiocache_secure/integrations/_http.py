@@ -34,6 +34,8 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 from urllib.parse import unquote_plus
 
+import orjson
+
 from ..policy import check_ttl
 
 __all__ = [
@@ -95,6 +97,21 @@ _log: Final = logging.getLogger("aiocache_secure")
 
 Headers = Sequence[tuple[str, str]]
 """Header pairs with lower-case names, as every rule here takes them."""
+
+
+def json_key(parts: Sequence[object], *, hash_long: bool = True) -> str:
+    """A cache key (or credential material) from ``parts``: compact JSON, so no part can run
+    into the next; a key over the plain-key limit becomes its BLAKE2b digest, so a long URL
+    never exceeds the namespace's key limit (and fails the request)."""
+    try:
+        key = orjson.dumps(parts).decode("utf-8")
+    except TypeError:  # a lone surrogate, which orjson refuses
+        key = json.dumps(parts, separators=(",", ":"))
+    if hash_long and len(key) > _MAX_PLAIN_KEY:
+        key = (
+            "#" + hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=32).hexdigest()
+        )
+    return key
 
 
 def parse_cache_control(values: Iterable[str]) -> dict[str, str | None]:
@@ -212,7 +229,7 @@ class HttpPolicy:
                         found.append(("cookie:" + cookie, content.strip()))
         if not found:
             return None
-        return json.dumps(sorted(found), separators=(",", ":")).encode("ascii")
+        return json_key(sorted(found), hash_long=False).encode("utf-8", "surrogatepass")
 
     def has_credentials(self, headers: Headers) -> bool:
         return self.credentials(headers) is not None
@@ -272,11 +289,7 @@ class HttpPolicy:
         ]
         if who:
             parts.append(who)
-        key = json.dumps(parts, separators=(",", ":"))
-        if len(key) > _MAX_PLAIN_KEY:
-            # A long URL must not exceed the namespace's key limit (and fail the request).
-            key = "#" + hashlib.blake2b(key.encode("ascii"), digest_size=32).hexdigest()
-        return key
+        return json_key(parts)
 
     # -- responses ------------------------------------------------------------------------------
 
@@ -345,13 +358,11 @@ def pack_entry(
     etag = etags[0] if etags else etag_of(body)
     if not etags:
         kept.append(["etag", etag])
-    entry = {
-        "s": status,
-        "h": kept,
-        "b": base64.b64encode(body).decode("ascii"),
-        "g": list(generations),
-        "t": stored_at,
-    }
+    entry: dict[str, Any] = {"s": status, "h": kept, "g": list(generations), "t": stored_at}
+    try:
+        entry["u"] = body.decode("utf-8")  # JSON and HTML bodies: no base64 on the hit path
+    except UnicodeDecodeError:
+        entry["b"] = base64.b64encode(body).decode("ascii")
     return entry, etag
 
 
@@ -374,8 +385,11 @@ def unpack_entry(entry: object, generations: Sequence[str] = ()) -> Stored | Non
     generations than ``generations`` (its URL or one of its tags was invalidated since)."""
     if not isinstance(entry, dict):
         return None
-    status, headers, body = entry.get("s"), entry.get("h"), entry.get("b")
-    if type(status) is not int or not isinstance(headers, list) or not isinstance(body, str):
+    status, headers = entry.get("s"), entry.get("h")
+    text, body = entry.get("u"), entry.get("b")
+    if type(status) is not int or not isinstance(headers, list):
+        return None
+    if not (type(text) is str) ^ (type(body) is str):
         return None
     if entry.get("g", []) != list(generations):
         return None
@@ -387,10 +401,13 @@ def unpack_entry(entry: object, generations: Sequence[str] = ()) -> Stored | Non
         if not (isinstance(pair, list) and len(pair) == 2 and all(type(p) is str for p in pair)):
             return None
         pairs.append((pair[0], pair[1]))
-    try:
-        raw = base64.b64decode(body, validate=True)
-    except (binascii.Error, ValueError):
-        return None
+    if type(text) is str:
+        raw = text.encode("utf-8")
+    else:
+        try:
+            raw = base64.b64decode(body, validate=True)  # type: ignore[arg-type]
+        except (binascii.Error, ValueError):
+            return None
     etags = header_values(pairs, "etag")
     return Stored(status, pairs, raw, etags[0] if etags else etag_of(raw), float(stored_at))
 

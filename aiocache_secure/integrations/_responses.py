@@ -26,7 +26,6 @@ is safe but shares no credentialed entry across processes.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import secrets
 from collections.abc import Iterable, Sequence
@@ -36,11 +35,11 @@ from urllib.parse import unquote, urljoin, urlsplit
 from ..cache import MISSING, Cache
 from ..errors import CacheError
 from ._http import (
-    _MAX_PLAIN_KEY,
     BurstLog,
     Headers,
     HttpPolicy,
     Stored,
+    json_key,
     pack_entry,
     unpack_entry,
 )
@@ -57,10 +56,7 @@ _warned: set[tuple[str, str]] = set()  # the start-up warning, once per front en
 
 
 def _short(parts: list[str]) -> str:
-    key = json.dumps(parts, separators=(",", ":"))
-    if len(key) > _MAX_PLAIN_KEY:
-        key = "#" + hashlib.blake2b(key.encode("ascii"), digest_size=32).hexdigest()
-    return key
+    return json_key(parts)
 
 
 def url_generation_key(host: str, path: str) -> str:
