@@ -455,6 +455,31 @@ async def test_concurrent_sets_and_gets_share_round_trips(
     await store.aclose()
 
 
+async def test_concurrent_get_many_calls_share_round_trips(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # How a web response cache reads (entry + generation per request): 64 concurrent callers
+    # ride one or two round trips, each still getting its own keys' values in order.
+    store = RedisBackend(redis_url)
+    prefix = _unique()
+    await store.set_many([(prefix + b"%d" % i, b"v%d" % i) for i in range(64)], ttl=60)
+    round_trips = 0
+    real_run = Wire.run
+
+    async def counting_run(self: Wire, commands: Any) -> Any:
+        nonlocal round_trips
+        round_trips += 1
+        return await real_run(self, commands)
+
+    monkeypatch.setattr(Wire, "run", counting_run)
+    calls = [store.get_many([prefix + b"%d" % i, prefix + b"missing"]) for i in range(64)]
+    results = await asyncio.gather(*calls)
+    assert results == [[b"v%d" % i, None] for i in range(64)]
+    assert round_trips == 2  # the first MGET alone, the other 63 callers in one
+    await store.delete_prefix(prefix)
+    await store.aclose()
+
+
 async def test_batch_calls_are_one_round_trip_each(
     redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -708,7 +708,14 @@ class RedisBackend:
         if not keys:
             return []
         if self._wire is not None:
-            values: list[bytes | None] = await self._command(b"MGET", *keys)
+            if self._batching and (self._busy or self._queue) and len(keys) <= self._max_batch:
+                # Concurrent with other reads: ride in their round trip (its MGET runs).
+                return await _gather_ops([self._enqueue(_GET, key, None, None) for key in keys])
+            self._busy += 1
+            try:
+                values: list[bytes | None] = await self._command(b"MGET", *keys)
+            finally:
+                self._busy -= 1
             return values
         return await self._cluster(partial(self._cluster_mget, list(keys)))
 
@@ -1000,6 +1007,23 @@ def _sentinel_wire(
         return _SentinelWire(sentinel, pool, limit=limit, timeout=timeout)
 
     return connect
+
+
+async def _gather_ops(futures: list[asyncio.Future[Any]]) -> list[Any]:
+    """The results of queued operations, in order. On a failure or a cancellation the others
+    are settled too (retrieved or cancelled), so none is left unretrieved."""
+    results: list[Any] = []
+    try:
+        for future in futures:
+            results.append(await future)
+    except BaseException:
+        for other in futures:
+            if not other.done():
+                other.cancel()
+            elif not other.cancelled():
+                other.exception()
+        raise
+    return results
 
 
 def _set_command(key: bytes, value: bytes, px: int | None) -> tuple[Any, ...]:
