@@ -112,30 +112,33 @@ class Hops:
     @property
     def inline_allowed(self) -> bool:
         """False during a cool-down after a slow inline operation."""
-        return time.monotonic() >= self._threads_until
+        return time.perf_counter() >= self._threads_until
 
     async def run(self, inline: bool, func: Callable[..., Any], *args: object) -> Any:
         """``func(*args)``: inline when ``inline`` and the guard allows it, else in a thread."""
-        if inline and self.inline_allowed:
+        if inline:
             start = time.perf_counter()
-            _local.inline = True
-            try:
-                result = func(*args)
-            except WouldBlock:
-                pass
-            else:
-                return result
-            finally:
-                _local.inline = False
-                self._observe(time.perf_counter() - start)
-                await self._maybe_yield()
+            if start >= self._threads_until:
+                _local.inline = True
+                try:
+                    result = func(*args)
+                except WouldBlock:
+                    pass
+                else:
+                    return result
+                finally:
+                    _local.inline = False
+                    end = time.perf_counter()
+                    self._observe(end - start, end)
+                    if self._unyielded >= YIELD_AFTER:
+                        self._unyielded = 0.0
+                        await anyio.lowlevel.checkpoint()
         return await self._in_thread(func, args)
 
-    def _observe(self, seconds: float) -> None:
+    def _observe(self, seconds: float, now: float) -> None:
         self._inline += 1
         self._unyielded += seconds
         self._average += (seconds - self._average) / 8
-        now = time.monotonic()
         if seconds > SLOW or self._average > AVERAGE:
             self._slow += 1
             if now - self._flipped > 4 * self._cool_down:
@@ -145,11 +148,6 @@ class Hops:
             self._flipped = now
             self._threads_until = now + self._cool_down
             self._average = 0.0
-
-    async def _maybe_yield(self) -> None:
-        if self._unyielded >= YIELD_AFTER:
-            self._unyielded = 0.0
-            await anyio.lowlevel.checkpoint()
 
     # -- thread mode ------------------------------------------------------------------------------
 
