@@ -398,6 +398,9 @@ class Directory:
                 continue
         return removed
 
+    def sweep_due(self, now: float) -> bool:
+        return self.next_sweep is not None and now >= self.next_sweep
+
     def sweep_step(self, now: float, interval: float) -> None:
         """Advance the expiry sweep by about ``SWEEP_BUDGET`` files, when one is due."""
         if self.next_sweep is None:

@@ -25,6 +25,8 @@ SHARD_NAME: Final = re.compile(r"[0-9a-f]{2}")
 OTHER: Final = "_"
 MAX_PLAIN: Final = 100
 TEMP: Final = ".t"
+# Entries up to this size are read in one call (header, key and value together).
+WHOLE_READ: Final = 64 << 10
 O_DIR: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 O_READ: Final = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 O_TEMP: Final = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -107,6 +109,8 @@ def parse(fd: int, size: int, key: bytes | None) -> tuple[bytes, bytes, int] | N
 
     With ``key`` given, the header is read together with exactly that key and compared to it.
     """
+    if key is not None and size <= WHOLE_READ:
+        return _parse_whole(read_exact(fd, size), size, key)
     want = HEAD.size + (len(key) if key is not None else 0)
     head = read_exact(fd, want if key is not None else min(size, HEAD.size))
     if len(head) < HEAD.size:
@@ -128,6 +132,25 @@ def parse(fd: int, size: int, key: bytes | None) -> tuple[bytes, bytes, int] | N
     if zlib.crc32(value, zlib.crc32(found, zlib.crc32(head[: FIELDS.size]))) != crc:
         return None
     return found, value, expires_ms
+
+
+def _parse_whole(data: bytes, size: int, key: bytes) -> tuple[bytes, bytes, int] | None:
+    """:func:`parse` of a small entry read in one call."""
+    if len(data) != size or size < HEAD.size:
+        return None
+    magic, expires_ms, key_len, value_len, crc = HEAD.unpack_from(data)
+    end = HEAD.size + key_len
+    if (
+        magic != MAGIC
+        or size != end + value_len
+        or key_len != len(key)
+        or data[HEAD.size : end] != key
+    ):
+        return None
+    value = data[end:]
+    if zlib.crc32(value, zlib.crc32(key, zlib.crc32(data[: FIELDS.size]))) != crc:
+        return None
+    return key, value, expires_ms
 
 
 def expired(expires_ms: int, now_ms: int) -> bool:

@@ -26,9 +26,9 @@ Guarantees:
   descriptor with ``O_NOFOLLOW``, and entries with ``O_NOFOLLOW | O_NONBLOCK``, so a symlink (or
   a FIFO) planted inside the cache is never followed: reads miss, writes replace the link itself.
 * Writes are atomic: a temporary file created with ``O_EXCL | O_NOFOLLOW`` and mode 0600 in the
-  entry's own directory is written, fsynced and renamed over the entry (``durable=True`` also
-  fsyncs the directory). Readers see the old or the new entry, never a mix; concurrent writers of
-  one key leave one whole value. No lock files exist.
+  entry's own directory is written (and fsynced with ``fsync=True``) and renamed over the entry
+  (``durable=True`` also fsyncs both). Readers see the old or the new entry, never a mix;
+  concurrent writers of one key leave one whole value. No lock files exist.
 * A truncated or corrupted entry (bad magic, length, key or CRC) is a miss and is deleted. Only
   real I/O failures raise, as :class:`~aiocache_secure.errors.BackendUnavailable`.
 * Clearing a namespace (and deleting its last entries) removes the directories it emptied, so
@@ -48,8 +48,10 @@ prefixes' usage, rescans a prefix when the estimate passes the limit by an eight
 Instances on one directory share its process-wide state (a registry keyed by path), so opening
 one per namespace costs no I/O after the first.
 
-Names and the entry format live in :mod:`._file_format`, directory traversal and the shared
-per-directory state (leftover cleanup, sweep) in :mod:`._file_dir`; docs/backends/file.md has
+Small operations run on the event loop while a guard measures them quick, other operations in
+batched worker-thread hops (:mod:`._file_hops`). Names and the entry format live in
+:mod:`._file_format`, directory traversal and the shared per-directory state (leftover cleanup,
+sweep) in :mod:`._file_dir`; docs/backends/file.md has
 the whole picture.
 """
 
@@ -67,8 +69,6 @@ from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Final, TypeVar
 from urllib.parse import unquote, urlsplit
-
-import anyio.to_thread
 
 from ..clock import Clock, system_clock
 from ..errors import BackendUnavailable, ClosedError, ConfigurationError
@@ -92,6 +92,7 @@ from ._file_format import (
     read_any,
     write_all,
 )
+from ._file_hops import Hops, HopStats, WouldBlock, inline_now
 
 __all__ = ["FileBackend", "from_url"]
 
@@ -101,6 +102,9 @@ FILE_MODE: Final = 0o600
 _SCAN_BATCH: Final = 64
 _SCAN_BYTES: Final = 4 << 20
 _CREATE_ATTEMPTS: Final = 16
+# Inline (no thread hop) at most this many keys, and this many value bytes, per operation.
+_INLINE_KEYS: Final = 32
+_INLINE_BYTES: Final = 256 << 10
 
 
 @dataclass(slots=True)
@@ -118,11 +122,13 @@ class FileBackend:
 
     ``max_entries`` / ``max_bytes``: per-namespace quotas (see the module docstring).
     ``durable``: also fsync the directory after each write, so a completed write survives a power
-    loss. ``fsync``: fsync each entry before it replaces the old one (on by default; with it off
-    a power loss may lose recent writes, but never leaves a torn entry readable: the length and
-    CRC checks turn it into a miss). ``sweep_interval``: seconds between expiry sweeps (and
-    quota rescans). ``repair_permissions``: chmod a group/other-accessible cache directory to
-    0700 with an ``insecure_config`` audit event instead of refusing it. ``temp_max_age``: age
+    loss. ``fsync``: fsync each entry before it replaces the old one (off by default, as a cache
+    can recompute what it loses: a power loss may lose recent writes, but never leaves a torn or
+    wrong entry readable, as the length and CRC checks, and the AEAD above, turn it into a miss;
+    with it on, every write waits for the disk and runs in a worker thread).
+    ``sweep_interval``: seconds between expiry sweeps (and quota rescans).
+    ``repair_permissions``: chmod a group/other-accessible cache directory to 0700 with an
+    ``insecure_config`` audit event instead of refusing it. ``temp_max_age``: age
     after which a temporary file not provably owned by a dead local process is left-over.
     """
 
@@ -133,6 +139,7 @@ class FileBackend:
         "_durable",
         "_fsync",
         "_high",
+        "_hops",
         "_max_bytes",
         "_max_entries",
         "_on_evict",
@@ -152,7 +159,7 @@ class FileBackend:
         clock: Clock = system_clock,
         on_evict: Callable[[int], None] | None = None,
         durable: bool = False,
-        fsync: bool = True,
+        fsync: bool = False,
         sweep_interval: float = 300.0,
         repair_permissions: bool = False,
         temp_max_age: float = 900.0,
@@ -194,6 +201,7 @@ class FileBackend:
         self._usage: dict[str, _Usage] = {}
         self._quota_lock = threading.Lock()
         self._pending = 0
+        self._hops = Hops()
         self._closed = False
         self.evictions = 0
 
@@ -211,11 +219,31 @@ class FileBackend:
 
     # -- plumbing ---------------------------------------------------------------------------------
 
-    async def _run(self, func: Callable[..., _T], *args: object) -> _T:
+    @property
+    def hop_stats(self) -> HopStats:
+        """How many operations ran inline and in worker threads, in how many hops."""
+        return self._hops.stats
+
+    def _inline_reads(self, count: int) -> bool:
+        return count <= _INLINE_KEYS and self._dir.cleaned
+
+    def _inline_writes(self, count: int, size: int) -> bool:
+        """Writes run inline only without fsync and quotas (an eviction rescan is long) and when
+        no sweep is due; the guard in :mod:`._file_hops` decides the rest."""
+        return (
+            not self._fsync
+            and not self._quota
+            and count <= _INLINE_KEYS
+            and size <= _INLINE_BYTES
+            and self._dir.cleaned
+            and not self._dir.sweep_due(self._clock())
+        )
+
+    async def _run(self, func: Callable[..., _T], *args: object, inline: bool = False) -> _T:
         if self._closed:
             raise ClosedError("the file backend is closed")
         try:
-            result = await anyio.to_thread.run_sync(func, *args)
+            result: _T = await self._hops.run(inline, func, *args)
         except OSError as exc:
             code = errno.errorcode.get(exc.errno or 0, "unknown error")
             raise BackendUnavailable(f"file backend: I/O failed ({code})") from exc
@@ -224,8 +252,13 @@ class FileBackend:
         return result
 
     def _report_evictions(self) -> None:
-        with self._quota_lock:
+        # Never wait on the loop for a worker thread's eviction rescan: report next time.
+        if not self._pending or not self._quota_lock.acquire(blocking=False):
+            return
+        try:
             count, self._pending = self._pending, 0
+        finally:
+            self._quota_lock.release()
         if count:
             self.evictions += count
             if self._on_evict is not None:
@@ -278,12 +311,12 @@ class FileBackend:
             return [self._read(dirs, key, now_ms) for key in keys]
 
     async def get(self, key: bytes) -> bytes | None:
-        return (await self._run(self._get_many, (key,)))[0]
+        return (await self._run(self._get_many, (key,), inline=self._inline_reads(1)))[0]
 
     async def get_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
         if not keys:
             return []
-        return await self._run(self._get_many, list(keys))
+        return await self._run(self._get_many, list(keys), inline=self._inline_reads(len(keys)))
 
     # -- writing ----------------------------------------------------------------------------------
 
@@ -295,6 +328,11 @@ class FileBackend:
             try:
                 os.fchmod(entry, FILE_MODE)
                 head = encode_head(key, value, expires_ms)
+                if not self._fsync:
+                    # Allocated blocks spare the writeback that ext4 starts when a file with
+                    # delayed allocation is renamed over another; an fsync does that anyway.
+                    with contextlib.suppress(OSError):
+                        os.posix_fallocate(entry, 0, len(head) + len(key) + len(value))
                 write_all(entry, [head, key, value])
                 if self._quota:
                     # Explicit nanosecond stamps: the kernel's own are jiffy-coarse, and LRU
@@ -358,7 +396,8 @@ class FileBackend:
         self._after_write(charged)
 
     async def set(self, key: bytes, value: bytes, *, ttl: float | None) -> None:
-        await self._run(self._set_many, ((key, value),), ttl)
+        inline = self._inline_writes(1, len(key) + len(value))
+        await self._run(self._set_many, ((key, value),), ttl, inline=inline)
 
     # -- atomic updates (AtomicBackend) ------------------------------------------------------------
     #
@@ -384,7 +423,8 @@ class FileBackend:
         return True
 
     async def add(self, key: bytes, value: bytes, *, ttl: float | None) -> bool:
-        return await self._run(self._swap, key, value, ttl, None, True)
+        inline = self._inline_writes(1, len(key) + len(value))
+        return await self._run(self._swap, key, value, ttl, None, True, inline=inline)
 
     async def get_versioned(self, key: bytes) -> tuple[bytes, bytes] | None:
         value = await self.get(key)
@@ -393,11 +433,14 @@ class FileBackend:
     async def compare_and_set(
         self, key: bytes, token: bytes, value: bytes, *, ttl: float | None
     ) -> bool:
-        return await self._run(self._swap, key, value, ttl, token, False)
+        inline = self._inline_writes(1, len(key) + len(value))
+        return await self._run(self._swap, key, value, ttl, token, False, inline=inline)
 
     async def set_many(self, items: Sequence[tuple[bytes, bytes]], *, ttl: float | None) -> None:
         if items:
-            await self._run(self._set_many, list(items), ttl)
+            size = sum(len(key) + len(value) for key, value in items)
+            inline = self._inline_writes(len(items), size)
+            await self._run(self._set_many, list(items), ttl, inline=inline)
 
     def _delete(self, key: bytes) -> bool:
         self._dir.clean_temps_once()
@@ -415,7 +458,8 @@ class FileBackend:
         return deleted
 
     async def delete(self, key: bytes) -> bool:
-        return await self._run(self._delete, key)
+        inline = not self._durable and self._inline_writes(1, 0)
+        return await self._run(self._delete, key, inline=inline)
 
     # -- quotas -----------------------------------------------------------------------------------
 
@@ -598,7 +642,12 @@ def _shard_lock(dirs: Dirs, key: bytes) -> Iterator[None]:
     # releases the lock whatever happens to the cached descriptor meanwhile.
     lock = os.open(".", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
     try:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if inline_now():  # another writer holds it: wait in a worker thread, not here
+                raise WouldBlock from None
+            fcntl.flock(lock, fcntl.LOCK_EX)
         yield
     finally:
         os.close(lock)
