@@ -1,6 +1,6 @@
 """Child processes of the file backend's crash and multi-process tests.
 
-``python -m tests.file_worker crash DIR``: writes 1 MB values to a few keys forever (until
+``python -m tests.file_worker crash DIR [fsync]``: writes 1 MB values to a few keys forever (until
 SIGKILLed), printing ``ready`` once the first write is done.
 ``python -m tests.file_worker hammer DIR ID SECONDS``: reads, writes, deletes and clears shared
 and private keys from several tasks for SECONDS, checking that every read is a whole value of the
@@ -39,8 +39,8 @@ def check_value(key: bytes, value: bytes) -> bool:
     )
 
 
-async def crash(directory: str) -> None:
-    backend = FileBackend(directory)
+async def crash(directory: str, fsync: bool = False) -> None:
+    backend = FileBackend(directory, fsync=fsync)
     # Made in advance, so that the loop spends its time inside writes, where the kills land.
     values = {key: [make_value(key, seq, 1 << 20) for seq in range(2)] for key in CRASH_KEYS}
     rounds = 0
@@ -97,7 +97,7 @@ async def hammer(directory: str, ident: int, seconds: float) -> None:
 def main() -> None:
     mode, directory, *rest = sys.argv[1:]
     if mode == "crash":
-        anyio.run(crash, directory)
+        anyio.run(crash, directory, rest[:1] == ["fsync"])
     else:
         anyio.run(hammer, directory, int(rest[0]), float(rest[1]))
 
