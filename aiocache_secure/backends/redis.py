@@ -237,18 +237,7 @@ def parse_url(url: str) -> RedisAddress:
             "not a redis URL (redis://, rediss://, redis[s]+cluster://, redis[s]+sentinel://)"
         )
     tls, cluster = kind
-    if "?" in rest or "#" in rest:
-        raise ConfigurationError(
-            "redis URLs take no query options: pass TLS files, timeouts and the like as keyword "
-            "arguments of RedisBackend"
-        )
-    netloc, _, path = rest.partition("/")
-    userinfo, at, hosts = netloc.rpartition("@")
-    username = password = None
-    if at:
-        user, colon, secret = userinfo.partition(":")
-        username = unquote(user) or None
-        password = unquote(secret) if colon else None
+    username, password, hosts, path = _split_url(rest, "TLS files, timeouts")
     nodes = tuple(_parse_node(part) for part in hosts.split(","))
     if len(nodes) > 1 and not cluster:
         raise ConfigurationError("several hosts are only allowed in redis+cluster:// URLs")
@@ -262,12 +251,13 @@ def parse_url(url: str) -> RedisAddress:
     return RedisAddress(tls, cluster, nodes, db, username, password)
 
 
-def _parse_sentinel_url(tls: bool, rest: str) -> RedisAddress:
-    """``host:port[,host:port...]/service[/db]`` after ``redis[s]+sentinel://``."""
+def _split_url(rest: str, options: str) -> tuple[str | None, str | None, str, str]:
+    """``(username, password, hosts, path)`` of what follows ``scheme://``; options in a query
+    string are refused (``options`` names what goes into keyword arguments instead)."""
     if "?" in rest or "#" in rest:
         raise ConfigurationError(
-            "redis URLs take no query options: pass sentinel credentials, TLS files and the "
-            "like as keyword arguments of RedisBackend"
+            f"redis URLs take no query options: pass {options} and the like as keyword "
+            "arguments of RedisBackend"
         )
     netloc, _, path = rest.partition("/")
     userinfo, at, hosts = netloc.rpartition("@")
@@ -276,6 +266,12 @@ def _parse_sentinel_url(tls: bool, rest: str) -> RedisAddress:
         user, colon, secret = userinfo.partition(":")
         username = unquote(user) or None
         password = unquote(secret) if colon else None
+    return username, password, hosts, path
+
+
+def _parse_sentinel_url(tls: bool, rest: str) -> RedisAddress:
+    """``host:port[,host:port...]/service[/db]`` after ``redis[s]+sentinel://``."""
+    username, password, hosts, path = _split_url(rest, "sentinel credentials, TLS files")
     nodes = tuple(_parse_node(part, DEFAULT_SENTINEL_PORT) for part in hosts.split(","))
     service, _, db_text = path.partition("/")
     if not _SERVICE.fullmatch(service):
