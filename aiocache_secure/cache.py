@@ -409,9 +409,11 @@ class Cache:
         self.stats.misses += 1
         return default
 
-    async def _padded_get(self, raw: bytes, default: Any) -> Any:
-        padding = self._padding
-        assert padding is not None  # noqa: S101 - this method runs only when padding is on
+    async def _padded_read(
+        self, raw: bytes, padding: TimingPadding
+    ) -> tuple[int, bytes | None, bool, Any]:
+        """One key's padded read up to its deadline: when it started, the frame read, and
+        what :meth:`_padded_open` made of it (a tampered frame already discarded)."""
         started = padding.timer()
         try:
             data = await self._stack.get(raw)
@@ -419,12 +421,18 @@ class Cache:
             self._backend_failed(exc)
             data = None
         ok, value = self._padded_open(raw, data)
+        if not ok and data is not None:
+            await self._discard(raw, value)
+        return started, data, ok, value
+
+    async def _padded_get(self, raw: bytes, default: Any) -> Any:
+        padding = self._padding
+        assert padding is not None  # noqa: S101 - this method runs only when padding is on
+        started, data, ok, value = await self._padded_read(raw, padding)
         if ok:
             self.stats.hits += 1
         else:
             self.stats.misses += 1
-            if data is not None:
-                await self._discard(raw, value)
         result = value if ok else default
         # Nothing that depends on the outcome runs after the deadline: not even freeing the
         # frame a hit read (tens of nanoseconds for a large one, in this frame's teardown).
@@ -701,20 +709,12 @@ class Cache:
         """``ttl`` as a padded read: the work of a ``get`` (the value is parsed and dropped)."""
         padding = self._padding
         assert padding is not None  # noqa: S101 - this method runs only when padding is on
-        started = padding.timer()
-        try:
-            data = await self._stack.get(raw)
-        except BackendError as exc:
-            self._backend_failed(exc)
-            data = None
-        ok, value = self._padded_open(raw, data)
+        started, data, ok, value = await self._padded_read(raw, padding)
         left: float | None = None
         if ok:
             assert data is not None  # noqa: S101 - a hit has a frame
             expires_ms = _FRAME_HEAD.unpack_from(data)[0]
             left = math.inf if not expires_ms else max(expires_ms / 1000 - self._clock(), 1e-9)
-        elif data is not None:
-            await self._discard(raw, value)
         del data, value  # the frame and the parsed value are freed before the deadline
         padding.wait(started)
         return left
