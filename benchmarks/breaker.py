@@ -17,46 +17,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
-import shutil
 import signal
-import socket
 import statistics
-import subprocess
-import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiocache_secure import BackendError, Breaker, Cache, CacheManager, Keyring, cached
 from aiocache_secure.backends.redis import RedisBackend
 from aiocache_secure.integrations.asgi import CacheMiddleware
 
-
-@contextlib.contextmanager
-def redis_server() -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = int(sock.getsockname()[1])
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise SystemExit("redis-server is not installed")
-    with tempfile.TemporaryDirectory() as tmp:
-        proc = subprocess.Popen(
-            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", tmp, "--logfile", ""],
-            stdout=subprocess.DEVNULL,
-        )  # fmt: skip
-        try:
-            for _ in range(200):
-                with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port)):
-                    break
-                time.sleep(0.05)
-            yield port, proc
-        finally:
-            os.kill(proc.pid, signal.SIGCONT)
-            proc.terminate()
-            proc.wait(10)
+from ._redis import redis_server
 
 
 async def median_us(call: Callable[[], Awaitable[Any]], n: int) -> float:
@@ -113,8 +84,8 @@ async def open_circuit(strict: Cache) -> float:
 
 
 async def main(calls: int) -> None:
-    with redis_server() as (port, proc):
-        url = f"redis://127.0.0.1:{port}/0"
+    with redis_server() as server:
+        url = server.url
         keyring = Keyring.generate()
         await healthy(url, keyring, calls)
 
@@ -127,7 +98,7 @@ async def main(calls: int) -> None:
             async def compute(x: int) -> int:
                 return x * 2
 
-            os.kill(proc.pid, signal.SIGSTOP)
+            server.signal(signal.SIGSTOP)
             say("store paused: circuit open after", await open_circuit(strict), "s")
             say("store paused, breaker open: get (BackendUnavailable)",
                 await median_us(lambda: strict.get("k"), calls))  # fmt: skip
@@ -138,7 +109,7 @@ async def main(calls: int) -> None:
             web = asgi_request(CacheMiddleware(app, cache=lenient))
             say("store paused, breaker open: ASGI request (app runs)",
                 await median_us(web, calls))  # fmt: skip
-            os.kill(proc.pid, signal.SIGCONT)
+            server.signal(signal.SIGCONT)
             back = time.perf_counter()
             while True:
                 try:
@@ -153,9 +124,9 @@ async def main(calls: int) -> None:
         async with CacheManager(keyring, default_backend=store, breaker=None) as mgr:
             ns = mgr.namespace("nobreaker")
             await ns.set("k", {"v": 1})
-            os.kill(proc.pid, signal.SIGSTOP)
+            server.signal(signal.SIGSTOP)
             waited = await median_us(lambda: ns.get("k"), 3)
-            os.kill(proc.pid, signal.SIGCONT)
+            server.signal(signal.SIGCONT)
             say("store paused, no breaker: get (BackendTimeout)", waited / 1e6, "s")
         await store.aclose()
 

@@ -21,15 +21,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import os
-import shutil
-import socket
-import subprocess
-import tempfile
 import time
 import warnings
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import redis.asyncio
@@ -37,39 +31,10 @@ import redis.asyncio
 from aiocache_secure import CacheManager, Keyring
 from aiocache_secure.backends.redis import RedisBackend
 
+from ._redis import redis_server
+
 KEYS = 1000
 Op = Callable[[int], Awaitable[Any]]
-
-
-@contextlib.contextmanager
-def redis_server(*, pin: bool = False) -> Iterator[int]:
-    """A private redis-server on a free loopback port; ``pin`` puts it on the last CPU and this
-    process on the first (every contender is measured under the same placement)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = int(sock.getsockname()[1])
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise SystemExit("redis-server is not installed")
-    with tempfile.TemporaryDirectory() as tmp:
-        proc = subprocess.Popen(
-            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", tmp, "--logfile", ""],
-            stdout=subprocess.DEVNULL,
-        )  # fmt: skip
-        cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-        if pin and len(cpus) >= 2:
-            os.sched_setaffinity(proc.pid, {cpus[-1]})
-            os.sched_setaffinity(0, {cpus[0]})
-        try:
-            for _ in range(200):
-                with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port)):
-                    break
-                time.sleep(0.025)
-            yield port
-        finally:
-            proc.terminate()
-            proc.wait(10)
 
 
 class Contender:
@@ -275,7 +240,8 @@ def main() -> None:
     )
     args = parser.parse_args()
     warnings.simplefilter("ignore", DeprecationWarning)  # peers call redis-py's old close()
-    with redis_server(pin=args.pin) as port:
+    with redis_server(pin=args.pin) as server:
+        port = server.port
         asyncio.run(run(port, args.seconds, args.rounds, args.case))
 
 

@@ -17,18 +17,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
 import random
-import shutil
 import signal
-import socket
-import subprocess
-import tempfile
 import time
-from collections.abc import Iterator
 
 from aiocache_secure import CacheManager, Keyring
+
+from ._redis import RedisProcess, redis_server
 
 TASKS = 100
 KEYSPACE = 10_000
@@ -38,72 +34,6 @@ RESERVOIR = 100_000
 def rss() -> int:
     with open("/proc/self/statm") as handle:
         return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-class RedisProcess:
-    """A private redis-server on a free loopback port that can be paused, killed and restarted."""
-
-    def __init__(self, directory: str) -> None:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = sock.getsockname()[1]
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise SystemExit("redis-server not installed (scripts/test.sh installs it)")
-        self.command = [
-            binary,
-            "--port",
-            str(self.port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            directory,
-        ]
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            self.command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        for _ in range(200):
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port)):
-                return
-            time.sleep(0.05)
-        raise SystemExit("redis-server did not start")
-
-    def signal(self, sig: int) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(sig)
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.kill()
-        self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGCONT)
-            self.proc.terminate()
-            self.proc.wait(10)
-
-
-@contextlib.contextmanager
-def redis_server() -> Iterator[RedisProcess]:
-    with tempfile.TemporaryDirectory() as tmp:
-        server = RedisProcess(tmp)
-        server.start()
-        try:
-            yield server
-        finally:
-            server.stop()
 
 
 async def fault_schedule(server: RedisProcess, seconds: float, log: list[str]) -> None:
