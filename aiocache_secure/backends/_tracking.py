@@ -259,7 +259,8 @@ class InvalidationChannel:
         if was_ready:
             self.epoch += 1
             self._on_invalidate(None)
-            LOGGER.warning("redis invalidation channel lost; near-cache entries dropped")
+            if not self._closed:
+                LOGGER.warning("redis invalidation channel lost; near-cache entries dropped")
         self._notify()
 
     async def _run(self) -> None:

@@ -83,6 +83,7 @@ import math
 import os
 import re
 import secrets
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -120,6 +121,7 @@ from ..errors import (
     ConfigurationError,
 )
 from ._rediswire import Wire
+from ._tracking import InvalidationChannel
 
 __all__ = ["RedisAddress", "RedisBackend", "escape_glob", "from_url", "parse_url"]
 
@@ -338,6 +340,18 @@ class _Op:
 # -- the backend ---------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class _TrackingAddress:
+    """Where an invalidation channel connects, and as whom (never in a repr)."""
+
+    host: str
+    port: int
+    tls: tuple[str | None, str | None, str | None, bool] | None = field(repr=False)
+    username: str | None = field(repr=False)
+    password: str | None = field(repr=False)
+    connect_timeout: float = 5.0
+
+
 class RedisBackend:
     """``redis[s][+cluster]://``: a store shared by every namespace that names the same URL.
 
@@ -390,6 +404,7 @@ class RedisBackend:
         self._max_batch = max_batch
         self._scan_count = scan_count
         self._owned = client is None
+        self._tracking: _TrackingAddress | None = None
         self._connect: Callable[[], Any]
         if client is not None:
             unused: tuple[object, ...] = (username, password, ca_file, cert_file, key_file)
@@ -491,6 +506,15 @@ class RedisBackend:
         if address.service is not None:
             return _sentinel_wire(address, options, sentinel_auth, timeout=self._timeout)
         host, port = address.nodes[0]
+        if address.service is None:
+            self._tracking = _TrackingAddress(
+                host,
+                port,
+                (ca_file, cert_file, key_file, verify_tls) if address.tls else None,
+                options["username"],
+                options["password"],
+                connect_timeout,
+            )
         del options["max_connections"]
         options.update(
             host=host, port=port, db=address.db, retry=Retry(NoBackoff(), 0), socket_timeout=None
@@ -532,6 +556,37 @@ class RedisBackend:
             lambda: pool.connection_class(**{**pool.connection_kwargs, "socket_timeout": None}),
             limit=max_connections,
             timeout=self._timeout,
+        )
+
+    def open_invalidation_channel(
+        self, on_invalidate: Callable[[list[bytes] | None], None]
+    ) -> InvalidationChannel:
+        """A new channel reporting changes of this store's keys (see ``_tracking``), for a near
+        cache; the caller closes it. ``ConfigurationError`` where there is none to open: on a
+        cluster, through sentinels, or on a client passed in."""
+        where = self._tracking
+        if where is None:
+            raise ConfigurationError(
+                "near_cache needs a standalone redis:// or rediss:// URL "
+                "(not a cluster, sentinels or a client passed in)"
+            )
+        context = None
+        if where.tls is not None:
+            ca_file, cert_file, key_file, verify = where.tls
+            context = ssl.create_default_context(cafile=ca_file)
+            if cert_file is not None:
+                context.load_cert_chain(cert_file, key_file)
+            if not verify:
+                context.check_hostname = False
+                context.verify_mode = ssl.CERT_NONE
+        return InvalidationChannel(
+            on_invalidate,
+            host=where.host,
+            port=where.port,
+            ssl_context=context,
+            username=where.username,
+            password=where.password,
+            connect_timeout=where.connect_timeout,
         )
 
     def _insecure(self, reason: str, strict: bool) -> None:
