@@ -84,6 +84,8 @@ class CacheManager:
     namespaces' data keys instead of the keyring, so the master key need not be in the process.
     ``memo_bytes``: the budget of the verified-read memo shared by this manager's namespaces
     (recent storage keys and opened entries; see :mod:`aiocache_secure.memo`); 0 turns it off.
+    ``near_cache_bytes``: the budget (default 32 MiB per Redis store) of the near cache of
+    namespaces opened with ``near_cache=True`` (see :mod:`aiocache_secure.layers.near`).
     ``index_key``: 32 secret bytes, the same in every process, that key the hashing of storage
     keys and namespace tags when there is no keyring (a KMS-only manager); with a keyring, pin it
     in the keyring instead (``Keyring(keys, index_key=...)``).
@@ -443,7 +445,13 @@ class CacheManager:
         memo: bool = True,
         near_cache: bool = False,
     ) -> Cache:
-        """The namespace ``name``, created on first call (same arguments: the same object)."""
+        """The namespace ``name``, created on first call (same arguments: the same object).
+
+        ``near_cache=True`` (standalone Redis): hot entries are served from process memory with
+        no round trip, and dropped as soon as Redis reports a change by any client; see
+        docs/backends/redis.md. Not with ``pad_timing``; ``ConfigurationError`` on stores
+        without an invalidation channel (memory, file, MongoDB; Cluster and Sentinel for now).
+        """
         self._check_open()
         name = validate_namespace_name(name)
         chosen = self._default_backend if backend is None else backend
