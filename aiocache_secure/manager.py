@@ -447,10 +447,10 @@ class CacheManager:
     ) -> Cache:
         """The namespace ``name``, created on first call (same arguments: the same object).
 
-        ``near_cache=True`` (standalone Redis): hot entries are served from process memory with
-        no round trip, and dropped as soon as Redis reports a change by any client; see
-        docs/backends/redis.md. Not with ``pad_timing``; ``ConfigurationError`` on stores
-        without an invalidation channel (memory, file, MongoDB; Cluster and Sentinel for now).
+        ``near_cache=True`` (Redis standalone and Cluster): hot entries are served from process
+        memory with no round trip, and dropped as soon as Redis reports a change by any client;
+        see docs/backends/redis.md. Not with ``pad_timing``; ``ConfigurationError`` on stores
+        without an invalidation channel (memory, file, MongoDB; Sentinel for now).
         """
         self._check_open()
         name = validate_namespace_name(name)

@@ -19,7 +19,7 @@ from aiocache_secure.backends.redis import RedisBackend
 from aiocache_secure.layers.near import NearStore
 
 from . import servers
-from .plugins.redis import TlsServer
+from .plugins.redis import TlsServer, cluster_with_replicas
 
 pytestmark = pytest.mark.anyio
 BOUND = 0.05  # seconds: far above the measured report delay (p99 well under 1 ms on loopback)
@@ -272,15 +272,13 @@ async def test_refused_without_an_invalidation_channel(backend: str) -> None:
             manager.namespace("hot", backend=backend, near_cache=True)
 
 
-async def test_refused_on_cluster_and_with_padding(redis_url: str) -> None:
+async def test_refused_with_padding_and_on_adopted_clients(redis_url: str) -> None:
     async with CacheManager(keyring=Keyring.generate()) as manager:
         with pytest.raises(ConfigurationError, match="pad_timing"):
             manager.namespace("hot", backend=redis_url, near_cache=True, pad_timing=True)
-        with pytest.raises(ConfigurationError, match="standalone"):
-            manager.namespace("c", backend="redis+cluster://127.0.0.1:1", near_cache=True)
         client = redis.asyncio.Redis.from_url(redis_url)
         try:
-            with pytest.raises(ConfigurationError, match="standalone"):
+            with pytest.raises(ConfigurationError, match="client passed in"):
                 manager.namespace("d", backend=RedisBackend(client=client), near_cache=True)
         finally:
             await client.aclose()
@@ -380,3 +378,92 @@ async def test_report_delay(pair: tuple[Cache, Cache]) -> None:
         f"near-cache coherence delay p50 {delays[50] * 1e3:.3f} ms, p99 {delays[98] * 1e3:.3f} ms"
     )
     assert delays[98] < BOUND
+
+
+@pytest.fixture
+async def cluster_pair(redis_cluster_url: str) -> AsyncIterator[tuple[Cache, Cache]]:
+    keyring = Keyring.generate()
+    async with CacheManager(keyring=keyring) as one, CacheManager(keyring=keyring) as two:
+        yield (
+            one.namespace("hot", backend=redis_cluster_url, near_cache=True),
+            two.namespace("hot", backend=redis_cluster_url, near_cache=True),
+        )
+
+
+async def test_cluster_changes_are_seen_on_every_primary(
+    cluster_pair: tuple[Cache, Cache],
+) -> None:
+    writer, reader = cluster_pair
+    keys = [f"k{i}" for i in range(30)]  # spread over the three primaries' slots
+    await writer.set_many(dict.fromkeys(keys, "v1"))
+    await _warm(reader, keys[0])
+    assert await reader.get_many(keys) == ["v1"] * 30
+    hits = reader.stats.near_hits
+    assert await reader.get_many(keys) == ["v1"] * 30
+    assert reader.stats.near_hits == hits + 30
+    await writer.set_many(dict.fromkeys(keys, "v2"))
+    await asyncio.sleep(BOUND)
+    assert await reader.get_many(keys) == ["v2"] * 30
+    await reader.get_many(keys)
+    await writer.delete_many(keys[:10])
+    await writer.set("short", "s", ttl=0.3)
+    await _warm(reader, "short")
+    await asyncio.sleep(BOUND)
+    assert await reader.get_many(keys[:10]) == [None] * 10
+    await writer.clear()
+    await asyncio.sleep(0.35)
+    assert await reader.get_many([*keys, "short"]) == [None] * 31
+
+
+@pytest.mark.slow
+async def test_cluster_failover_never_serves_the_old_value(tmp_path: Path) -> None:
+    with cluster_with_replicas(tmp_path) as procs:
+        ports = list(procs)
+        url = "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in ports)
+        keyring = Keyring.generate()
+        one = CacheManager(keyring=keyring, breaker=None)
+        two = CacheManager(keyring=keyring, breaker=None)
+        stores = [RedisBackend(url, timeout=1.0), RedisBackend(url, timeout=1.0)]
+        try:
+            writer = one.namespace("hot", backend=stores[0], near_cache=True)
+            reader = two.namespace("hot", backend=stores[1], near_cache=True)
+            keys = [f"k{i}" for i in range(30)]
+            await writer.set_many(dict.fromkeys(keys, 0))
+            await _warm(reader, keys[0])
+            await reader.get_many(keys)
+            victim = [p for p in ports if await _role_of(p) == "master"][0]
+            procs[victim].kill()
+            # Write every key until the cluster takes writes again (the victim's slots fail
+            # over to its replica); after that nothing may serve an old value.
+            async with asyncio.timeout(30):
+                while True:
+                    try:
+                        await writer.set_many(dict.fromkeys(keys, 1))
+                        break
+                    except Exception:  # noqa: S112 - the cluster is failing over
+                        await asyncio.sleep(0.2)
+            await asyncio.sleep(BOUND)
+            async with asyncio.timeout(30):
+                while True:
+                    try:
+                        values = await reader.get_many(keys)
+                    except Exception:  # noqa: S112 - the reader's topology is refreshing
+                        await asyncio.sleep(0.2)
+                        continue
+                    break
+            assert values == [1] * 30
+            await _warm(reader, keys[0])  # served from memory again, from the new topology
+            assert await reader.get_many(keys) == [1] * 30
+        finally:
+            await one.aclose()
+            await two.aclose()
+            for store in stores:
+                await store.aclose()
+
+
+async def _role_of(port: int) -> str:
+    node = redis.asyncio.Redis(port=port)
+    try:
+        return str((await node.execute_command("ROLE"))[0].decode())
+    finally:
+        await node.aclose()

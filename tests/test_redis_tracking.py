@@ -16,7 +16,13 @@ import pytest
 import redis.asyncio
 
 from aiocache_secure import BackendUnavailable
-from aiocache_secure.backends._tracking import InvalidationChannel, read_frame
+from aiocache_secure.backends._tracking import (
+    ClusterChannel,
+    InvalidationChannel,
+    ProtocolError,
+    _primaries,
+    read_frame,
+)
 
 from . import servers
 from .plugins.redis import TLS_PASSWORD, TLS_USER, TlsServer
@@ -289,3 +295,48 @@ async def test_report_delay_on_loopback(
     p50, p99 = statistics.median(delays), statistics.quantiles(delays, n=100)[98]
     print(f"report delay p50 {p50 * 1e3:.3f} ms, p99 {p99 * 1e3:.3f} ms")
     assert p99 < 0.05, f"p99 report delay {p99 * 1000:.2f} ms"
+
+
+@pytest.mark.parametrize(
+    "reply", [None, [], [[0, 16383]], [[0, 16383, ["h", 1]]], [[0, 16383, [b"h", b"1"]]]]
+)
+def test_malformed_cluster_slots_are_refused(reply: object) -> None:
+    with pytest.raises(ProtocolError):
+        _primaries(reply)
+
+
+def test_cluster_slots_primaries() -> None:
+    reply = [
+        [0, 5460, [b"127.0.0.1", 7000, b"id0"], [b"127.0.0.1", 7003, b"id3"]],
+        [5461, 10922, [b"127.0.0.1", 7001, b"id1"]],
+        [10923, 16383, [b"127.0.0.1", 7000, b"id0"]],
+    ]
+    assert _primaries(reply) == {("127.0.0.1", 7000), ("127.0.0.1", 7001)}
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        ({"seeds": []}, ValueError),
+        ({"topology_interval": 0}, ValueError),
+        ({"health_interval": -1}, ValueError),
+        ({"on_invalidate": 3}, TypeError),
+    ],
+)
+def test_cluster_channel_bad_options(kwargs: dict[str, object], error: type[Exception]) -> None:
+    options: dict[str, object] = {"on_invalidate": Reports(), "seeds": [("127.0.0.1", 1)]}
+    options.update(kwargs)
+    with pytest.raises(error):
+        ClusterChannel(**options)  # type: ignore[arg-type]
+
+
+async def test_cluster_channel_with_no_node_answering() -> None:
+    chan = ClusterChannel(
+        Reports(), seeds=[("127.0.0.1", servers.free_port())], connect_timeout=0.3
+    )
+    try:
+        with pytest.raises(BackendUnavailable):
+            await chan.add_prefix(PREFIX)
+        assert not chan.ready and not chan.tracks(PREFIX)
+    finally:
+        await chan.aclose()

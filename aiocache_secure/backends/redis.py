@@ -121,7 +121,7 @@ from ..errors import (
     ConfigurationError,
 )
 from ._rediswire import Wire
-from ._tracking import InvalidationChannel
+from ._tracking import ClusterChannel, InvalidationChannel
 
 __all__ = ["RedisAddress", "RedisBackend", "escape_glob", "from_url", "parse_url"]
 
@@ -344,8 +344,8 @@ class _Op:
 class _TrackingAddress:
     """Where an invalidation channel connects, and as whom (never in a repr)."""
 
-    host: str
-    port: int
+    nodes: tuple[tuple[str, int], ...]
+    cluster: bool
     tls: tuple[str | None, str | None, str | None, bool] | None = field(repr=False)
     username: str | None = field(repr=False)
     password: str | None = field(repr=False)
@@ -482,6 +482,15 @@ class RedisBackend:
         if address.tls and not verify_tls:
             self._insecure("tls_verification_off", strict)
 
+        if address.service is None:
+            self._tracking = _TrackingAddress(
+                tuple(address.nodes),
+                address.cluster,
+                (ca_file, cert_file, key_file, verify_tls) if address.tls else None,
+                username if username is not None else address.username,
+                password if password is not None else address.password,
+                connect_timeout,
+            )
         options: dict[str, Any] = {
             "username": username if username is not None else address.username,
             "password": password if password is not None else address.password,
@@ -506,15 +515,6 @@ class RedisBackend:
         if address.service is not None:
             return _sentinel_wire(address, options, sentinel_auth, timeout=self._timeout)
         host, port = address.nodes[0]
-        if address.service is None:
-            self._tracking = _TrackingAddress(
-                host,
-                port,
-                (ca_file, cert_file, key_file, verify_tls) if address.tls else None,
-                options["username"],
-                options["password"],
-                connect_timeout,
-            )
         del options["max_connections"]
         options.update(
             host=host, port=port, db=address.db, retry=Retry(NoBackoff(), 0), socket_timeout=None
@@ -560,15 +560,15 @@ class RedisBackend:
 
     def open_invalidation_channel(
         self, on_invalidate: Callable[[list[bytes] | None], None]
-    ) -> InvalidationChannel:
+    ) -> InvalidationChannel | ClusterChannel:
         """A new channel reporting changes of this store's keys (see ``_tracking``), for a near
-        cache; the caller closes it. ``ConfigurationError`` where there is none to open: on a
-        cluster, through sentinels, or on a client passed in."""
+        cache; the caller closes it. ``ConfigurationError`` where there is none to open:
+        through sentinels, or on a client passed in."""
         where = self._tracking
         if where is None:
             raise ConfigurationError(
-                "near_cache needs a standalone redis:// or rediss:// URL "
-                "(not a cluster, sentinels or a client passed in)"
+                "near_cache needs a redis://, rediss:// or redis+cluster:// URL "
+                "(not sentinels, nor a client passed in)"
             )
         context = None
         if where.tls is not None:
@@ -579,10 +579,20 @@ class RedisBackend:
             if not verify:
                 context.check_hostname = False
                 context.verify_mode = ssl.CERT_NONE
+        if where.cluster:
+            return ClusterChannel(
+                on_invalidate,
+                seeds=where.nodes,
+                ssl_context=context,
+                username=where.username,
+                password=where.password,
+                connect_timeout=where.connect_timeout,
+            )
+        host, port = where.nodes[0]
         return InvalidationChannel(
             on_invalidate,
-            host=where.host,
-            port=where.port,
+            host=host,
+            port=port,
             ssl_context=context,
             username=where.username,
             password=where.password,
