@@ -261,6 +261,41 @@ async def run(port: int, seconds: float, rounds: int, only: list[str]) -> None:
         print(f"{title:24}" + "".join(f"{c:>24}" for c in cells), flush=True)
 
 
+async def _warm(cache: Any, key: str) -> None:
+    """Read ``key`` until the near cache serves it."""
+    hits = cache.stats.near_hits
+    while True:
+        await cache.get(key)
+        if cache.stats.near_hits > hits:
+            return
+        await asyncio.sleep(0.001)
+
+
+async def coherence(port: int, writes: int = 500) -> None:
+    """From a write returning in one manager to another manager's near cache no longer serving
+    the old value (two managers: two connections and two invalidation channels)."""
+    url = f"redis://127.0.0.1:{port}/0"
+    keyring = Keyring.generate()
+    async with CacheManager(keyring=keyring) as one, CacheManager(keyring=keyring) as two:
+        writer = one.namespace("coherence", backend=url, near_cache=True)
+        reader = two.namespace("coherence", backend=url, near_cache=True)
+        await writer.set("k", 0)
+        delays = []
+        for value in range(1, writes + 1):
+            await _warm(reader, "k")
+            await writer.set("k", value)
+            returned = time.perf_counter()
+            while await reader.get("k") != value:  # noqa: ASYNC110 - polls the cache itself
+                await asyncio.sleep(0)
+            delays.append(time.perf_counter() - returned)
+    delays.sort()
+    p50, p99 = delays[len(delays) // 2], delays[int(len(delays) * 0.99)]
+    print(
+        f"near-cache coherence delay over {writes} writes: p50 {p50 * 1e3:.3f} ms, "
+        f"p99 {p99 * 1e3:.3f} ms, max {delays[-1] * 1e3:.3f} ms"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=0.5, help="measuring time per round")
@@ -279,6 +314,8 @@ def main() -> None:
     with redis_server(pin=args.pin) as server:
         port = server.port
         asyncio.run(run(port, args.seconds, args.rounds, args.case))
+        if not args.case or any("coherence" in word for word in args.case):
+            asyncio.run(coherence(port))
 
 
 if __name__ == "__main__":

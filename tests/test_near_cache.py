@@ -188,7 +188,11 @@ CHILD = textwrap.dedent(
 )
 
 
-async def test_two_processes(redis_url: str) -> None:
+@pytest.mark.parametrize("store", ["standalone", "cluster"])
+async def test_two_processes(store: str, request: pytest.FixtureRequest) -> None:
+    redis_url = request.getfixturevalue(
+        "redis_url" if store == "standalone" else "redis_cluster_url"
+    )
     key = bytes(range(32))
     async with CacheManager(keyring=Keyring([key])) as manager:
         cache = manager.namespace("hot", backend=redis_url, near_cache=True)
