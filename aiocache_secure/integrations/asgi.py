@@ -31,7 +31,7 @@ from ._http import (
     header_values,
     lower_pairs,
     not_modified_headers,
-    pack_entry,
+    stored_headers,
 )
 from ._responses import (
     Generations,
@@ -184,8 +184,11 @@ class CacheMiddleware:
         if if_none_match and etag_matches(if_none_match, found.etag):
             await self._send(send, 304, [*not_modified_headers(found.headers), age], b"", "HIT")
             return
-        headers = [*found.headers, ("content-length", str(len(found.body))), age]
-        await self._send(send, found.status, headers, b"" if head else found.body, "HIT")
+        raw = [*found.raw_headers, (b"age", age[1].encode("ascii"))]
+        if self._x_cache:
+            raw.append((b"x-cache", b"HIT"))
+        await send({"type": "http.response.start", "status": found.status, "headers": raw})
+        await send({"type": "http.response.body", "body": b"" if head else found.body})
 
     async def _send(
         self, send: Send, status: int, headers: Headers, body: bytes, outcome: str
@@ -321,9 +324,9 @@ class _Recorder:
         if len(body) > middleware.policy.max_body_bytes:
             await middleware._send(self._send, self._status, self._headers, body, "MISS")
             return
-        entry, etag = pack_entry(self._status, self._headers, body)
+        kept, etag = stored_headers(self._headers, body)
         if self._if_none_match and etag_matches(self._if_none_match, etag):
-            headers = not_modified_headers([(name, value) for name, value in entry["h"]])
+            headers = not_modified_headers(kept)
             await middleware._send(self._send, 304, headers, b"", "MISS")
         else:
             headers = self._headers
