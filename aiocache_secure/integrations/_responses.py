@@ -37,6 +37,9 @@ from collections.abc import Iterable, Sequence
 from typing import Final
 from urllib.parse import unquote, urljoin, urlsplit
 
+import anyio
+import anyio.lowlevel
+
 from ..cache import MISSING, Cache
 from ..errors import CacheError
 from ._http import (
@@ -112,10 +115,29 @@ async def invalidate_tags(cache: Cache, tags: Iterable[str]) -> None:
     await _bump(cache, [tag_generation_key(tag) for tag in tags], generation_ttl(cache))
 
 
+class _Flight:
+    """One shared lookup: its result (None until read, or when the read was cancelled)."""
+
+    __slots__ = ("done", "result")
+
+    def __init__(self) -> None:
+        self.done = anyio.Event()
+        self.result: tuple[Stored | None, Generations | None] | None = None
+
+
 class ResponseStore:
     """One front end's view of a response namespace: keys, lookups, stores, invalidation."""
 
-    __slots__ = ("_gen_ttl", "_log", "_parsed", "_parsed_size", "_secret", "cache", "policy")
+    __slots__ = (
+        "_flights",
+        "_gen_ttl",
+        "_log",
+        "_parsed",
+        "_parsed_size",
+        "_secret",
+        "cache",
+        "policy",
+    )
 
     def __init__(
         self, cache: Cache, policy: HttpPolicy, *, what: str, warn_uncached: bool = True
@@ -129,6 +151,7 @@ class ResponseStore:
         self._log = BurstLog(what)
         self._parsed: dict[str, tuple[str, Stored]] = {}
         self._parsed_size = 0
+        self._flights: dict[tuple[str, ...], _Flight] = {}
         warn = warn_uncached and not policy.per_credential
         if warn and (what, cache.name) not in _warned:
             _warned.add((what, cache.name))
@@ -173,7 +196,34 @@ class ResponseStore:
         self, key: str, generation_keys: Sequence[str]
     ) -> tuple[Stored | None, Generations | None]:
         """The stored response (None on a miss) and the current generations (None when the
-        store failed: then nothing is stored either)."""
+        store failed: then nothing is stored either).
+
+        Concurrent lookups of one key and generations share one read, joined only until it is
+        issued: the read starts after every request that shares it arrived, so each sees every
+        invalidation that completed before it came (what a read of its own would see)."""
+        wanted = (key, *generation_keys)
+        flight = self._flights.get(wanted)
+        if flight is not None:
+            await flight.done.wait()
+            if flight.result is not None:
+                found, generations = flight.result
+                return found, None if generations is None else list(generations)
+            return await self._read(key, generation_keys)  # the shared read was cancelled
+        flight = _Flight()
+        self._flights[wanted] = flight
+        try:
+            await anyio.lowlevel.checkpoint()  # the requests ready to run now join this read
+        finally:
+            del self._flights[wanted]
+        try:
+            flight.result = await self._read(key, generation_keys)
+        finally:
+            flight.done.set()
+        return flight.result
+
+    async def _read(
+        self, key: str, generation_keys: Sequence[str]
+    ) -> tuple[Stored | None, Generations | None]:
         try:
             values = await self.cache.get_many([key, *generation_keys], MISSING)
         except CacheError as exc:
