@@ -4,16 +4,23 @@ Run from the repository root (it starts its own redis-server on a free loopback 
 installs ``wrk`` with apt when it is missing and it runs as root)::
 
     python -m benchmarks.web [--duration 10] [--connections 64] [--rounds 1] [--case SUBSTR ...]
+                             [--endpoint model|dict]
 
 Each case is one FastAPI app served by uvicorn (one worker, in its own process) on loopback,
-with one endpoint that awaits a 5 ms fake database call and returns about 2 KB of JSON. ``wrk``
+with one endpoint that awaits a 5 ms fake database call and returns about 2 KB of JSON: a
+Pydantic ``Order`` model (``--endpoint model``, the default: FastAPI validates and serializes it
+on every response it renders, a peer's cache hit included) or a plain dict annotated
+``dict[str, Any]`` (``--endpoint dict``: nearly free to render). ``wrk``
 drives it for ``--duration`` seconds at ``--connections`` connections. With two CPUs or more
 the server runs on the first and wrk and redis-server on the last. Every cached case is checked
 to serve from its cache: the handler's calls during the load are counted and reported, and a
-cached case whose handler ran more than a handful of times is flagged.
+cached case whose handler ran more than a handful of times is flagged. The server process's CPU
+time per request (``cpu us``) is reported too: on a busy machine it is steadier than req/s.
 
-Cases: no cache; ``cache_response`` (per route) and ``CacheMiddleware`` from aiocache_secure,
-each on ``memory://`` and on an encrypted Redis namespace; fastapi-cache2's ``@cache`` with its
+Cases: no cache; the floor of any cache that runs after routing (the endpoint returns stored
+bytes as a ``Response``, no cache work at all); ``cache_response`` (per route) and
+``CacheMiddleware`` from aiocache_secure, each on ``memory://`` and on an encrypted Redis
+namespace; fastapi-cache2's ``@cache`` with its
 in-memory and Redis backends; cashews' ``@cache`` on ``mem://`` and Redis. Ratios compare each
 of ours with the peers on the same store, measured in the same run.
 Peers: ``pip install -r benchmarks/requirements.txt``.
@@ -73,12 +80,13 @@ which FastAPI validates and serializes on every response it renders, as in typic
 @dataclass(frozen=True)
 class Case:
     name: str
-    contender: str  # "none", "ours-route", "ours-middleware", "fastapi-cache2", "cashews"
+    contender: str  # "none", "floor", "ours-route", "ours-middleware", "fastapi-cache2", "cashews"
     store: str  # "-", "memory", "redis"
 
 
 CASES = [
     Case("no cache", "none", "-"),
+    Case("floor: routing + stored bytes", "floor", "-"),
     Case("ours per-route, memory", "ours-route", "memory"),
     Case("ours middleware, memory", "ours-middleware", "memory"),
     Case("fastapi-cache2, memory", "fastapi-cache2", "memory"),
@@ -110,7 +118,7 @@ def unavailable(case: Case) -> str | None:
 
 def build_app(case: Case, redis_url: str, endpoint: str = "model") -> Any:
     from fastapi import FastAPI
-    from fastapi.responses import JSONResponse
+    from fastapi.responses import JSONResponse, Response
 
     calls = [0]
     decorate: Callable[[Any], Any] = lambda fn: fn  # noqa: E731
@@ -183,12 +191,21 @@ def build_app(case: Case, redis_url: str, endpoint: str = "model") -> Any:
         await asyncio.sleep(0.005)  # the fake database call
         return PAYLOAD
 
+    body = json.dumps(PAYLOAD, separators=(",", ":")).encode()
+
+    async def as_bytes() -> Response:  # the least any cache that runs after routing can do
+        calls[0] += 1
+        return Response(body, media_type="application/json")
+
     async def as_model() -> Order:
         calls[0] += 1
         await asyncio.sleep(0.005)
         return Order.model_validate(PAYLOAD)
 
-    app.get("/item")(decorate(as_model if endpoint == "model" else as_dict))
+    if case.contender == "floor":
+        app.get("/item")(as_bytes)
+    else:
+        app.get("/item")(decorate(as_model if endpoint == "model" else as_dict))
     return app
 
 
@@ -366,10 +383,11 @@ def report(results: dict[str, Result | str]) -> None:
                 if isinstance(other, Result) and other.rps:
                     ratios.append(f"{result.rps / other.rps:.2f}x {peer}")
         baseline = results.get("no cache")
-        if case.contender != "none" and isinstance(baseline, Result) and baseline.rps:
+        cached = case.contender not in ("none", "floor")
+        if cached and isinstance(baseline, Result) and baseline.rps:
             ratios.append(f"{result.rps / baseline.rps:.1f}x no cache")
         flags = []
-        if case.contender != "none" and result.calls > FLAG_CALLS:
+        if cached and result.calls > FLAG_CALLS:
             flags.append("FLAG: handler ran during the load (not served from cache)")
         if result.errors:
             flags.append(f"FLAG: {result.errors} errors")

@@ -59,7 +59,10 @@ def backend() -> CountedMemory:
 async def store(backend: CountedMemory) -> AsyncIterator[ResponseStore]:
     async with CacheManager(keyring=Keyring.generate(), clock=ManualClock()) as manager:
         cache = manager.namespace("pages", backend=backend, encrypt=True)
-        yield ResponseStore(cache, HttpPolicy(ttl=60), what="test", warn_uncached=False)
+        store = ResponseStore(cache, HttpPolicy(ttl=60), what="test", warn_uncached=False)
+        assert not store._share_reads  # an in-process store: nothing to gain
+        store._share_reads = True  # as on a store across the network, with reads counted here
+        yield store
 
 
 async def filled(store: ResponseStore, body: bytes = b'{"a":1}') -> tuple[str, list[str]]:
@@ -138,6 +141,23 @@ async def test_joiners_of_a_cancelled_read_read_alone(
         await backend.entered.wait()
         scope.cancel()
     assert backend.reads == 2 and joined[0] is not None and joined[0].body == b'{"a":1}'
+
+
+async def test_reads_of_a_redis_namespace_are_shared(redis_url: str) -> None:
+    async with CacheManager(keyring=Keyring.generate()) as manager:
+        cache = manager.namespace("pages", backend=redis_url)
+        store = ResponseStore(cache, HttpPolicy(ttl=60), what="test", warn_uncached=False)
+        assert store._share_reads
+        key, generation_keys = await filled(store)
+        results: list[Stored | None] = []
+
+        async def look() -> None:
+            results.append((await store.lookup(key, generation_keys))[0])
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(5):
+                tg.start_soon(look)
+        assert [r.body if r else None for r in results] == [b'{"a":1}'] * 5
 
 
 async def test_a_hit_reuses_the_parsed_entry_until_it_changes(store: ResponseStore) -> None:

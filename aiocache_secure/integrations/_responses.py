@@ -40,6 +40,7 @@ from urllib.parse import unquote, urljoin, urlsplit
 import anyio
 import anyio.lowlevel
 
+from ..backends.memory import MemoryBackend
 from ..cache import MISSING, Cache
 from ..errors import CacheError
 from ._http import (
@@ -115,6 +116,14 @@ async def invalidate_tags(cache: Cache, tags: Iterable[str]) -> None:
     await _bump(cache, [tag_generation_key(tag) for tag in tags], generation_ttl(cache))
 
 
+def _store_of(cache: Cache) -> object:
+    """The store under a namespace's layers (and its circuit breaker)."""
+    store: object = cache._stack
+    while (inner := getattr(store, "inner", None)) is not None:
+        store = inner
+    return store
+
+
 class _Flight:
     """One shared lookup: its result (None until read, or when the read was cancelled)."""
 
@@ -135,6 +144,7 @@ class ResponseStore:
         "_parsed",
         "_parsed_size",
         "_secret",
+        "_share_reads",
         "cache",
         "policy",
     )
@@ -152,6 +162,7 @@ class ResponseStore:
         self._parsed: dict[str, tuple[str, Stored]] = {}
         self._parsed_size = 0
         self._flights: dict[tuple[str, ...], _Flight] = {}
+        self._share_reads = not isinstance(_store_of(cache), MemoryBackend)
         warn = warn_uncached and not policy.per_credential
         if warn and (what, cache.name) not in _warned:
             _warned.add((what, cache.name))
@@ -200,7 +211,10 @@ class ResponseStore:
 
         Concurrent lookups of one key and generations share one read, joined only until it is
         issued: the read starts after every request that shares it arrived, so each sees every
-        invalidation that completed before it came (what a read of its own would see)."""
+        invalidation that completed before it came (what a read of its own would see). Reads
+        of an in-process store are not shared: they cost less than the wait to join them."""
+        if not self._share_reads:
+            return await self._read(key, generation_keys)
         wanted = (key, *generation_keys)
         flight = self._flights.get(wanted)
         if flight is not None:
