@@ -279,7 +279,12 @@ class HttpPolicy:
         who = self.caller(headers, identity, secret)
         if who is False:
             return None
-        vary = [", ".join(header_values(headers, name)) for name in self.vary_headers]
+        varied: dict[str, list[str]] = {}
+        wanted = self._vary
+        for name, value in headers:
+            if name in wanted:
+                varied.setdefault(name, []).append(value)
+        vary = [", ".join(varied.get(name, ())) for name in self.vary_headers]
         parts: list[Any] = [
             "GET",
             scheme,

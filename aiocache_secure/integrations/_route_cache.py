@@ -261,11 +261,12 @@ def cache_response(
                 if inspect.isawaitable(who):
                     who = await who
             headers = lower_pairs(request.scope.get("headers", ()))
-            key = scope_key(store, request.scope, headers, who)
+            host = ", ".join(header_values(headers, "host"))
+            paths = scope_path(request.scope)
+            key = scope_key(store, request.scope, headers, who, paths, host)
             if key is None:
                 return await call(args, kwargs)
-            host = ", ".join(header_values(headers, "host"))
-            generation_keys = store.generation_keys(host, scope_path(request.scope)[0], chosen_tags)
+            generation_keys = store.generation_keys(host, paths[0], chosen_tags)
             found, generations = await store.lookup(key, generation_keys)
             if_none_match = header_values(headers, "if-none-match")
             hit = "HIT" if x_cache else None

@@ -74,11 +74,12 @@ def scope_key(
     headers: Headers,
     identity: str | None,
     paths: tuple[str, str] | None = None,
+    host: str | None = None,
 ) -> str | None:
     path, raw_path = scope_path(scope) if paths is None else paths
     return store.key(
         scheme=scope.get("scheme", "http"),
-        host=", ".join(header_values(headers, "host")),
+        host=", ".join(header_values(headers, "host")) if host is None else host,
         path=path,
         raw_path=raw_path,
         query=scope.get("query_string", b"").decode("latin-1"),
@@ -158,14 +159,13 @@ class CacheMiddleware:
             return
         headers = lower_pairs(scope.get("headers", ()))
         identity = self._identity(scope) if self._identity is not None else None
-        key = scope_key(self.store, scope, headers, identity, paths)
+        host = ", ".join(header_values(headers, "host"))
+        key = scope_key(self.store, scope, headers, identity, paths, host)
         if key is None:
             await self.app(scope, receive, send)
             return
         if_none_match = header_values(headers, "if-none-match")
-        generation_keys = self.store.generation_keys(
-            ", ".join(header_values(headers, "host")), paths[0]
-        )
+        generation_keys = self.store.generation_keys(host, paths[0])
         found, generations = await self.store.lookup(key, generation_keys)
         if found is not None:
             await self._replay(found, method == "HEAD", if_none_match, send)
