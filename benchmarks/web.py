@@ -407,8 +407,11 @@ def report(results: dict[str, Result | str]) -> None:
         if isinstance(ours, Result) and all(isinstance(p, Result) and p.rps for p in peers):
             worst = min(ours.rps / p.rps for p in peers if isinstance(p, Result))
             verdict = "met" if worst >= target else "NOT met"
+            # The same ratio in server CPU per request, for a machine too busy for req/s.
+            cpu = min((p.cpu_us / ours.cpu_us for p in peers if ours.cpu_us), default=0.0)
             print(
-                f"target {contender} >= {target:g}x both peers on Redis: {verdict} ({worst:.2f}x)"
+                f"target {contender} >= {target:g}x both peers on Redis: {verdict} "
+                f"({worst:.2f}x req/s; {cpu:.2f}x in CPU per request)"
             )
 
 
