@@ -39,7 +39,6 @@ from urllib.parse import unquote, urljoin, urlsplit
 import anyio
 import anyio.lowlevel
 
-from ..backends.memory import MemoryBackend
 from ..cache import MISSING, Cache
 from ..errors import CacheError
 from ._http import (
@@ -111,14 +110,6 @@ async def invalidate_tags(cache: Cache, tags: Iterable[str]) -> None:
     await _bump(cache, [tag_generation_key(tag) for tag in tags], generation_ttl(cache))
 
 
-def _store_of(cache: Cache) -> object:
-    """The store under a namespace's layers (and its circuit breaker)."""
-    store: object = cache._stack
-    while (inner := getattr(store, "inner", None)) is not None:
-        store = inner
-    return store
-
-
 class _Flight:
     """One shared lookup: its result (None until read, or when the read was cancelled)."""
 
@@ -157,7 +148,7 @@ class ResponseStore:
         self._parsed: dict[str, tuple[str, Stored]] = {}
         self._parsed_size = 0
         self._flights: dict[tuple[str, ...], _Flight] = {}
-        self._share_reads = not isinstance(_store_of(cache), MemoryBackend)
+        self._share_reads = not cache.store_in_process
         warn = warn_uncached and not policy.per_credential
         if warn and (what, cache.name) not in _warned:
             _warned.add((what, cache.name))
