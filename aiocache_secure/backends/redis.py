@@ -78,7 +78,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import ipaddress
 import math
 import os
 import re
@@ -109,7 +108,6 @@ from redis.exceptions import (
 )
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .. import audit
 from ..clock import Clock
 from ..errors import (
     BackendError,
@@ -120,6 +118,7 @@ from ..errors import (
     ConfigurationError,
 )
 from ._rediswire import Wire
+from ._transport import insecure_transport, plaintext_to_remote
 
 __all__ = ["RedisAddress", "RedisBackend", "escape_glob", "from_url", "parse_url"]
 
@@ -133,7 +132,6 @@ _SCHEMES: Final = {
     "redis+cluster": (False, True),
     "rediss+cluster": (True, True),
 }
-_LOOPBACK_NAMES: Final = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
 _GLOB: Final = re.compile(rb"([*?\[\]\\])")
 _RELEASE_LUA: Final = """
 if redis.call("GET", KEYS[1]) == ARGV[1] then
@@ -172,15 +170,6 @@ def _px(ttl: float | None) -> int | None:
     if ttl != ttl:
         raise ValueError("ttl must be a number of seconds or None")
     return max(1, math.ceil(ttl * 1000))
-
-
-def _is_loopback(host: str) -> bool:
-    if host.lower() in _LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 # -- URLs ----------------------------------------------------------------------------------------
@@ -462,10 +451,10 @@ class RedisBackend:
         for name, path in (("ca_file", ca_file), ("cert_file", cert_file), ("key_file", key_file)):
             if path is not None and not os.path.isfile(path):
                 raise ConfigurationError(f"{name} does not name a readable file")
-        if not address.tls and not all(_is_loopback(host) for host, _ in address.nodes):
-            self._insecure("plaintext_to_remote_host", strict)
+        if plaintext_to_remote((host for host, _ in address.nodes), tls=address.tls):
+            insecure_transport("redis", "plaintext_to_remote_host", strict=strict)
         if address.tls and not verify_tls:
-            self._insecure("tls_verification_off", strict)
+            insecure_transport("redis", "tls_verification_off", strict=strict)
 
         options: dict[str, Any] = {
             "username": username if username is not None else address.username,
@@ -521,10 +510,10 @@ class RedisBackend:
         if kwargs.get("decode_responses"):
             raise ConfigurationError("the redis client must use decode_responses=False")
         self.kind = ("rediss" if tls else "redis") + ("+cluster" if self.cluster else "")
-        if not tls and not all(_is_loopback(host) for host in hosts):
-            self._insecure("plaintext_to_remote_host", strict)
+        if plaintext_to_remote(hosts, tls=tls):
+            insecure_transport("redis", "plaintext_to_remote_host", strict=strict)
         if tls and str(kwargs.get("ssl_cert_reqs", "required")).lower() in ("none", "0"):
-            self._insecure("tls_verification_off", strict)
+            insecure_transport("redis", "tls_verification_off", strict=strict)
         if self.cluster:
             return lambda: client
         # The hot path makes its own connections exactly as the client's pool would.
@@ -533,14 +522,6 @@ class RedisBackend:
             limit=max_connections,
             timeout=self._timeout,
         )
-
-    def _insecure(self, reason: str, strict: bool) -> None:
-        if strict:
-            raise ConfigurationError(
-                "insecure redis transport: use rediss:// with certificate verification "
-                "(or strict=False to accept the risk)"
-            )
-        audit.emit("insecure_config", backend="redis", reason=reason)
 
     # -- connection -------------------------------------------------------------------------------
 
