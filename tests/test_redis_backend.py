@@ -31,7 +31,7 @@ from aiocache_secure import (
     cached,
 )
 from aiocache_secure.backends import open_backend
-from aiocache_secure.backends._rediswire import Wire
+from aiocache_secure.backends.redis.wire import Wire
 from aiocache_secure.backends.redis import RedisBackend, escape_glob, parse_url
 from aiocache_secure.clock import system_clock
 from tests import servers
