@@ -31,8 +31,8 @@ from aiocache_secure import (
     cached,
 )
 from aiocache_secure.backends import open_backend
-from aiocache_secure.backends.redis.wire import Wire
 from aiocache_secure.backends.redis import RedisBackend, escape_glob, parse_url
+from aiocache_secure.backends.redis.wire import Wire
 from aiocache_secure.clock import system_clock
 from tests import servers
 from tests.plugins.redis import TLS_PASSWORD, TlsServer
