@@ -197,3 +197,16 @@ def _lint_says_plaintext_remote(tmp_path: Path, url: str) -> bool:
     messages = [f.message for f in check_config(config)]
     assert not any("cannot be parsed" in m for m in messages), messages
     return any("non-loopback host" in m for m in messages)
+
+
+@pytest.mark.parametrize("scheme", ["redis+sentinel", "rediss+sentinel"])
+def test_lint_treats_sentinel_stores_as_shared(tmp_path: Path, scheme: str) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text(
+        f'[namespaces.a]\nbackend = "{scheme}://127.0.0.1:26379/mymaster/0"\n'
+        "max_value_bytes = 10\nencrypt = false\nhash_keys = false\n"
+    )
+    messages = [f.message for f in check_config(config)]
+    assert any("encrypt = false on a store shared" in m for m in messages), messages
+    assert any("hash_keys = false" in m for m in messages), messages
+    assert any("no key source, but shared backends" in m for m in messages), messages
