@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import ipaddress
 import os
 import re
 import stat
@@ -16,17 +15,28 @@ from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Final
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
+from .backends._transport import host_of, plaintext_to_remote
 from .config import parse_config
 from .errors import ConfigurationError
 
 __all__ = ["Finding", "check_config"]
 
 SHARED_SCHEMES: Final = frozenset(
-    {"file", "redis", "rediss", "redis+cluster", "rediss+cluster", "mongodb", "mongodb+srv"}
+    {
+        "file",
+        "redis",
+        "rediss",
+        "redis+cluster",
+        "rediss+cluster",
+        "redis+sentinel",
+        "rediss+sentinel",
+        "mongodb",
+        "mongodb+srv",
+    }
 )
-PLAIN_REMOTE: Final = frozenset({"redis", "redis+cluster", "mongodb"})
+PLAIN_REMOTE: Final = frozenset({"redis", "redis+cluster", "redis+sentinel", "mongodb"})
 INSECURE_QUERY: Final = {
     "tlsinsecure": {"true", "1"},
     "tlsallowinvalidcertificates": {"true", "1"},
@@ -49,15 +59,6 @@ class Finding:
 
     def __str__(self) -> str:
         return f"{self.severity.upper():7} {self.where}: {self.message}"
-
-
-def _is_loopback(host: str) -> bool:
-    if host in ("localhost", ""):
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def _strings(value: Any, where: str) -> Iterator[tuple[str, str]]:
@@ -89,7 +90,7 @@ def _check_url(url: str, where: str) -> Iterator[Finding]:
     scheme = scheme.lower()
     try:
         parts = urlsplit(url)
-        hosts = [h.rpartition("@")[2].rsplit(":", 1)[0] for h in parts.netloc.split(",")]
+        hosts = [host_of(h) for h in parts.netloc.rpartition("@")[2].split(",")]
     except ValueError:
         yield Finding("error", where, "the backend URL cannot be parsed")
         return
@@ -97,7 +98,9 @@ def _check_url(url: str, where: str) -> Iterator[Finding]:
         yield Finding(
             "warning", where, "a password inside the URL: keep credentials out of config files"
         )
-    if scheme in PLAIN_REMOTE and not all(_is_loopback(h) for h in hosts):
+    if scheme == "mongodb":
+        hosts = [unquote(h) for h in hosts]  # the driver's spelling of unix socket paths
+    if scheme in PLAIN_REMOTE and plaintext_to_remote(hosts, tls=False):
         query = {k.lower(): v for k, v in parse_qs(parts.query).items()}
         if not any(
             v and v[-1].lower() in ("true", "1") for k, v in query.items() if k in ("tls", "ssl")

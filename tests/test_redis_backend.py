@@ -31,8 +31,8 @@ from aiocache_secure import (
     cached,
 )
 from aiocache_secure.backends import open_backend
-from aiocache_secure.backends._rediswire import Wire
 from aiocache_secure.backends.redis import RedisBackend, escape_glob, parse_url
+from aiocache_secure.backends.redis.wire import Wire
 from aiocache_secure.clock import system_clock
 from tests import servers
 from tests.plugins.redis import TLS_PASSWORD, TlsServer
@@ -100,6 +100,9 @@ def test_parse_urls() -> None:
         "redis+cluster://:hunter2-secret@a:1/2",
         "redis://:hunter2-secret@:1/0",
         "http://:hunter2-secret@h/",
+        "redis://:hunter2-secret@h:\u00b9/0",  # superscript one: a digit to str.isdigit only
+        "redis://:hunter2-secret@h:1/\u00b2",
+        "redis://:hunter2-secret@h:\u0661/0",  # Arabic-Indic one: not a port in a URL
     ],
 )
 def test_bad_urls_are_refused_without_echoing_them(url: str) -> None:

@@ -53,6 +53,7 @@ def test_sentinel_urls() -> None:
         "redis+sentinel://127.0.0.1:26379/mymaster/x",
         "redis+sentinel://127.0.0.1:26379/mymaster?sentinel_password=hunter2",
         "redis+sentinel://127.0.0.1:99999/mymaster",
+        "redis+sentinel://127.0.0.1:26379/mymaster/\u00b3",
     ],
 )
 def test_bad_sentinel_urls_are_refused_without_echoing_them(url: str) -> None:

@@ -1,4 +1,4 @@
-"""The Redis invalidation channel (backends/_tracking.py) against real redis-server processes:
+"""The Redis invalidation channel (backends/redis/tracking.py) against real redis-server processes:
 reports for writes, deletes, expiry and flushes by other clients; a killed connection, a silent
 server and a restart take it down (everything dropped) and it comes back by itself."""
 
@@ -16,13 +16,9 @@ import pytest
 import redis.asyncio
 
 from aiocache_secure import BackendUnavailable
-from aiocache_secure.backends._tracking import (
-    ClusterChannel,
-    InvalidationChannel,
-    ProtocolError,
-    _primaries,
-    read_frame,
-)
+from aiocache_secure.backends.redis.cluster_tracking import ClusterChannel, primaries_of
+from aiocache_secure.backends.redis.resp3 import ProtocolError, read_frame
+from aiocache_secure.backends.redis.tracking import InvalidationChannel
 
 from . import servers
 from .plugins.redis import TLS_PASSWORD, TLS_USER, TlsServer
@@ -302,16 +298,16 @@ async def test_report_delay_on_loopback(
 )
 def test_malformed_cluster_slots_are_refused(reply: object) -> None:
     with pytest.raises(ProtocolError):
-        _primaries(reply)
+        primaries_of(reply)
 
 
-def test_cluster_slots_primaries() -> None:
+def test_cluster_slotsprimaries_of() -> None:
     reply = [
         [0, 5460, [b"127.0.0.1", 7000, b"id0"], [b"127.0.0.1", 7003, b"id3"]],
         [5461, 10922, [b"127.0.0.1", 7001, b"id1"]],
         [10923, 16383, [b"127.0.0.1", 7000, b"id0"]],
     ]
-    assert _primaries(reply) == {("127.0.0.1", 7000), ("127.0.0.1", 7001)}
+    assert primaries_of(reply) == {("127.0.0.1", 7000), ("127.0.0.1", 7001)}
 
 
 @pytest.mark.parametrize(

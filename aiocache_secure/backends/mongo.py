@@ -36,9 +36,9 @@ unordered, for :meth:`set_many`); reads are ``find_one`` by ``_id`` and one ``$i
 Security: the URL and credentials are never kept, logged or shown: errors name the backend kind
 only, and driver exceptions are chained (``raise … from``) for debugging. ``tlsInsecure`` /
 ``tlsAllowInvalidCertificates`` / ``tlsAllowInvalidHostnames`` (URL or keyword), and plaintext to
-a host that is not loopback, raise an ``insecure_config`` audit event, or ``ConfigurationError``
-under ``strict=True``. A client passed as ``client=`` is the caller's: it is neither inspected for
-transport security nor closed by :meth:`aclose`.
+a host that is not loopback (:mod:`._transport` says what is), raise an ``insecure_config``
+audit event, or ``ConfigurationError`` under ``strict=True``. A client passed as ``client=`` is
+the caller's: it is neither inspected for transport security nor closed by :meth:`aclose`.
 
 The drivers need asyncio: under trio (or any other runtime) operations raise
 ``ConfigurationError`` saying so.
@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import math
 import secrets
 import string
@@ -71,7 +70,6 @@ from pymongo.errors import (
 )
 from pymongo.uri_parser_shared import _validate_uri
 
-from .. import audit
 from ..backend import Backend
 from ..clock import Clock, system_clock
 from ..errors import (
@@ -81,6 +79,7 @@ from ..errors import (
     ConfigurationError,
     ValueTooLarge,
 )
+from ._transport import insecure_transport, plaintext_to_remote
 
 __all__ = ["DEFAULT_COLLECTION", "DEFAULT_DATABASE", "MongoBackend", "from_url"]
 
@@ -122,15 +121,6 @@ def id_range(prefix: bytes) -> dict[str, str]:
         return {"$gte": ""}
     # Escaped ids are printable ASCII, so the last character is below U+007F and increments.
     return {"$gte": low, "$lt": low[:-1] + chr(ord(low[-1]) + 1)}
-
-
-def _is_loopback(host: str) -> bool:
-    if host.lower() == "localhost" or (host.startswith("/") and host.endswith(".sock")):
-        return True  # ``.sock`` paths are unix domain sockets
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False  # a name such as 127.attacker.example is not loopback
 
 
 _NEEDS_ASYNCIO: Final = (
@@ -355,14 +345,10 @@ class MongoBackend:
         srv = scheme.lower() == "mongodb+srv"
         tls_on = merged.get("tls", merged.get("ssl", srv)) is True
         hosts = [str(host) for host, _port in parsed["nodelist"]] if not srv else [parsed["fqdn"]]
-        if not tls_on and not all(_is_loopback(host) for host in hosts):
+        if plaintext_to_remote(hosts, tls=tls_on):
             reasons.append("plaintext_to_remote_host")
         for reason in reasons:
-            if strict:
-                raise ConfigurationError(
-                    f"insecure mongodb transport ({reason}); strict mode refuses it"
-                )
-            audit.emit("insecure_config", backend="mongodb", reason=reason)
+            insecure_transport("mongodb", reason, strict=strict)
         return parsed["database"], parsed["collection"]
 
     @staticmethod

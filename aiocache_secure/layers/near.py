@@ -1,5 +1,5 @@
 """The near cache: hot entries of a Redis store served from process memory, with no round trip,
-kept coherent by the store's invalidation channel (see :mod:`aiocache_secure.backends._tracking`).
+kept coherent by the store's invalidation channel (:mod:`aiocache_secure.backends.redis.tracking`).
 
 The layer sits directly above the store, below encryption: what it keeps are the sealed
 envelopes exactly as the store holds them, under their storage keys, which are the names Redis
