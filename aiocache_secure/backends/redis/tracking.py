@@ -209,6 +209,19 @@ class InvalidationChannel:
             await asyncio.sleep(delay)
 
     async def _session(self) -> None:
+        try:
+            await self._exchange()
+        finally:
+            writer = self._writer
+            if writer is not None:
+                # Closed and waited for here, on the loop that opened it: a TLS transport left
+                # to the garbage collector outlives its loop.
+                writer.close()
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(1.0):
+                        await writer.wait_closed()
+
+    async def _exchange(self) -> None:
         async with asyncio.timeout(self._connect_timeout):
             if self._path is not None:
                 reader, writer = await asyncio.open_unix_connection(self._path, ssl=self._ssl)
