@@ -59,14 +59,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import math
 import os
 import stat
-import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Final, TypeVar
 from urllib.parse import unquote, urlsplit
 
@@ -77,7 +74,6 @@ from ._file_format import (
     HEAD,
     NOT_THERE,
     O_READ,
-    O_TEMP,
     OTHER,
     PREFIX_LEN,
     encode_head,
@@ -92,26 +88,19 @@ from ._file_format import (
     read_any,
     write_all,
 )
-from ._file_hops import Hops, HopStats, WouldBlock, inline_now
+from ._file_hops import Hops, HopStats
+from ._file_quota import Quotas
+from ._file_shard import FILE_MODE, create_temp, shard_lock
 
 __all__ = ["FileBackend", "from_url"]
 
 _T = TypeVar("_T")
 
-FILE_MODE: Final = 0o600
 _SCAN_BATCH: Final = 64
 _SCAN_BYTES: Final = 4 << 20
-_CREATE_ATTEMPTS: Final = 16
 # Inline (no thread hop) at most this many keys, and this many value bytes, per operation.
 _INLINE_KEYS: Final = 32
 _INLINE_BYTES: Final = 256 << 10
-
-
-@dataclass(slots=True)
-class _Usage:
-    entries: int = 0
-    bytes: int = 0
-    checked: float = -math.inf
 
 
 # -- the backend ----------------------------------------------------------------------------------
@@ -138,15 +127,10 @@ class FileBackend:
         "_dir",
         "_durable",
         "_fsync",
-        "_high",
         "_hops",
-        "_max_bytes",
-        "_max_entries",
         "_on_evict",
-        "_pending",
-        "_quota_lock",
+        "_quotas",
         "_sweep_interval",
-        "_usage",
         "evictions",
     )
 
@@ -187,20 +171,17 @@ class FileBackend:
             ):
                 raise ConfigurationError(f"{name} must be a positive number of seconds")
         self._dir = open_directory(path, repair=repair_permissions, temp_max_age=temp_max_age)
-        self._max_entries = max_entries
-        self._max_bytes = max_bytes
-        self._high = (
-            None if max_entries is None else max_entries + max_entries // 8,
-            None if max_bytes is None else max_bytes + max_bytes // 8,
+        self._quotas = Quotas(
+            self._dir,
+            max_entries=max_entries,
+            max_bytes=max_bytes,
+            sweep_interval=float(sweep_interval),
         )
         self._clock = clock
         self._on_evict = on_evict
         self._durable = durable
         self._fsync = fsync or durable
         self._sweep_interval = float(sweep_interval)
-        self._usage: dict[str, _Usage] = {}
-        self._quota_lock = threading.Lock()
-        self._pending = 0
         self._hops = Hops()
         self._closed = False
         self.evictions = 0
@@ -209,13 +190,9 @@ class FileBackend:
         return f"FileBackend(durable={self._durable}, closed={self._closed})"
 
     @property
-    def _quota(self) -> bool:
-        return self._max_entries is not None or self._max_bytes is not None
-
-    @property
     def evicts(self) -> bool:
         """True when ``max_entries``/``max_bytes`` may drop live entries to make room."""
-        return self._quota
+        return self._quotas.on
 
     # -- plumbing ---------------------------------------------------------------------------------
 
@@ -232,7 +209,7 @@ class FileBackend:
         no sweep is due; the guard in :mod:`._file_hops` decides the rest."""
         return (
             not self._fsync
-            and not self._quota
+            and not self._quotas.on
             and count <= _INLINE_KEYS
             and size <= _INLINE_BYTES
             and self._dir.cleaned
@@ -253,12 +230,7 @@ class FileBackend:
 
     def _report_evictions(self) -> None:
         # Never wait on the loop for a worker thread's eviction rescan: report next time.
-        if not self._pending or not self._quota_lock.acquire(blocking=False):
-            return
-        try:
-            count, self._pending = self._pending, 0
-        finally:
-            self._quota_lock.release()
+        count = self._quotas.take_evictions()
         if count:
             self.evictions += count
             if self._on_evict is not None:
@@ -269,9 +241,10 @@ class FileBackend:
 
     def _after_write(self, groups: dict[str, tuple[int, int]]) -> None:
         """Quota upkeep and the sweep, run in the worker thread after a write."""
-        if self._quota:
+        quotas = self._quotas
+        if quotas.on:
             for group, (entries, size) in groups.items():
-                self._charge(group, entries, size)
+                quotas.charge(group, entries, size)
         now = self._clock()
         self._dir.sweep_step(now, self._sweep_interval)
 
@@ -294,7 +267,7 @@ class FileBackend:
                 return None
             parsed = parse(entry, info.st_size, key)
             if parsed is not None and not expired(parsed[2], now_ms):
-                if self._quota:
+                if self._quotas.on:
                     stamp = time.time_ns()
                     with contextlib.suppress(PermissionError):  # LRU order is best effort
                         os.utime(entry, ns=(stamp, stamp))
@@ -323,7 +296,7 @@ class FileBackend:
     def _write(self, dirs: Dirs, key: bytes, value: bytes, expires_ms: int) -> int:
         group, shard, name = locate(key)
         temp = self._dir.temp_name()
-        fd, entry = _create_temp(dirs, group, shard, temp)
+        fd, entry = create_temp(dirs, group, shard, temp)
         try:
             try:
                 os.fchmod(entry, FILE_MODE)
@@ -334,7 +307,7 @@ class FileBackend:
                     with contextlib.suppress(OSError):
                         os.posix_fallocate(entry, 0, len(head) + len(key) + len(value))
                 write_all(entry, [head, key, value])
-                if self._quota:
+                if self._quotas.on:
                     # Explicit nanosecond stamps: the kernel's own are jiffy-coarse, and LRU
                     # eviction orders entries by them.
                     stamp = time.time_ns()
@@ -378,21 +351,18 @@ class FileBackend:
                 if ttl is not None and ttl <= 0:
                     self._unlink(dirs, key)
                     continue
-                if self._max_bytes is not None and (
-                    HEAD.size + len(key) + len(value) > self._max_bytes
-                ):
+                if not self._quotas.fits(HEAD.size + len(key) + len(value)):
                     # An entry that can never fit is dropped rather than flushing the namespace.
                     self._unlink(dirs, key)
                     dropped += 1
                     continue
-                with _shard_lock(dirs, key):
+                with shard_lock(dirs, key):
                     size = self._write(dirs, key, value, expires_ms)
                 group = group_of(key)[0]
                 entries, total = charged.get(group, (0, 0))
                 charged[group] = (entries + 1, total + size)
         if dropped:
-            with self._quota_lock:
-                self._pending += dropped
+            self._quotas.evicted(dropped)
         self._after_write(charged)
 
     async def set(self, key: bytes, value: bytes, *, ttl: float | None) -> None:
@@ -412,7 +382,7 @@ class FileBackend:
         now = self._clock()
         now_ms = math.floor(now * 1000)
         expires_ms = 0 if ttl is None else max(1, math.ceil((now + ttl) * 1000))
-        with Dirs(self._dir, durable=self._durable) as dirs, _shard_lock(dirs, key):
+        with Dirs(self._dir, durable=self._durable) as dirs, shard_lock(dirs, key):
             current = self._read(dirs, key, now_ms)
             if absent and current is not None:
                 return False
@@ -449,75 +419,14 @@ class FileBackend:
             if deleted:
                 group, shard, _ = locate(key)
                 dirs.prune(group, [shard])
-        if deleted and self._quota:
-            with self._quota_lock:
-                usage = self._usage.get(group_of(key)[0])
-                if usage is not None:
-                    usage.entries -= 1
+        if deleted and self._quotas.on:
+            self._quotas.deleted(group_of(key)[0])
         self._after_write({})
         return deleted
 
     async def delete(self, key: bytes) -> bool:
         inline = not self._durable and self._inline_writes(1, 0)
         return await self._run(self._delete, key, inline=inline)
-
-    # -- quotas -----------------------------------------------------------------------------------
-
-    def _charge(self, group: str, entries: int, size: int) -> None:
-        with self._quota_lock:
-            usage = self._usage.setdefault(group, _Usage())
-            usage.entries += entries
-            usage.bytes += size
-            high_entries, high_bytes = self._high
-            if not (
-                (high_entries is not None and usage.entries > high_entries)
-                or (high_bytes is not None and usage.bytes > high_bytes)
-                or time.monotonic() - usage.checked > self._sweep_interval
-            ):
-                return
-            self._pending += self._enforce(group, usage)
-
-    def _enforce(self, group: str, usage: _Usage) -> int:
-        """Rescan ``group`` and evict its least recently used entries down to the limits."""
-        files: list[tuple[int, int, str, str]] = []
-        with Dirs(self._dir, durable=False) as dirs:
-            for shard in dirs.shards(group):
-                fd = dirs.shard(group, shard, create=False)
-                if fd is None:
-                    continue
-                with os.scandir(fd) as entries:
-                    for item in entries:
-                        if not is_entry(item.name):
-                            continue
-                        try:
-                            info = item.stat(follow_symlinks=False)
-                        except FileNotFoundError:
-                            continue
-                        if stat.S_ISREG(info.st_mode):
-                            files.append((info.st_mtime_ns, info.st_size, shard, item.name))
-            count, total = len(files), sum(f[1] for f in files)
-            evicted = 0
-            if (self._max_entries is not None and count > self._max_entries) or (
-                self._max_bytes is not None and total > self._max_bytes
-            ):
-                files.sort()
-                for _, size, shard, name in files:
-                    if (self._max_entries is None or count <= self._max_entries) and (
-                        self._max_bytes is None or total <= self._max_bytes
-                    ):
-                        break
-                    fd = dirs.shard(group, shard, create=False)
-                    if fd is None:
-                        continue
-                    try:
-                        os.unlink(name, dir_fd=fd)
-                        evicted += 1
-                    except FileNotFoundError:
-                        pass
-                    count -= 1
-                    total -= size
-        usage.entries, usage.bytes, usage.checked = count, total, time.monotonic()
-        return evicted
 
     # -- namespaces -------------------------------------------------------------------------------
 
@@ -568,8 +477,7 @@ class FileBackend:
                 removed += await self._run(self._delete_names, group, shard, names, prefix)
             if group != OTHER and group_prefix(group).startswith(prefix):
                 await self._run(self._prune, group)
-            with self._quota_lock:
-                self._usage.pop(group, None)
+            self._quotas.forget(group)
         return removed
 
     def _read_names(
@@ -622,52 +530,6 @@ class FileBackend:
 
     async def aclose(self) -> None:
         self._closed = True
-
-
-@contextlib.contextmanager
-def _shard_lock(dirs: Dirs, key: bytes) -> Iterator[None]:
-    """Exclusive flock of the key's shard directory, on a descriptor of our own: the cached one
-    may be closed under us when a concurrent clear prunes the directory and we reopen it."""
-    group, shard, _ = locate(key)
-    for attempt in range(_CREATE_ATTEMPTS):
-        try:
-            fd = dirs.shard(group, shard, create=True)
-            break
-        except FileNotFoundError:
-            if attempt == _CREATE_ATTEMPTS - 1:
-                raise
-            dirs.forget(group)
-    assert fd is not None  # noqa: S101 - create=True opens or raises
-    # A fresh open file description (not a dup): the lock belongs to it alone, so closing it
-    # releases the lock whatever happens to the cached descriptor meanwhile.
-    lock = os.open(".", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
-    try:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if inline_now():  # another writer holds it: wait in a worker thread, not here
-                raise WouldBlock from None
-            fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(lock)
-
-
-def _create_temp(dirs: Dirs, group: str, shard: str, temp: str) -> tuple[int, int]:
-    """``(shard directory fd, temporary file fd)``, recreating directories that a concurrent
-    clear pruned under us (each retry means another process emptied and removed them)."""
-    for _ in range(_CREATE_ATTEMPTS - 1):
-        try:
-            return _open_temp(dirs, group, shard, temp)
-        except FileNotFoundError:
-            dirs.forget(group)
-    return _open_temp(dirs, group, shard, temp)
-
-
-def _open_temp(dirs: Dirs, group: str, shard: str, temp: str) -> tuple[int, int]:
-    fd = dirs.shard(group, shard, create=True)
-    assert fd is not None  # noqa: S101 - create=True opens or raises
-    return fd, os.open(temp, O_TEMP, FILE_MODE, dir_fd=fd)
 
 
 def from_url(
