@@ -86,6 +86,7 @@ import contextlib
 import math
 import os
 from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
 
 from redis.asyncio import Redis, RedisCluster
 
@@ -179,26 +180,22 @@ class RedisBackend:
             assert url is not None  # noqa: S101 - checked above
             address = parse_url(url)
             self.kind, self.cluster = address.scheme, address.cluster
+            reach: dict[str, Any] = {
+                "username": username,
+                "password": password,
+                "files": (ca_file, cert_file, key_file),
+                "verify_tls": verify_tls,
+                "connect_timeout": self._timeout if connect_timeout is None else connect_timeout,
+            }
             self._connect = configure(
                 address,
-                username=username,
-                password=password,
-                files=(ca_file, cert_file, key_file),
-                verify_tls=verify_tls,
+                **reach,
                 timeout=self._timeout,
-                connect_timeout=self._timeout if connect_timeout is None else connect_timeout,
                 max_connections=max_connections,
                 strict=strict,
                 sentinel_auth=(sentinel_username, sentinel_password),
             )
-            self._tracking = tracking_address(
-                address,
-                username=username,
-                password=password,
-                files=(ca_file, cert_file, key_file),
-                verify_tls=verify_tls,
-                connect_timeout=self._timeout if connect_timeout is None else connect_timeout,
-            )
+            self._tracking = tracking_address(address, **reach)
         self._batcher: Batcher | None = None
         self._closed = False
 
