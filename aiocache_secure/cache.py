@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Final, NoReturn, TypeVar, cast, overload
 
 import anyio
+import anyio.lowlevel
 
 from . import audit, frame, typed
 from .backend import AtomicBackend, Backend
@@ -640,9 +641,15 @@ class Cache:
         embed, same = self._embed, hmac.compare_digest
         memoize, memo_prefix = self._memo is not None, self._memo_prefix
         memo_key = b""
+        work = 0
         try:
             for raw, data in zip(raws, found, strict=True):
                 if data is not None:
+                    work += len(data)
+                    if work > frame.BATCH_YIELD_BYTES:
+                        work = 0
+                        await anyio.lowlevel.checkpoint()
+                        now_ms = self._clock() * 1000
                     if memoize:  # keys of a batch not wholly memoized may still be
                         memo_key = memo_prefix + raw
                         hit = self._recall(memo_key, data, now_ms)

@@ -19,6 +19,9 @@ from typing import Final
 from .errors import IntegrityError
 
 __all__ = ["HEAD", "HEADER", "MAX_KEY_BYTES", "expiry_ms", "pack", "unpack"]
+BATCH_YIELD_BYTES: Final = 2 << 20
+"""A batch read yields to the event loop after about this many bytes of decryption or decoding
+(a few milliseconds of CPU), so that one large batch never stalls the loop."""
 
 HEAD: Final = struct.Struct(">QH")
 HEADER: Final = HEAD.size

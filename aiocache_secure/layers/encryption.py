@@ -34,6 +34,7 @@ import struct
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, Final, Protocol
 
+import anyio.lowlevel
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -41,6 +42,7 @@ from .. import audit
 from ..backend import Backend
 from ..clock import Clock
 from ..errors import IntegrityError
+from ..frame import BATCH_YIELD_BYTES
 from ..keyring import Keyring
 from ..memo import ENTRY_OVERHEAD, Memo
 from .base import Layer
@@ -339,6 +341,7 @@ class Encryption(Layer):
         epoch = 0 if memo is None else self._keys.epoch
         found = None if memo is None else memo.get
         frames: list[bytes | None] = []
+        work = 0
         for key, envelope in zip(keys, envelopes, strict=True):
             frame: bytes | None = None
             if envelope is not None:
@@ -348,6 +351,12 @@ class Encryption(Layer):
                     if hit is not None and not hit[3] and hit[1] == epoch and hit[2] == envelope:
                         frames.append(hit[4])
                         continue
+                work += len(envelope)
+                if work > BATCH_YIELD_BYTES:
+                    work = 0
+                    await anyio.lowlevel.checkpoint()
+                    if memo is not None:  # the keys may have changed meanwhile
+                        epoch = self._keys.epoch
                 if memo is None:
                     frame, reason = self.open(key, envelope)
                 else:
