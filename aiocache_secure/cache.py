@@ -35,9 +35,9 @@ from .errors import (
     SerializationError,
 )
 from .frame import HEAD as _FRAME_HEAD
-from .layers.encryption import Encryption
+from .layers import Stack
 from .layers.padding import TimingPadding
-from .memo import ENTRY_OVERHEAD, Memo
+from .layers.verified import VerifiedReads
 from .policy import Policy, Seconds
 from .serializers import Serializer, export_form
 from .stats import Stats
@@ -65,8 +65,6 @@ MISSING: Final = _Missing.MISSING
 """Pass as ``default=`` to tell a miss from a cached ``None``."""
 
 _BURST_SECONDS: Final = 10.0
-# Values a memo hit may hand out again as the very same object: immutable ones only.
-_SHAREABLE: Final = frozenset({str, int, float, bool, type(None), bytes})
 _CAS_RETRIES: Final = 64
 
 
@@ -95,8 +93,6 @@ class Cache:
         "_last_error_log",
         "_lifecycle",
         "_atomic",
-        "_memo",
-        "_memo_prefix",
         "_storage_key",
         "_padding",
         "_padding_many",
@@ -105,6 +101,7 @@ class Cache:
         "_prepare_fresh",
         "_prepare_lock",
         "_updating",
+        "_verified",
         "_serializer",
         "_stack",
         "_strict",
@@ -119,36 +116,29 @@ class Cache:
     def __init__(
         self,
         name: str,
-        stack: Backend,
+        stack: Stack,
         *,
         policy: Policy,
         serializer: Serializer,
         clock: Clock,
         lifecycle: Lifecycle,
         stats: Stats,
-        encryption: Encryption | None,
-        key_prefix: bytes,
-        storage_key: Callable[[bytes], bytes] | None = None,
-        memo: Memo | None = None,
-        memo_prefix: bytes = b"",
     ) -> None:
         self.name = name
         self.policy = policy
         self.stats = stats
-        self._stack = stack
+        self._stack: Backend = stack.top
         # The top of a composed stack is always a Layer, which forwards atomic updates (and
         # raises UnsupportedOperation at call time when the store underneath lacks them).
-        self._atomic = cast(AtomicBackend, stack)
+        self._atomic = cast(AtomicBackend, stack.top)
         self._serializer = serializer
         self._clock = clock
         self._lifecycle = lifecycle
-        self._encryption = encryption
-        self._prefix = key_prefix
-        # The memo's share of the facade (see _remember), on encrypted stacks whose layers
-        # memoize: the key layer's mapping lets a batch of memoized keys skip the layers.
-        self._memo = memo if encryption is not None and storage_key is not None else None
-        self._memo_prefix = memo_prefix
-        self._storage_key = storage_key
+        encryption = self._encryption = stack.encryption
+        self._prefix = stack.key_layer.prefix
+        self._storage_key: Callable[[bytes], bytes] | None = stack.key_layer.storage_key
+        # Reads of a namespace whose verified reads are memoized go through their owner.
+        self._verified: VerifiedReads | None = stack.verified
         self._embed = policy.hash_keys and encryption is not None
         self._strict = policy.strict
         self._fail_open = policy.fail_open
@@ -287,52 +277,7 @@ class Cache:
         except SerializationError:
             return False, "bad"
 
-    def _remember(self, memo_key: bytes, raw: bytes, data: bytes, value: Any) -> None:
-        """Memoize the value read from ``data``, a frame the encryption layer's memo holds.
-
-        Entry: ``(size, frame, expires_ms, value, payload offset, storage key, epoch, envelope)``.
-        Immutable values are shared (offset 0); others are decoded from the payload on each hit.
-
-        ``get`` serves it when the stack returns this very frame object again: the encryption
-        layer hands out one object per verified envelope, so identity means "the envelope fetched
-        now is the one verified before" (the entry keeps the object alive: its id is not reused).
-        ``get_many`` serves it when the store returns, under the storage key, the envelope bytes
-        that were verified, under the same key epoch: what the layers' own memo hits require.
-        """
-        assert self._memo is not None and self._encryption is not None  # noqa: S101 - memo on
-        assert self._storage_key is not None  # noqa: S101 - set whenever the memo is
-        storage_key = self._storage_key(raw)
-        verified = self._encryption.verified(storage_key, data)
-        if verified is None:  # not memoized below (too large): identity would never recur
-            return
-        epoch, envelope = verified
-        expires_ms, key_len = _FRAME_HEAD.unpack_from(data)
-        start = 0 if type(value) in _SHAREABLE else frame.HEADER + key_len
-        # Counts the frame, envelope and storage key it shares with the layers' entries: it may
-        # outlive them, and a budget must bound what it keeps alive.
-        size = len(memo_key) + 2 * len(data) + len(envelope) + len(storage_key) + ENTRY_OVERHEAD
-        entry = (size, data, expires_ms, None if start else value, start, storage_key, epoch)
-        self._memo.put(memo_key, (*entry, envelope))
-
-    def _recall(self, memo_key: bytes, data: bytes, now_ms: float) -> tuple[Any, ...] | None:
-        """The memo entry that serves ``data``, the frame the stack just returned, or None."""
-        assert self._memo is not None  # noqa: S101 - called only when the memo is on
-        hit = self._memo.get(memo_key)
-        if hit is None or hit[1] is not data or (hit[2] and hit[2] <= now_ms):
-            return None
-        return hit
-
-    def _memoized_value(self, entry: tuple[Any, ...]) -> Any:
-        """An entry's value: the same object if immutable, else decoded afresh from its frame
-        (by ``loads``, not ``loads_fast``: some payloads only its fallback decodes)."""
-        return entry[3] if not entry[4] else self._serializer.loads(entry[1][entry[4] :])
-
-    def _forget(self, raw: bytes) -> None:
-        if self._memo is not None:
-            self._memo.discard(self._memo_prefix + raw)
-
     async def _discard(self, key: bytes, reason: object) -> None:
-        self._forget(key)
         try:
             await self._stack.delete(key)
         except BackendError as exc:
@@ -386,24 +331,39 @@ class Cache:
             return default
         if self._padding is not None:
             return await self._padded_get(raw, default)
+        if self._verified is not None:
+            return await self._get_verified(raw, default, self._verified)
         try:
             data = await self._stack.get(raw)
         except BackendError as exc:
             self._backend_failed(exc)
             data = None
         if data is not None:
-            memo, now_ms = self._memo, self._clock() * 1000
-            if memo is not None:
-                memo_key = self._memo_prefix + raw
-                hit = self._recall(memo_key, data, now_ms)
-                if hit is not None:
-                    self.stats.hits += 1
-                    return self._memoized_value(hit)
-            ok, value = self._open_frame(raw, data, now_ms)
+            ok, value = self._open_frame(raw, data)
             if ok:
                 self.stats.hits += 1
-                if memo is not None:
-                    self._remember(memo_key, raw, data, value)
+                return value
+            await self._discard(raw, value)
+        self.stats.misses += 1
+        return default
+
+    async def _get_verified(self, raw: bytes, default: Any, verified: VerifiedReads) -> Any:
+        """``get`` of a memoized namespace: a verified entry's frame is decoded at most once
+        (immutable values are handed out again, others decoded afresh from its payload)."""
+        try:
+            entry = await verified.read(raw)
+        except BackendError as exc:
+            self._backend_failed(exc)
+            entry = None
+        if entry is not None:
+            offset = entry.offset
+            if offset >= 0:
+                self.stats.hits += 1
+                return entry.value if not offset else self._serializer.loads(entry.frame[offset:])
+            ok, value = self._open_frame(raw, entry.frame)
+            if ok:
+                self.stats.hits += 1
+                entry.keep(value)
                 return value
             await self._discard(raw, value)
         self.stats.misses += 1
@@ -527,61 +487,45 @@ class Cache:
             return []
         if self._padding_many is not None:
             return await self._padded_get_many(raws, default, self._padding_many)
-        if self._memo is not None:
-            done = await self._get_many_memoized(raws, default, self._memo)
-            if done is not None:
-                return done
+        if self._verified is not None:
+            return await self._get_many_verified(raws, default, self._verified)
         return await self._get_many(raws, default)
 
-    async def _get_many_memoized(
-        self, raws: list[bytes], default: Any, memo: Memo
-    ) -> list[Any] | None:
-        """A batch whose every key is in the memo: one round trip straight to the store.
-
-        The layers' work for such a batch is known: the storage keys are memoized, and an
-        envelope that equals the one verified under the current key epoch opens to the memoized
-        frame. Entries the store no longer holds are misses, as through the layers; any other
-        difference (rewritten, re-keyed, expired) sends those keys through the layers again,
-        which judge them in full. ``None`` when a key is not memoized: the caller reads through
-        the layers.
-        """
-        recall, memo_prefix = memo.get, self._memo_prefix
-        entries = []
-        for raw in raws:
-            entry = recall(memo_prefix + raw)
-            if entry is None:
-                return None
-            entries.append(entry)
-        encryption = self._encryption
-        assert encryption is not None  # noqa: S101 - the memo is on only for encrypted stacks
+    async def _get_many_verified(
+        self, raws: list[bytes], default: Any, verified: VerifiedReads
+    ) -> list[Any]:
+        """``get_many`` of a memoized namespace (see :meth:`_get_verified`): one round trip."""
         try:
-            found = await encryption.inner.get_many([entry[5] for entry in entries])
+            entries = await verified.read_many(raws)
         except BackendError as exc:
             self._backend_failed(exc)
-            found = [None] * len(raws)
-        epoch, now_ms, value_of = encryption.epoch, self._clock() * 1000, self._memoized_value
+            entries = [None] * len(raws)
         out: list[Any] = []
-        again: list[int] = []
         hits = 0
-        for index, (entry, envelope) in enumerate(zip(entries, found, strict=True)):
-            if envelope is not None:
-                if (
-                    entry[7] == envelope
-                    and entry[6] == epoch
-                    and not (entry[2] and entry[2] <= now_ms)
-                ):
-                    # _memoized_value() called only for values it must decode afresh.
-                    out.append(entry[3] if not entry[4] else value_of(entry))
-                    hits += 1
-                    continue
-                again.append(index)
-            out.append(default)
-        if again:  # counts its own reads; if it raises (strict mode), the batch returned nothing
-            values = await self._get_many([raws[i] for i in again], default)
-            for index, value in zip(again, values, strict=True):
-                out[index] = value
-        self.stats.hits += hits
-        self.stats.misses += len(out) - hits - len(again)
+        loads = self._serializer.loads
+        try:
+            for raw, entry in zip(raws, entries, strict=True):
+                if entry is not None:
+                    offset = entry.offset
+                    if offset == 0:
+                        out.append(entry.value)
+                        hits += 1
+                        continue
+                    if offset > 0:
+                        out.append(loads(entry.frame[offset:]))
+                        hits += 1
+                        continue
+                    ok, value = self._open_frame(raw, entry.frame)
+                    if ok:
+                        entry.keep(value)
+                        out.append(value)
+                        hits += 1
+                        continue
+                    await self._discard(raw, value)
+                out.append(default)
+        finally:  # counted once per batch; a strict-mode IntegrityError counts what was read
+            self.stats.hits += hits
+            self.stats.misses += len(out) - hits
         return out
 
     async def _get_many(self, raws: list[bytes], default: Any) -> list[Any]:
@@ -596,18 +540,9 @@ class Cache:
         now_ms = self._clock() * 1000
         head, header, loads = _FRAME_HEAD.unpack_from, frame.HEADER, self._serializer.loads_fast
         embed, same = self._embed, hmac.compare_digest
-        memoize, memo_prefix = self._memo is not None, self._memo_prefix
-        memo_key = b""
         try:
             for raw, data in zip(raws, found, strict=True):
                 if data is not None:
-                    if memoize:  # keys of a batch not wholly memoized may still be
-                        memo_key = memo_prefix + raw
-                        hit = self._recall(memo_key, data, now_ms)
-                        if hit is not None:
-                            out.append(self._memoized_value(hit))
-                            hits += 1
-                            continue
                     # The common case of _open_frame() inlined: a well-formed live entry.
                     if len(data) >= header:
                         expires_ms, key_len = head(data)
@@ -625,15 +560,11 @@ class Cache:
                             else:
                                 out.append(value)
                                 hits += 1
-                                if memoize:
-                                    self._remember(memo_key, raw, data, value)
                                 continue
                     ok, value = self._open_frame(raw, data, now_ms)
                     if ok:  # e.g. a json payload only the standard library reads (ints > 64 bits)
                         hits += 1
                         out.append(value)
-                        if memoize:
-                            self._remember(memo_key, raw, data, value)
                         continue
                     await self._discard(raw, value)
                 out.append(default)
@@ -748,7 +679,6 @@ class Cache:
         self._check_open()
         if self._prepare is not None and not await self._ready():
             return
-        self._forget(raw)
         try:
             await self._stack.set(raw, data, ttl=seconds)
         except BackendError as exc:
@@ -773,8 +703,6 @@ class Cache:
             return
         if not batch:
             return
-        for raw, _ in batch:
-            self._forget(raw)
         try:
             await self._stack.set_many(batch, ttl=seconds)
         except BackendError as exc:
@@ -789,7 +717,6 @@ class Cache:
         self._check_open()
         if self._prepare is not None and not await self._ready():
             return False
-        self._forget(raw)
         try:
             deleted = await self._stack.delete(raw)
         except BackendError as exc:
@@ -806,7 +733,6 @@ class Cache:
             return 0
         count = 0
         for raw in raws:
-            self._forget(raw)
             try:
                 count += await self._stack.delete(raw)
             except BackendError as exc:
@@ -827,8 +753,6 @@ class Cache:
     async def clear(self) -> int:
         """Delete every entry of this namespace (and only this namespace)."""
         self.forget_padding_sample()
-        if self._memo is not None:
-            self._memo.discard_prefix(self._memo_prefix)
         self._check_open()
         if self._prepare is not None and not await self._ready():
             return 0
@@ -849,7 +773,6 @@ class Cache:
         self._check_open()
         if self._prepare is not None and not await self._ready():
             return False
-        self._forget(raw)
         try:
             for _ in range(_CAS_RETRIES):
                 if await self._atomic.add(raw, data, ttl=seconds):
@@ -883,7 +806,6 @@ class Cache:
         self._check_open()
         if self._prepare is not None:
             await self._run_prepare()
-        self._forget(raw)
         async with self._one_updater(raw):
             for attempt in range(_CAS_RETRIES):
                 found = await self._versioned(raw)
@@ -914,7 +836,6 @@ class Cache:
         self._check_open()
         if self._prepare is not None:
             await self._run_prepare()
-        self._forget(raw)
         try:
             async with self._one_updater(raw):
                 for attempt in range(_CAS_RETRIES):

@@ -532,17 +532,12 @@ class CacheManager:
         stack = compose(store, policy, spec)
         cache = (Cache if metrics is None else MeteredCache)(
             name,
-            stack.top,
+            stack,
             policy=policy,
             serializer=serializer_impl,
             clock=self._clock,
             lifecycle=self._lifecycle,
             stats=stats,
-            encryption=stack.encryption,
-            key_prefix=stack.key_layer.prefix,
-            storage_key=stack.key_layer.storage_key,
-            memo=stack.memo,
-            memo_prefix=stack.memo_prefix,
         )
         if metrics is not None:
             cast(MeteredCache, cache).set_metrics(metrics)

@@ -3,6 +3,8 @@
 A namespace's stack, outermost first::
 
     SizeLimit      serialized value ≤ max_value_bytes, else ValueTooLarge, before any I/O
+    VerifiedReads  the verified-read memo: envelopes already authenticated are not opened again
+                   (encrypted, unpadded namespaces with the memo on; see layers/verified.py)
     HashedKeys     storage key = "acs1" + namespace tag + ":" + PRF(namespace key, key)
      or PrefixedKeys  storage key = "acs1" + namespace tag + "=" + key      (hash_keys=False)
     Encryption     AES-256-GCM envelope; AAD binds version, key id, namespace, storage key, expiry
@@ -32,6 +34,7 @@ from .base import Layer
 from .encryption import Encryption, KeySource, PaddedEncryption
 from .keys import KEY_FORMAT, HashedKeys, PrefixedKeys
 from .limits import SizeLimit
+from .verified import VerifiedReads
 
 __all__ = ["Layer", "Stack", "StackSpec", "compose"]
 
@@ -53,13 +56,12 @@ class StackSpec:
 
 @dataclass(frozen=True, slots=True)
 class Stack:
+    """A composed stack, and the layers of it that the facade calls besides ``top``."""
+
     top: Backend
     encryption: Encryption | None
     key_layer: HashedKeys | PrefixedKeys
-    # The facade's share of the verified-read memo (decoded values of memoized frames), under
-    # keys starting with ``memo_prefix``; None unless the stack encrypts through the memo.
-    memo: Memo | None = None
-    memo_prefix: bytes = b""
+    verified: VerifiedReads | None = None
 
 
 def compose(backend: Backend, policy: Policy, spec: StackSpec) -> Stack:
@@ -77,6 +79,13 @@ def compose(backend: Backend, policy: Policy, spec: StackSpec) -> Stack:
                 },
             )
         )
+    if memo is not None and spec.keys is not None:
+        layers.append(
+            (
+                VerifiedReads,
+                {"memo": memo, "memo_prefix": KEY_FORMAT + spec.tag + b"$", "clock": spec.clock},
+            )
+        )
     if policy.hash_keys:
         layers.append((HashedKeys, {"tag": spec.tag, "prf_key": spec.prf_key, "memo": memo}))
     else:
@@ -92,7 +101,6 @@ def compose(backend: Backend, policy: Policy, spec: StackSpec) -> Stack:
                     "clock": spec.clock,
                     "strict": policy.strict,
                     "on_tamper": spec.on_tamper,
-                    "memo": memo,
                 },
             )
         )
@@ -105,14 +113,8 @@ def compose(backend: Backend, policy: Policy, spec: StackSpec) -> Stack:
 
     encryption = next((layer for layer in built if isinstance(layer, Encryption)), None)
     key_layer = next(layer for layer in built if isinstance(layer, HashedKeys | PrefixedKeys))
-    return Stack(
-        top=backend,
-        encryption=encryption,
-        key_layer=key_layer,
-        memo=memo if encryption is not None else None,
-        # "$" where storage keys have ":" or "=" and HashedKeys' memo keys "#".
-        memo_prefix=KEY_FORMAT + spec.tag + b"$",
-    )
+    verified = next((layer for layer in built if isinstance(layer, VerifiedReads)), None)
+    return Stack(top=backend, encryption=encryption, key_layer=key_layer, verified=verified)
 
 
 def layer_names(stack: Backend) -> Sequence[str]:

@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Final
 
 from ..backend import Backend
-from ..memo import ENTRY_OVERHEAD, Memo
+from ..memo import ENTRY_OVERHEAD, KeyEntry, Memo
 from .base import Layer
 
 __all__ = ["KEY_FORMAT", "HashedKeys", "PrefixedKeys", "namespace_tag"]
@@ -44,8 +44,8 @@ class HashedKeys(Layer):
         # Copying a keyed state is cheaper than keying a new one on every call.
         self._prf = hashlib.blake2b(key=prf_key, digest_size=24)
         self._memo = memo
-        # "#" where storage keys have ":" or "=": memo keys never collide with storage keys,
-        # which the same memo holds opened envelopes under.
+        # "#" where storage keys have ":" or "=": its memo keys are none of the namespace's
+        # storage keys nor VerifiedReads' memo keys.
         self._memo_prefix = KEY_FORMAT + tag + b"#"
 
     def storage_key(self, key: bytes) -> bytes:
@@ -54,7 +54,7 @@ class HashedKeys(Layer):
             return self._derive(key)
         memo_key = self._memo_prefix + key
         found = memo.get(memo_key)
-        return self._derive(key, memo_key) if found is None else found[1]
+        return self._derive(key, memo_key) if found is None else found.storage_key
 
     def _derive(self, key: bytes, memo_key: bytes = b"") -> bytes:
         """The PRF itself; remembered under ``memo_key`` when one is given."""
@@ -62,9 +62,8 @@ class HashedKeys(Layer):
         prf.update(key)
         storage_key = self.prefix + prf.hexdigest().encode("ascii")
         if memo_key and self._memo is not None:
-            self._memo.put(
-                memo_key, (len(memo_key) + len(storage_key) + ENTRY_OVERHEAD, storage_key)
-            )
+            size = len(memo_key) + len(storage_key) + ENTRY_OVERHEAD
+            self._memo.put(memo_key, KeyEntry(size, storage_key))
         return storage_key
 
     async def get(self, key: bytes) -> bytes | None:
@@ -80,7 +79,7 @@ class HashedKeys(Layer):
         for key in keys:
             memo_key = memo_prefix + key
             hit = found(memo_key)
-            storage_keys.append(self._derive(key, memo_key) if hit is None else hit[1])
+            storage_keys.append(self._derive(key, memo_key) if hit is None else hit.storage_key)
         return await self.inner.get_many(storage_keys)
 
     async def set(self, key: bytes, value: bytes, *, ttl: float | None) -> None:
