@@ -18,7 +18,7 @@ from typing import Any, Final, Self, cast
 
 import anyio
 
-from . import audit
+from . import audit, keyspace
 from .backend import Backend
 from .backends import MemoryBackend, backend_kind, open_backend
 from .breaker import Breaker, GuardedBackend, guard
@@ -29,7 +29,6 @@ from .keyring import KEY_SIZE, Keyring, hkdf
 from .keys import KeyWrapper
 from .layers import StackSpec, compose
 from .layers.encryption import KeyringKeys, KeySource, StaticKey
-from .layers.keys import KEY_FORMAT, namespace_tag
 from .memo import DEFAULT_MEMO_BYTES, Memo
 from .metrics import MeteredCache, MetricsHook
 from .policy import (
@@ -273,7 +272,7 @@ class CacheManager:
         return hkdf(_PUBLIC_INDEX_KEY, info)
 
     def _tag(self, name: str, *, leaves_process: bool) -> bytes:
-        return namespace_tag(
+        return keyspace.namespace_tag(
             self._index_key(b"acs1/namespace-tag", leaves_process=leaves_process), name
         )
 
@@ -567,7 +566,7 @@ class CacheManager:
 
         def drop() -> None:
             if memo is not None:
-                memo.discard_prefix(KEY_FORMAT + tag)
+                memo.discard_prefix(keyspace.namespace_prefix(tag))
             cache.forget_padding_sample()
 
         return drop
@@ -595,14 +594,14 @@ class CacheManager:
             tag = self._tag(name, leaves_process=leaves)
             vault = Vault(self._vault_store or store, self._current_keyring, self._key_wrapper)
         if self._memo is not None:
-            self._memo.discard_prefix(KEY_FORMAT + tag)
+            self._memo.discard_prefix(keyspace.namespace_prefix(tag))
         destroyed = await vault.destroy(tag) if vault is not None else False
         if record is not None and record.lease is not None:
             # Loads that began before the record was gone must not install its key.
             record.lease.revoke()
-        removed = await store.delete_prefix(KEY_FORMAT + tag + b":")
-        removed += await store.delete_prefix(KEY_FORMAT + tag + b"=")
-        await store.delete_prefix(stats_prefix(tag))
+        removed = await store.delete_prefix(keyspace.hashed_prefix(tag))
+        removed += await store.delete_prefix(keyspace.prefixed_prefix(tag))
+        await store.delete_prefix(keyspace.stats_prefix(tag))
         if record is not None:
             record.cache.forget_padding_sample()
             if record.lease is not None:
@@ -642,7 +641,7 @@ class CacheManager:
                 "published_at": now,
                 "expires_at": now + ttl,
             }
-            record_key = stats_prefix(record.tag) + self._publisher
+            record_key = keyspace.stats_prefix(record.tag) + self._publisher
             text = json.dumps(body, separators=(",", ":")).encode("ascii")
             await record.store.set(
                 record_key, text + _stats_mac(record.stats_key, record_key, text), ttl=ttl
@@ -661,7 +660,7 @@ class CacheManager:
             return totals
         now = self._clock()
         rejected = 0
-        async for record_key, raw in record.store.scan(stats_prefix(record.tag)):
+        async for record_key, raw in record.store.scan(keyspace.stats_prefix(record.tag)):
             body = _open_stats(record.stats_key, record_key, raw, now)
             if body is None:
                 rejected += 1
@@ -708,10 +707,6 @@ def _breaker_watcher(name: str, stats: Stats, metrics: MetricsHook | None) -> Ca
             metrics.record("breaker", name, state, 0.0)
 
     return changed
-
-
-def stats_prefix(tag: bytes) -> bytes:
-    return KEY_FORMAT + tag + b"!stats:"
 
 
 def _stats_mac(key: bytes, record_key: bytes, text: bytes) -> bytes:

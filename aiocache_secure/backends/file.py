@@ -72,6 +72,7 @@ from urllib.parse import unquote, urlsplit
 
 from ..clock import Clock, system_clock
 from ..errors import BackendUnavailable, ClosedError, ConfigurationError
+from ..keyspace import PREFIX_LEN
 from ._file_dir import Dirs, open_directory, remove_if_same
 from ._file_format import (
     HEAD,
@@ -79,7 +80,6 @@ from ._file_format import (
     O_READ,
     O_TEMP,
     OTHER,
-    PREFIX_LEN,
     encode_head,
     expired,
     group_of,

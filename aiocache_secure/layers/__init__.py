@@ -7,6 +7,7 @@ A namespace's stack, outermost first::
                    (encrypted, unpadded namespaces with the memo on; see layers/verified.py)
     HashedKeys     storage key = "acs1" + namespace tag + ":" + PRF(namespace key, key)
      or PrefixedKeys  storage key = "acs1" + namespace tag + "=" + key      (hash_keys=False)
+                   (every spelling of a key: aiocache_secure/keyspace.py)
     Encryption     AES-256-GCM envelope; AAD binds version, key id, namespace, storage key, expiry
     backend        memory │ file │ redis (+cluster) │ mongo
 
@@ -26,13 +27,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .. import keyspace
 from ..backend import Backend
 from ..clock import Clock
 from ..memo import Memo
 from ..policy import Policy
 from .base import Layer
 from .encryption import Encryption, KeySource, PaddedEncryption
-from .keys import KEY_FORMAT, HashedKeys, PrefixedKeys
+from .keys import HashedKeys, PrefixedKeys
 from .limits import SizeLimit
 from .verified import VerifiedReads
 
@@ -83,7 +85,11 @@ def compose(backend: Backend, policy: Policy, spec: StackSpec) -> Stack:
         layers.append(
             (
                 VerifiedReads,
-                {"memo": memo, "memo_prefix": KEY_FORMAT + spec.tag + b"$", "clock": spec.clock},
+                {
+                    "memo": memo,
+                    "memo_prefix": keyspace.verified_memo_prefix(spec.tag),
+                    "clock": spec.clock,
+                },
             )
         )
     if policy.hash_keys:
