@@ -2,45 +2,35 @@
 
 The facade turns a call into the entry frame (:mod:`aiocache_secure.frame`) and hands it to the
 namespace's layer stack (:func:`aiocache_secure.layers.compose`). It owns what only it can do:
-key validation, (de)serialization, TTL resolution, the expiry check on read, statistics,
-``fail_open`` and timing padding (which must cover deserialization).
+key validation, (de)serialization, TTL resolution, the expiry check on read, statistics and
+``fail_open``. Around it: :mod:`aiocache_secure.facade` (what every operation shares),
+:mod:`aiocache_secure.atomic` (``add``/``incr``/``expire``), :mod:`aiocache_secure.padded`
+(``PaddedCache``, timing padding), :mod:`aiocache_secure.export` (JSON Lines export), and
+:mod:`aiocache_secure.layers.verified` (the verified-read memo, whose entries reads decode once).
 """
 
 from __future__ import annotations
 
-import contextlib
 import enum
 import hmac
 import logging
 import math
 import os
-import random
-import tempfile
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
-from pathlib import Path
-from typing import Any, Final, NoReturn, TypeVar, cast, overload
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from typing import Any, Final, TypeVar, overload
 
-import anyio
-
-from . import audit, frame, typed
-from .backend import AtomicBackend, Backend
-from .clock import Clock
+from . import frame, typed
+from .atomic import AtomicUpdates
 from .errors import (
     BackendError,
     CacheError,
-    ClosedError,
-    ContentionError,
     IntegrityError,
     SerializationError,
 )
+from .export import export_jsonl
 from .frame import HEAD as _FRAME_HEAD
-from .layers import Stack
-from .layers.padding import TimingPadding
 from .layers.verified import VerifiedReads
-from .policy import Policy, Seconds
-from .serializers import Serializer, export_form
-from .stats import Stats
+from .policy import Seconds
 
 __all__ = ["MISSING", "Cache"]
 
@@ -64,240 +54,11 @@ class _Missing(enum.Enum):
 MISSING: Final = _Missing.MISSING
 """Pass as ``default=`` to tell a miss from a cached ``None``."""
 
-_BURST_SECONDS: Final = 10.0
-_CAS_RETRIES: Final = 64
 
-
-async def _backoff(attempt: int) -> None:
-    """Jittered exponential pause after a lost compare-and-set race (at most 50 ms)."""
-    await anyio.sleep(random.uniform(0, min(0.0005 * 2**attempt, 0.05)))  # noqa: S311
-
-
-class Lifecycle:
-    """Shared open/closed flag: a manager and all its namespaces close together."""
-
-    __slots__ = ("closed",)
-
-    def __init__(self) -> None:
-        self.closed = False
-
-
-class Cache:
+class Cache(AtomicUpdates):
     """One namespace. Create it with :meth:`CacheManager.namespace`, not directly."""
 
-    __slots__ = (
-        "_clock",
-        "_embed",
-        "_encryption",
-        "_fail_open",
-        "_last_error_log",
-        "_lifecycle",
-        "_atomic",
-        "_storage_key",
-        "_padding",
-        "_padding_many",
-        "_prefix",
-        "_prepare",
-        "_prepare_fresh",
-        "_prepare_lock",
-        "_updating",
-        "_verified",
-        "_serializer",
-        "_stack",
-        "_strict",
-        "_dummy",
-        "_pad_ref",
-        "_pad_calibrated",
-        "name",
-        "policy",
-        "stats",
-    )
-
-    def __init__(
-        self,
-        name: str,
-        stack: Stack,
-        *,
-        policy: Policy,
-        serializer: Serializer,
-        clock: Clock,
-        lifecycle: Lifecycle,
-        stats: Stats,
-    ) -> None:
-        self.name = name
-        self.policy = policy
-        self.stats = stats
-        self._stack: Backend = stack.top
-        # The top of a composed stack is always a Layer, which forwards atomic updates (and
-        # raises UnsupportedOperation at call time when the store underneath lacks them).
-        self._atomic = cast(AtomicBackend, stack.top)
-        self._serializer = serializer
-        self._clock = clock
-        self._lifecycle = lifecycle
-        encryption = self._encryption = stack.encryption
-        self._prefix = stack.key_layer.prefix
-        self._storage_key: Callable[[bytes], bytes] | None = stack.key_layer.storage_key
-        # Reads of a namespace whose verified reads are memoized go through their owner.
-        self._verified: VerifiedReads | None = stack.verified
-        self._embed = policy.hash_keys and encryption is not None
-        self._strict = policy.strict
-        self._fail_open = policy.fail_open
-        self._last_error_log = -math.inf
-        self._padding = TimingPadding() if policy.pad_timing else None
-        self._padding_many = TimingPadding() if policy.pad_timing else None
-        self._dummy: Callable[[], object] | None = None
-        # Timing padding's reference entry (key, frame): the largest this namespace has written
-        # or read, whose work a miss replays; and its size when the floor was last measured.
-        self._pad_ref: tuple[bytes, bytes] | None = None
-        self._pad_calibrated = 0
-        self._prepare: Callable[[], Awaitable[None]] | None = None
-        self._prepare_fresh: Callable[[], bool] | None = None
-        self._prepare_lock = anyio.Lock()
-        self._updating: dict[bytes, tuple[anyio.Lock, list[int]]] = {}
-        if self._padding is not None:
-            self._dummy = self._make_dummy()
-
-    def __repr__(self) -> str:
-        return f"Cache(namespace={self.name!r}, encrypted={self._encryption is not None})"
-
-    @property
-    def clock(self) -> Clock:
-        """The namespace's wall clock (injectable through the manager)."""
-        return self._clock
-
-    @property
-    def key_prefix(self) -> bytes:
-        """The storage-key prefix of this namespace's entries (for operations tooling)."""
-        return self._prefix
-
-    def set_prepare(
-        self, prepare: Callable[[], Awaitable[None]], *, fresh: Callable[[], bool] | None = None
-    ) -> None:
-        """Run ``prepare`` once before the next operation (a private namespace's key load).
-
-        With ``fresh`` (a key lease), ``prepare`` stays: it runs again before any operation that
-        finds ``fresh()`` false, once for all the operations waiting on it.
-        """
-        self._prepare = prepare
-        self._prepare_fresh = fresh
-
-    async def _run_prepare(self) -> None:
-        fresh = self._prepare_fresh
-        if fresh is not None and fresh():
-            return
-        async with self._prepare_lock:
-            prepare, fresh = self._prepare, self._prepare_fresh
-            if prepare is not None and (fresh is None or not fresh()):
-                try:
-                    await prepare()
-                except BackendError as exc:
-                    self.stats.errors += 1
-                    raise exc
-                if fresh is None:
-                    self._prepare = None
-
-    async def _ready(self) -> bool:
-        """Run the pending preparation (a private namespace's key load or lease check).
-
-        False when the store failed and the namespace fails open: the operation is then a miss
-        or a no-op. Either way no key that could not be confirmed is used.
-        """
-        try:
-            await self._run_prepare()
-        except BackendError:
-            if self._fail_open:
-                return False
-            raise
-        return True
-
-    # -- helpers -------------------------------------------------------------------------------
-
-    @staticmethod
-    def _key(key: object) -> bytes:
-        if not isinstance(key, str):
-            raise TypeError(f"cache keys must be str, not {type(key).__name__}")
-        try:
-            raw = key.encode("utf-8")
-        except UnicodeEncodeError:
-            raise ValueError("cache keys must be valid unicode (no lone surrogates)") from None
-        if len(raw) > frame.MAX_KEY_BYTES:
-            raise ValueError(f"cache keys are limited to {frame.MAX_KEY_BYTES} bytes of UTF-8")
-        return raw
-
-    def _check_open(self) -> None:
-        if self._lifecycle.closed:
-            raise ClosedError("the cache manager is closed")
-
-    def _backend_failed(self, exc: BackendError) -> None:
-        """Count a backend failure; re-raise unless the namespace fails open."""
-        self.stats.errors += 1
-        now = time.monotonic()
-        if now - self._last_error_log >= _BURST_SECONDS:
-            self._last_error_log = now
-            audit.emit(
-                "backend_error",
-                namespace=self.name,
-                error=type(exc).__name__,
-                fail_open=self._fail_open,
-            )
-        if not self._fail_open:
-            raise exc
-
-    def _tampered(self) -> None:
-        self.stats.tampered += 1
-
-    def _bad_entry(self) -> NoReturn | None:
-        self.stats.tampered += 1
-        audit.emit("tamper_detected", namespace=self.name, reason="bad_payload")
-        if self._strict:
-            raise IntegrityError
-        return None
-
-    def _frame(self, key: bytes, value: Any, ttl: object) -> tuple[bytes, float | None]:
-        seconds = self.policy.resolve_ttl(ttl)
-        payload = self._serializer.dumps(value)
-        expires = frame.expiry_ms(None if seconds is None else self._clock() + seconds)
-        return frame.pack(expires, key if self._embed else b"", payload), seconds
-
-    def _open_frame(self, key: bytes, data: bytes, now_ms: float = -1.0) -> tuple[bool, Any]:
-        """``(True, value)``, or ``(False, reason)`` with reason "expired" or "bad".
-
-        ``now_ms`` lets a batch read the clock once; by default it is read here.
-        """
-        try:
-            expires_ms, embedded, payload = frame.unpack(data)
-        except IntegrityError:
-            return False, "bad"
-        if expires_ms and expires_ms <= (self._clock() * 1000 if now_ms < 0 else now_ms):
-            return False, "expired"
-        if self._embed and not hmac.compare_digest(embedded, key):
-            return False, "bad"
-        try:
-            return True, self._serializer.loads(payload)
-        except SerializationError:
-            return False, "bad"
-
-    async def _discard(self, key: bytes, reason: object) -> None:
-        try:
-            await self._stack.delete(key)
-        except BackendError as exc:
-            self._backend_failed(exc)
-        if reason == "bad":
-            self._bad_entry()
-
-    def _make_dummy(self) -> Callable[[], object]:
-        encryption = self._encryption
-        dummy_key = b"\x00" * 8
-        dummy_frame = frame.pack(0, b"", self._serializer.dumps({"": ""}))
-        if encryption is None:
-            return lambda: self._open_frame(dummy_key, dummy_frame)
-        rehearse = encryption.rehearsal(dummy_key, dummy_frame)
-
-        def work() -> object:
-            opened, _ = rehearse()
-            return self._open_frame(dummy_key, opened or dummy_frame)
-
-        return work
+    __slots__ = ()
 
     # -- reads ---------------------------------------------------------------------------------
 
@@ -326,11 +87,8 @@ class Cache:
         if type is not None:
             return await self._get_typed(key, default, type)
         raw = self._key(key)
-        self._check_open()
-        if self._prepare is not None and not await self._ready():
+        if self._pending() and not await self._ready():
             return default
-        if self._padding is not None:
-            return await self._padded_get(raw, default)
         if self._verified is not None:
             return await self._get_verified(raw, default, self._verified)
         try:
@@ -369,88 +127,6 @@ class Cache:
         self.stats.misses += 1
         return default
 
-    async def _padded_read(
-        self, raw: bytes, padding: TimingPadding
-    ) -> tuple[int, bytes | None, bool, Any]:
-        """One key's padded read up to its deadline: when it started, the frame read, and
-        what :meth:`_padded_open` made of it (a tampered frame already discarded)."""
-        started = padding.timer()
-        try:
-            data = await self._stack.get(raw)
-        except BackendError as exc:
-            self._backend_failed(exc)
-            data = None
-        ok, value = self._padded_open(raw, data)
-        if not ok and data is not None:
-            await self._discard(raw, value)
-        return started, data, ok, value
-
-    async def _padded_get(self, raw: bytes, default: Any) -> Any:
-        padding = self._padding
-        assert padding is not None  # noqa: S101 - this method runs only when padding is on
-        started, data, ok, value = await self._padded_read(raw, padding)
-        if ok:
-            self.stats.hits += 1
-        else:
-            self.stats.misses += 1
-        result = value if ok else default
-        # Nothing that depends on the outcome runs after the deadline: not even freeing the
-        # frame a hit read (tens of nanoseconds for a large one, in this frame's teardown).
-        del data, value
-        padding.wait(started)
-        return result
-
-    def _padded_open(self, raw: bytes, data: bytes | None) -> tuple[bool, Any]:
-        """:meth:`_open_frame` with the work of a hit either way: a miss (``data`` None)
-        replays the reference entry (see :meth:`_replay`)."""
-        now_ms = self._clock() * 1000
-        if data is None:
-            self._replay()
-            return False, None
-        ok, value = self._open_frame(raw, data, now_ms)
-        if ok:
-            ref = self._pad_ref
-            if ref is None or len(data) > len(ref[1]):
-                self._keep_reference(raw, data)
-        return ok, value
-
-    def _replay(self) -> None:
-        """A miss's share of timing padding: the work of a hit on the reference entry (decrypt
-        its envelope, parse its frame, whether or not it has expired since); before any entry,
-        on a same-shaped dummy. It depends on neither the key probed now nor the one before."""
-        ref = self._pad_ref
-        if ref is None:
-            assert self._dummy is not None  # noqa: S101 - set whenever padding is on
-            self._dummy()
-            return
-        if self._encryption is not None:
-            self._encryption.replay()
-        self._open_frame(ref[0], ref[1], 0.0)
-
-    def _keep_reference(self, raw: bytes, data: bytes) -> None:
-        """Make ``data`` the reference entry if it is the largest so far; when the reference has
-        grown by more than a quarter since it was last measured, measure its replay again and
-        raise both paddings' floors to cover it (once per growth: a value the namespace has
-        written is covered before it is first read)."""
-        ref = self._pad_ref
-        if ref is not None and len(data) <= len(ref[1]):
-            return
-        self._pad_ref = (raw, data)
-        if len(data) * 4 > self._pad_calibrated * 5:
-            assert self._padding is not None and self._padding_many is not None  # noqa: S101
-            self._pad_calibrated = len(data)
-            self._padding_many.cover(self._padding.calibrate(self._replay))
-
-    def _keys(self, keys: Iterable[str]) -> list[bytes]:
-        keys = keys if isinstance(keys, list | tuple) else list(keys)
-        try:  # str.encode rejects non-str keys, as _key does, at a fraction of the cost
-            raws = [str.encode(k) for k in keys]
-        except (TypeError, UnicodeEncodeError):
-            raws = []
-        if not raws or max(map(len, raws)) > frame.MAX_KEY_BYTES:
-            raws = [self._key(k) for k in keys]  # raises the precise error, if any
-        return raws
-
     @staticmethod
     def _typed_or(value: Any, default: Any, annotation: Any) -> Any:
         if value is MISSING:
@@ -480,13 +156,10 @@ class Cache:
             found = await self.get_many(keys, MISSING)
             return [self._typed_or(value, default, type) for value in found]
         raws = self._keys(keys)
-        self._check_open()
-        if self._prepare is not None and not await self._ready():
+        if self._pending() and not await self._ready():
             return [default] * len(raws)
         if not raws:
             return []
-        if self._padding_many is not None:
-            return await self._padded_get_many(raws, default, self._padding_many)
         if self._verified is not None:
             return await self._get_many_verified(raws, default, self._verified)
         return await self._get_many(raws, default)
@@ -573,36 +246,6 @@ class Cache:
             self.stats.misses += len(out) - hits
         return out
 
-    async def _padded_get_many(
-        self, raws: list[bytes], default: Any, padding: TimingPadding
-    ) -> list[Any]:
-        """``get_many`` with the work of a hit for every key (a miss replays the reference
-        entry), padded to ``len(raws)`` budgets of batch reads."""
-        started = padding.timer()
-        try:
-            found = await self._stack.get_many(raws)
-        except BackendError as exc:
-            self._backend_failed(exc)
-            found = [None] * len(raws)
-        out: list[Any] = []
-        hits = 0
-        try:
-            for raw, data in zip(raws, found, strict=True):
-                ok, value = self._padded_open(raw, data)
-                if ok:
-                    out.append(value)
-                    hits += 1
-                    continue
-                if data is not None:
-                    await self._discard(raw, value)
-                out.append(default)
-        finally:  # counted once per batch; a strict-mode IntegrityError counts what was read
-            self.stats.hits += hits
-            self.stats.misses += len(out) - hits
-        del found, data, value  # frames are freed before the deadline (see _padded_get)
-        padding.wait(started, len(raws))
-        return out
-
     async def exists(self, key: str) -> bool:
         """Whether a live entry is stored under ``key`` (as padded as a read on a padded
         namespace)."""
@@ -611,11 +254,8 @@ class Cache:
     async def ttl(self, key: str) -> float | None:
         """Seconds left: ``None`` on a miss, ``math.inf`` for an entry that never expires."""
         raw = self._key(key)
-        self._check_open()
-        if self._prepare is not None and not await self._ready():
+        if self._pending() and not await self._ready():
             return None
-        if self._padding is not None:
-            return await self._padded_ttl(raw)
         try:
             data = await self._stack.get(raw)
         except BackendError as exc:
@@ -636,20 +276,6 @@ class Cache:
             return None
         return left
 
-    async def _padded_ttl(self, raw: bytes) -> float | None:
-        """``ttl`` as a padded read: the work of a ``get`` (the value is parsed and dropped)."""
-        padding = self._padding
-        assert padding is not None  # noqa: S101 - this method runs only when padding is on
-        started, data, ok, value = await self._padded_read(raw, padding)
-        left: float | None = None
-        if ok:
-            assert data is not None  # noqa: S101 - a hit has a frame
-            expires_ms = _FRAME_HEAD.unpack_from(data)[0]
-            left = math.inf if not expires_ms else max(expires_ms / 1000 - self._clock(), 1e-9)
-        del data, value  # the frame and the parsed value are freed before the deadline
-        padding.wait(started)
-        return left
-
     # -- writes --------------------------------------------------------------------------------
 
     async def set(self, key: str, value: Any, ttl: Seconds | None = None) -> None:
@@ -657,15 +283,6 @@ class Cache:
         raw = self._key(key)
         data, seconds = self._frame(raw, value, ttl)
         await self._set_frame(raw, data, seconds)
-
-    # The decorator's seam: it serializes a result once, stores those bytes, and decodes from
-    # them a copy of its own for every further caller that shares the computation.
-
-    def _dumps(self, value: Any) -> bytes:
-        return self._serializer.dumps(value)
-
-    def _loads(self, payload: bytes) -> Any:
-        return self._serializer.loads(payload)
 
     async def _set_payload(self, key: str, payload: bytes, ttl: Seconds | None = None) -> None:
         """:meth:`set` of a value that :meth:`_dumps` serialized."""
@@ -675,20 +292,24 @@ class Cache:
         data = frame.pack(expires, raw if self._embed else b"", payload)
         await self._set_frame(raw, data, seconds)
 
-    async def _set_frame(self, raw: bytes, data: bytes, seconds: float | None) -> None:
-        self._check_open()
-        if self._prepare is not None and not await self._ready():
-            return
+    async def _set_frame(self, raw: bytes, data: bytes, seconds: float | None) -> bool:
+        """Store one frame; whether it was stored (not when the namespace failed open)."""
+        if self._pending() and not await self._ready():
+            return False
         try:
             await self._stack.set(raw, data, ttl=seconds)
         except BackendError as exc:
             self._backend_failed(exc)
-            return
+            return False
         self.stats.sets += 1
-        if self._padding is not None:
-            self._keep_reference(raw, data)
+        return True
 
     async def set_many(self, items: Mapping[str, Any], ttl: Seconds | None = None) -> None:
+        await self._set_frames(self._frames(items, ttl))
+
+    def _frames(
+        self, items: Mapping[str, Any], ttl: Seconds | None
+    ) -> tuple[list[tuple[bytes, bytes]], float | None]:
         if not isinstance(items, Mapping):
             raise TypeError("set_many takes a mapping of str keys to values")
         seconds = self.policy.resolve_ttl(ttl)
@@ -698,24 +319,26 @@ class Cache:
         for key, value in items.items():
             raw = self._key(key)
             batch.append((raw, frame.pack(expires, raw if embed else b"", dumps(value))))
-        self._check_open()
-        if self._prepare is not None and not await self._ready():
-            return
+        return batch, seconds
+
+    async def _set_frames(self, frames: tuple[list[tuple[bytes, bytes]], float | None]) -> bool:
+        """Store a batch of frames; whether it was stored (an empty batch is not)."""
+        batch, seconds = frames
+        if self._pending() and not await self._ready():
+            return False
         if not batch:
-            return
+            return False
         try:
             await self._stack.set_many(batch, ttl=seconds)
         except BackendError as exc:
             self._backend_failed(exc)
-            return
+            return False
         self.stats.sets += len(batch)
-        if self._padding is not None:
-            self._keep_reference(*max(batch, key=lambda item: len(item[1])))
+        return True
 
     async def delete(self, key: str) -> bool:
         raw = self._key(key)
-        self._check_open()
-        if self._prepare is not None and not await self._ready():
+        if self._pending() and not await self._ready():
             return False
         try:
             deleted = await self._stack.delete(raw)
@@ -728,8 +351,7 @@ class Cache:
     async def delete_many(self, keys: Iterable[str]) -> int:
         """Delete every key given; how many entries were deleted."""
         raws = [self._key(k) for k in keys]
-        self._check_open()
-        if self._prepare is not None and not await self._ready():
+        if self._pending() and not await self._ready():
             return 0
         count = 0
         for raw in raws:
@@ -740,21 +362,10 @@ class Cache:
         self.stats.deletes += count
         return count
 
-    def forget_padding_sample(self) -> None:
-        """Drop the reference entry kept for timing padding (after a clear or an erase)."""
-        self._pad_ref = None
-        self._pad_calibrated = 0
-        for padding in (self._padding, self._padding_many):
-            if padding is not None:
-                padding.reset()
-        if self._encryption is not None:
-            self._encryption.forget_replay()
-
     async def clear(self) -> int:
         """Delete every entry of this namespace (and only this namespace)."""
         self.forget_padding_sample()
-        self._check_open()
-        if self._prepare is not None and not await self._ready():
+        if self._pending() and not await self._ready():
             return 0
         try:
             count = await self._stack.delete_prefix(b"")
@@ -764,144 +375,11 @@ class Cache:
         self.stats.deletes += count
         return count
 
-    # -- atomic updates (backends implementing AtomicBackend) -------------------------------------
-
-    async def add(self, key: str, value: Any, ttl: Seconds | None = None) -> bool:
-        """Store ``value`` only if ``key`` has no live entry; returns whether it was stored."""
-        raw = self._key(key)
-        data, seconds = self._frame(raw, value, ttl)
-        self._check_open()
-        if self._prepare is not None and not await self._ready():
-            return False
-        try:
-            for _ in range(_CAS_RETRIES):
-                if await self._atomic.add(raw, data, ttl=seconds):
-                    self.stats.sets += 1
-                    return True
-                found = await self._versioned(raw)
-                if found is not None:
-                    return False
-                # Only a dead (expired or unreadable) entry stood in the way: replace it.
-                current = await self._atomic.get_versioned(raw)
-                if current is None:
-                    continue
-                if await self._atomic.compare_and_set(raw, current[1], data, ttl=seconds):
-                    self.stats.sets += 1
-                    return True
-        except BackendError as exc:
-            self._backend_failed(exc)
-            return False
-        raise ContentionError("add() lost its race too many times")
-
-    async def incr(self, key: str, delta: int = 1, ttl: Seconds | None = None) -> int:
-        """Add ``delta`` to the integer under ``key`` (created at ``delta``); the new value.
-
-        ``ttl`` applies when the counter is created; an existing counter keeps its expiry.
-        Atomic on every backend with ``AtomicBackend`` support: a compare-and-set loop on the
-        stored (possibly encrypted) entry, retried a bounded number of times.
-        """
-        if isinstance(delta, bool) or not isinstance(delta, int):
-            raise TypeError("incr delta must be an int")
-        raw = self._key(key)
-        self._check_open()
-        if self._prepare is not None:
-            await self._run_prepare()
-        async with self._one_updater(raw):
-            for attempt in range(_CAS_RETRIES):
-                found = await self._versioned(raw)
-                if found is None:
-                    data, seconds = self._frame(raw, delta, ttl)
-                    if await self._atomic.add(raw, data, ttl=seconds):
-                        self.stats.sets += 1
-                        return delta
-                    continue
-                (value, expires_ms), token = found
-                if isinstance(value, bool) or not isinstance(value, int):
-                    raise TypeError("incr needs the stored value to be an int")
-                new = value + delta
-                data, seconds = self._refresh(raw, new, expires_ms)
-                if await self._atomic.compare_and_set(raw, token, data, ttl=seconds):
-                    self.stats.sets += 1
-                    return new
-                await _backoff(attempt)
-        raise ContentionError("incr() lost its race too many times")
-
-    async def expire(self, key: str, ttl: Seconds | None) -> bool:
-        """Give a live entry a new lifetime (``None``: the namespace default); False on a miss.
-
-        On encrypted namespaces this re-seals the entry: the expiry is authenticated.
-        """
-        raw = self._key(key)
-        seconds = self.policy.resolve_ttl(ttl)
-        self._check_open()
-        if self._prepare is not None:
-            await self._run_prepare()
-        try:
-            async with self._one_updater(raw):
-                for attempt in range(_CAS_RETRIES):
-                    found = await self._versioned(raw)
-                    if found is None:
-                        return False
-                    (value, _), token = found
-                    payload = self._serializer.dumps(value)
-                    expires = frame.expiry_ms(None if seconds is None else self._clock() + seconds)
-                    data = frame.pack(expires, raw if self._embed else b"", payload)
-                    if await self._atomic.compare_and_set(raw, token, data, ttl=seconds):
-                        return True
-                    await _backoff(attempt)
-        except BackendError as exc:
-            self._backend_failed(exc)
-            return False
-        raise ContentionError("expire() lost its race too many times")
-
-    async def touch(self, key: str) -> bool:
-        """Re-arm ``key`` with the namespace's default lifetime."""
-        return await self.expire(key, None)
-
-    @contextlib.asynccontextmanager
-    async def _one_updater(self, raw: bytes) -> AsyncIterator[None]:
-        """Queue this process's read-modify-write updates of one key behind each other.
-
-        Compare-and-set keeps updates atomic across processes; inside one, callers that would
-        only make each other retry wait their turn instead (20 tasks racing one counter could
-        otherwise starve one of them past the retry bound).
-        """
-        entry = self._updating.get(raw)
-        if entry is None:
-            entry = self._updating[raw] = (anyio.Lock(), [0])
-        lock, users = entry
-        users[0] += 1
-        try:
-            async with lock:
-                yield
-        finally:
-            users[0] -= 1
-            if not users[0]:
-                del self._updating[raw]
-
-    async def _versioned(self, raw: bytes) -> tuple[tuple[Any, int], bytes] | None:
-        """``((value, expires_ms), token)`` of a live entry, else None (dead ones discarded)."""
-        found = await self._atomic.get_versioned(raw)
-        if found is None:
-            return None
-        data, token = found
-        ok, value = self._open_frame(raw, data)
-        if not ok:
-            await self._discard(raw, value)
-            return None
-        return (value, frame.read_expiry(data)), token
-
-    def _refresh(self, raw: bytes, value: Any, expires_ms: int) -> tuple[bytes, float | None]:
-        payload = self._serializer.dumps(value)
-        seconds = None if not expires_ms else max(expires_ms / 1000 - self._clock(), 0.001)
-        return frame.pack(expires_ms, raw if self._embed else b"", payload), seconds
-
     # -- export and rotation ---------------------------------------------------------------------
 
     async def items(self) -> AsyncIterator[tuple[str, Any]]:
         """Every live ``(key, value)`` of this namespace, streamed from the store."""
-        self._check_open()
-        if self._prepare is not None:
+        if self._pending():
             await self._run_prepare()
         if self.policy.hash_keys and self._encryption is None:
             raise CacheError(
@@ -930,42 +408,11 @@ class Cache:
 
         Values must be JSON-representable. Returns the number of entries written.
         """
-        import json
-
-        target = Path(path)
-        count = 0
-        # Written through mkstemp's own descriptor (O_EXCL, 0600) and never reopened by name, so
-        # a symlink planted in its place is never followed; renamed only while the name is
-        # still that file.
-        fd, tmp = tempfile.mkstemp(prefix=".export-", dir=target.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                out = anyio.wrap_file(handle)
-                async for key, value in self.items():
-                    line = json.dumps({"key": key, "value": export_form(value)}, ensure_ascii=False)
-                    await out.write(line + "\n")
-                    count += 1
-                    if progress is not None:
-                        progress(count)
-                await out.flush()
-                os.fchmod(fd, 0o600)
-                await anyio.to_thread.run_sync(os.fsync, fd)
-                written, named = os.fstat(fd), os.stat(tmp, follow_symlinks=False)
-                if (written.st_dev, written.st_ino) != (named.st_dev, named.st_ino):
-                    raise CacheError(
-                        "export: the file being written was replaced; export into a directory "
-                        "only this user can write"
-                    )
-            os.replace(tmp, target)
-        except BaseException:
-            await anyio.Path(tmp).unlink(missing_ok=True)
-            raise
-        return count
+        return await export_jsonl(self.items(), path, progress=progress)
 
     async def rotate_keys(self, *, progress: Callable[[int], None] | None = None) -> int:
         """Re-encrypt every entry not sealed under the primary key; returns how many."""
-        self._check_open()
-        if self._prepare is not None:
+        if self._pending():
             await self._run_prepare()
         if self._encryption is None:
             return 0

@@ -22,15 +22,17 @@ from . import audit, keyspace
 from .backend import Backend
 from .backends import MemoryBackend, backend_kind, open_backend
 from .breaker import Breaker, GuardedBackend, guard
-from .cache import Cache, Lifecycle
+from .cache import Cache
 from .clock import Clock, system_clock
 from .errors import BackendError, ClosedError, ConfigurationError
+from .facade import Lifecycle
 from .keyring import KEY_SIZE, Keyring, hkdf
 from .keys import KeyWrapper
 from .layers import StackSpec, compose
 from .layers.encryption import KeyringKeys, KeySource, StaticKey
 from .memo import DEFAULT_MEMO_BYTES, Memo
-from .metrics import MeteredCache, MetricsHook
+from .metrics import MeteredCache, MeteredPaddedCache, MetricsHook
+from .padded import PaddedCache
 from .policy import (
     DEFAULT_MAX_VALUE_BYTES,
     Policy,
@@ -525,11 +527,10 @@ class CacheManager:
             keys=keys,
             clock=self._clock,
             on_tamper=lambda: setattr(stats, "tampered", stats.tampered + 1),
-            on_limit=lambda: None,
             memo=self._memo if memo else None,
         )
         stack = compose(store, policy, spec)
-        cache = (Cache if metrics is None else MeteredCache)(
+        cache = _FACADES[metrics is not None, policy.pad_timing](
             name,
             stack,
             policy=policy,
@@ -698,6 +699,15 @@ class CacheManager:
             ):
                 count += 1
         return count
+
+
+# The facade's class by (metered, padded): the unpadded, unmetered hot path asks about neither.
+_FACADES: Final[dict[tuple[bool, bool], type[Cache]]] = {
+    (False, False): Cache,
+    (False, True): PaddedCache,
+    (True, False): MeteredCache,
+    (True, True): MeteredPaddedCache,
+}
 
 
 def _breaker_watcher(name: str, stats: Stats, metrics: MetricsHook | None) -> Callable[[str], None]:

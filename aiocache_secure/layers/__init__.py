@@ -52,7 +52,6 @@ class StackSpec:
     keys: KeySource | None
     clock: Clock
     on_tamper: Callable[[], None]
-    on_limit: Callable[[], None]
     memo: Memo | None = None
 
 
@@ -74,11 +73,7 @@ def compose(backend: Backend, policy: Policy, spec: StackSpec) -> Stack:
         layers.append(
             (
                 SizeLimit,
-                {
-                    "max_value_bytes": policy.max_value_bytes,
-                    "namespace": spec.namespace,
-                    "on_exceeded": spec.on_limit,
-                },
+                {"max_value_bytes": policy.max_value_bytes, "namespace": spec.namespace},
             )
         )
     if memo is not None and spec.keys is not None:

@@ -15,9 +15,10 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from ..cache import Cache
+from ..padded import PaddedCache
 from ..policy import Seconds
 
-__all__ = ["MeteredCache", "MetricsHook"]
+__all__ = ["MeteredCache", "MeteredPaddedCache", "MetricsHook"]
 
 T = TypeVar("T")
 
@@ -113,3 +114,10 @@ class MeteredCache(Cache):
 
     async def expire(self, key: str, ttl: Seconds | None) -> bool:
         return await self._measure("expire", lambda: super(MeteredCache, self).expire(key, ttl))
+
+
+class MeteredPaddedCache(MeteredCache, PaddedCache):
+    """A :class:`~aiocache_secure.padded.PaddedCache` that reports to a hook (each measured
+    operation includes its padding: what a caller waits is what is recorded)."""
+
+    __slots__ = ()
