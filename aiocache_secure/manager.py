@@ -62,7 +62,7 @@ class _Namespace:
     vault: Vault | None
     tag: bytes
     lease: KeyLease | None
-    config: tuple[object, ...]
+    config: tuple[object, Policy]  # (the backend asked for, the policy): what namespace() got
     stats_key: bytes | None = dataclasses.field(repr=False)
     owns_store: bool
 
@@ -168,11 +168,7 @@ class CacheManager:
         self._publisher = secrets.token_hex(8).encode("ascii")
         if key_vault is not None:
             self._vault_store = self._open_shared(key_vault)
-            self._vault_leaves = (
-                backend_kind(key_vault).leaves_process
-                if isinstance(key_vault, str)
-                else type(key_vault) is not MemoryBackend
-            )
+            self._vault_leaves = _leaves_process(key_vault)
 
     def __repr__(self) -> str:
         return (
@@ -315,15 +311,14 @@ class CacheManager:
     ) -> tuple[Backend, bool]:
         """``(store, leaves_process)`` for a namespace."""
         quotas = policy.max_entries is not None or policy.max_bytes is not None
+        leaves = _leaves_process(backend)
         if not isinstance(backend, str):
-            if not isinstance(backend, Backend):
-                raise TypeError("a backend is a URL string or a Backend instance")
             if quotas:
                 raise ConfigurationError(
                     "max_entries/max_bytes apply to backends the manager opens from a URL; "
                     "configure a Backend instance's own limits instead"
                 )
-            return self._guarded(backend), type(backend) is not MemoryBackend
+            return self._guarded(backend), leaves
         kind = backend_kind(backend)
         if not kind.per_namespace:
             if quotas:
@@ -331,7 +326,7 @@ class CacheManager:
                     f"max_entries/max_bytes are enforced by memory and file backends only; "
                     f"bound a {kind.scheme}:// store with its own memory policy"
                 )
-            return self._open_shared(backend), kind.leaves_process
+            return self._open_shared(backend), leaves
 
         def on_evict(count: int) -> None:
             stats.evictions += count
@@ -346,7 +341,7 @@ class CacheManager:
         )
         guarded = self._guarded(store)  # closing it closes the store
         self._owned[id(guarded)] = guarded
-        return guarded, kind.leaves_process
+        return guarded, leaves
 
     # -- namespaces -----------------------------------------------------------------------------
 
@@ -420,27 +415,28 @@ class CacheManager:
         self._check_open()
         name = validate_namespace_name(name)
         chosen = self._default_backend if backend is None else backend
-        if ttl is not None:
-            ttl = check_ttl(ttl)
-        if max_ttl is not None:
-            max_ttl = check_ttl(max_ttl, "max_ttl")
-        config = (
-            chosen if isinstance(chosen, str) else id(chosen),
-            ttl,
-            max_ttl,
-            ttl_jitter,
-            encrypt,
-            hash_keys,
-            max_value_bytes,
-            max_entries,
-            max_bytes,
-            pad_timing,
-            fail_open,
-            private,
-            serializer,
-            strict,
-            memo,
+        if encrypt is not None and not isinstance(encrypt, bool):
+            raise TypeError("encrypt must be True, False or None")
+        if private and encrypt is False:
+            raise ConfigurationError("private namespaces are always encrypted")
+        leaves = _leaves_process(chosen)
+        policy = Policy(
+            ttl=None if ttl is None else check_ttl(ttl),
+            max_ttl=None if max_ttl is None else check_ttl(max_ttl, "max_ttl"),
+            ttl_jitter=ttl_jitter,
+            encrypt=private or (leaves if encrypt is None else encrypt),
+            hash_keys=hash_keys,
+            max_value_bytes=max_value_bytes,
+            max_entries=max_entries,
+            max_bytes=max_bytes,
+            pad_timing=pad_timing,
+            fail_open=fail_open,
+            private=private,
+            serializer=serializer,
+            strict=self._strict if strict is None else strict,
+            memo=memo,
         )
+        config = (chosen if isinstance(chosen, str) else id(chosen), policy)
         existing = self._find(name)
         if existing is not None:
             if existing.config != config:
@@ -452,34 +448,14 @@ class CacheManager:
             return existing.cache
         if metrics is not None and not isinstance(metrics, MetricsHook):
             raise TypeError("metrics must implement MetricsHook (a record() method)")
-        if encrypt is not None and not isinstance(encrypt, bool):
-            raise TypeError("encrypt must be True, False or None")
-        if not isinstance(memo, bool):
-            raise TypeError("memo must be True or False")
-        if private and encrypt is False:
-            raise ConfigurationError("private namespaces are always encrypted")
 
         stats = Stats()
-        probe = Policy(
-            ttl=ttl,
-            max_ttl=max_ttl,
-            ttl_jitter=ttl_jitter,
-            hash_keys=hash_keys,
-            max_value_bytes=max_value_bytes,
-            max_entries=max_entries,
-            max_bytes=max_bytes,
-            pad_timing=pad_timing,
-            fail_open=fail_open,
-            private=private,
-            serializer=serializer,
-            strict=self._strict if strict is None else strict,
-        )
         serializer_impl = get_serializer(serializer)
-        store, leaves = self._resolve_backend(chosen, probe, stats)
+        store, _ = self._resolve_backend(chosen, policy, stats)
         if isinstance(store, GuardedBackend):
             stats.breaker = store.circuit.state
             store.circuit.watch(_breaker_watcher(name, stats, metrics))
-        encrypted = private or (leaves if encrypt is None else encrypt)
+        encrypted = policy.encrypt
         needs_keyring = not (private and self._key_wrapper is not None)
         if encrypted and leaves and self._keyring is None and needs_keyring:
             raise ConfigurationError(
@@ -502,7 +478,6 @@ class CacheManager:
                     "are authenticated before they are unpickled"
                 )
             audit.emit("insecure_config", namespace=name, reason="encrypt_false_on_shared_store")
-        policy = Policy(**{**_policy_fields(probe), "encrypt": encrypted})
 
         tag = self._tag(name, leaves_process=leaves)
         stats_key = (
@@ -527,7 +502,7 @@ class CacheManager:
             keys=keys,
             clock=self._clock,
             on_tamper=lambda: setattr(stats, "tampered", stats.tampered + 1),
-            memo=self._memo if memo else None,
+            memo=self._memo,
         )
         stack = compose(store, policy, spec)
         cache = _FACADES[metrics is not None, policy.pad_timing](
@@ -710,6 +685,15 @@ _FACADES: Final[dict[tuple[bool, bool], type[Cache]]] = {
 }
 
 
+def _leaves_process(backend: str | Backend) -> bool:
+    """Whether a backend (a URL or an instance) keeps entries outside this process."""
+    if isinstance(backend, str):
+        return backend_kind(backend).leaves_process
+    if not isinstance(backend, Backend):
+        raise TypeError("a backend is a URL string or a Backend instance")
+    return type(backend) is not MemoryBackend
+
+
 def _breaker_watcher(name: str, stats: Stats, metrics: MetricsHook | None) -> Callable[[str], None]:
     def changed(state: str) -> None:
         stats.breaker = state
@@ -741,10 +725,6 @@ def _open_stats(key: bytes, record_key: bytes, raw: bytes, now: float) -> dict[s
     if not isinstance(expires, int | float) or isinstance(expires, bool) or not now < expires:
         return None
     return body
-
-
-def _policy_fields(policy: Policy) -> dict[str, Any]:
-    return {name: getattr(policy, name) for name in Policy.__dataclass_fields__}
 
 
 _default: CacheManager | None = None

@@ -92,6 +92,8 @@ class Policy:
     private: bool = False
     serializer: str = "json"
     strict: bool = False
+    # Whether the namespace may use its manager's verified-read memo (aiocache_secure.memo).
+    memo: bool = True
 
     def __post_init__(self) -> None:
         if self.ttl is not None:
@@ -105,7 +107,15 @@ class Policy:
             raise TypeError("ttl_jitter must be a fraction between 0 and 0.5")
         if not 0 <= jitter <= 0.5:
             raise ConfigurationError("ttl_jitter must be a fraction between 0 and 0.5")
-        for flag in ("encrypt", "hash_keys", "pad_timing", "fail_open", "private", "strict"):
+        for flag in (
+            "encrypt",
+            "hash_keys",
+            "pad_timing",
+            "fail_open",
+            "private",
+            "strict",
+            "memo",
+        ):
             if not isinstance(getattr(self, flag), bool):
                 raise TypeError(f"{flag} must be True or False")
         _limit(self.max_value_bytes, "max_value_bytes")

@@ -67,7 +67,7 @@ class Stack:
 
 def compose(backend: Backend, policy: Policy, spec: StackSpec) -> Stack:
     # A memo hit is faster than a first read: padded namespaces never use one.
-    memo = None if policy.pad_timing else spec.memo
+    memo = spec.memo if policy.memo and not policy.pad_timing else None
     layers: list[tuple[type[Layer], dict[str, Any]]] = []
     if policy.max_value_bytes is not None:
         layers.append(
