@@ -2,26 +2,19 @@
 
 from __future__ import annotations
 
-import dataclasses
 import hmac
-import json
 import logging
 import math
 import os
 import secrets
-import time
-import weakref
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Final, Self, cast
 
-import anyio
-
 from . import audit, keyspace
 from .backend import Backend
-from .backends import MemoryBackend, backend_kind, open_backend
-from .breaker import Breaker, GuardedBackend, guard
+from .backends import backend_kind
+from .breaker import Breaker, GuardedBackend
 from .cache import Cache
 from .clock import Clock, system_clock
 from .errors import BackendError, ClosedError, ConfigurationError
@@ -40,8 +33,10 @@ from .policy import (
     check_ttl,
     validate_namespace_name,
 )
+from .registry import NamespaceRecord, Registry
 from .serializers import get_serializer
-from .stats import Stats
+from .stats import Stats, add_record, seal_record
+from .stores import Stores, leaves_process
 from .vault import DEFAULT_KEY_CHECK_INTERVAL, KeyLease, Vault
 
 __all__ = ["CacheManager", "default_manager", "get_cache", "set_default_manager"]
@@ -52,25 +47,6 @@ _log: Final = logging.getLogger("aiocache_secure")
 # already raised an ``insecure_config`` event for ``encrypt=False``.
 _PUBLIC_INDEX_KEY: Final = b"aiocache_secure public index key"
 DEFAULT_MAX_PRIVATE_NAMESPACES: Final = 10_000
-_STATS_MAC_SIZE: Final = 32
-
-
-@dataclass(slots=True, weakref_slot=True)
-class _Namespace:
-    cache: Cache
-    store: Backend
-    vault: Vault | None
-    tag: bytes
-    lease: KeyLease | None
-    config: tuple[object, Policy]  # (the backend asked for, the policy): what namespace() got
-    stats_key: bytes | None = dataclasses.field(repr=False)
-    owns_store: bool
-
-    async def renew_key(self) -> None:
-        # The cache's hook holds the record through this method, so an application that holds
-        # a released namespace keeps it findable by name (for erase()).
-        if self.lease is not None:
-            await self.lease.renew()
 
 
 class CacheManager:
@@ -150,29 +126,20 @@ class CacheManager:
         self._strict = strict
         self._clock = clock
         self._lifecycle = Lifecycle()
-        self._shared: dict[str, Backend] = {}
-        # Stores opened for one namespace each (memory, file), by id: released with it.
-        self._owned: dict[int, Backend] = {}
+        self._stores = Stores(breaker=breaker, clock=clock, strict=strict)
         self._index_secret = index_key
         self._key_check_interval = float(key_check_interval)
-        self._max_private = max_private_namespaces
-        self._namespaces: dict[str, _Namespace] = {}
-        # Private namespaces in least-recently-requested order (the open ones only), and those
-        # released (beyond the cap, or erased) that the application still holds.
-        self._private_order: dict[str, None] = {}
-        self._released: weakref.WeakValueDictionary[str, _Namespace] = weakref.WeakValueDictionary()
-        self._breaker = breaker
-        self._guards: dict[int, GuardedBackend] = {}
+        self._registry = Registry(self._stores, max_private_namespaces)
         self._vault_store: Backend | None = None
         self._vault_leaves = False
         self._publisher = secrets.token_hex(8).encode("ascii")
         if key_vault is not None:
-            self._vault_store = self._open_shared(key_vault)
-            self._vault_leaves = _leaves_process(key_vault)
+            self._vault_store = self._stores.open_shared(key_vault)
+            self._vault_leaves = leaves_process(key_vault)
 
     def __repr__(self) -> str:
         return (
-            f"CacheManager(namespaces={len(self._namespaces)}, "
+            f"CacheManager(namespaces={len(self._registry)}, "
             f"keyring={'yes' if self._keyring else 'no'}, closed={self.closed})"
         )
 
@@ -198,7 +165,7 @@ class CacheManager:
         created there by the first process, so storage keys are hashed under a secret."""
         home, leaves = self._vault_store, self._vault_leaves
         if home is None:
-            home, leaves = self._resolve_backend(self._default_backend, Policy(), Stats())
+            home, leaves = self._stores.resolve(self._default_backend, Policy(), Stats())
         if leaves:
             vault = Vault(home, self._current_keyring, self._key_wrapper)
             self._index_secret = await vault.index_key()
@@ -216,18 +183,8 @@ class CacheManager:
         if self._lifecycle.closed:
             return
         self._lifecycle.closed = True
-        backends = [*self._owned.values(), *self._shared.values()]
-        if self._vault_store is not None:
-            backends.append(self._vault_store)
-        failures = 0
-        for backend in backends:
-            try:
-                with anyio.CancelScope(shield=True):
-                    await backend.aclose()
-            except BackendError:
-                failures += 1
-        self._owned.clear()
-        self._shared.clear()
+        vault = () if self._vault_store is None else (self._vault_store,)
+        failures = await self._stores.aclose(*vault)
         if self._memo is not None:
             self._memo.clear()
         if failures:
@@ -274,113 +231,11 @@ class CacheManager:
             self._index_key(b"acs1/namespace-tag", leaves_process=leaves_process), name
         )
 
-    # -- backends -------------------------------------------------------------------------------
-
-    def _guarded(self, store: Backend) -> Backend:
-        """``store`` behind its circuit breaker: one per store, shared by its namespaces."""
-        if self._breaker is None or isinstance(store, MemoryBackend | GuardedBackend):
-            return store
-        guarded = self._guards.get(id(store))
-        if guarded is None:
-            kind = str(getattr(store, "kind", type(store).__name__))
-            # An injected manager clock drives the breaker too; the system's wall clock does not
-            # (it may jump), time.monotonic does.
-            clock = time.monotonic if self._clock is system_clock else self._clock
-            guarded = self._guards[id(store)] = guard(store, self._breaker, kind=kind, clock=clock)
-        return guarded
-
-    def _forget_store(self, store: Backend) -> None:
-        """Stop tracking a store opened for one namespace (or one call), and its circuit."""
-        self._owned.pop(id(store), None)
-        if isinstance(store, GuardedBackend):
-            self._guards.pop(id(store.inner), None)
-
-    def _open_shared(self, backend: str | Backend) -> Backend:
-        if not isinstance(backend, str):
-            if not isinstance(backend, Backend):
-                raise TypeError("a backend is a URL string or a Backend instance")
-            return self._guarded(backend)
-        opened = self._shared.get(backend)
-        if opened is None:
-            opened = open_backend(backend, clock=self._clock, strict=self._strict)
-            self._shared[backend] = opened
-        return self._guarded(opened)
-
-    def _resolve_backend(
-        self, backend: str | Backend, policy: Policy, stats: Stats
-    ) -> tuple[Backend, bool]:
-        """``(store, leaves_process)`` for a namespace."""
-        quotas = policy.max_entries is not None or policy.max_bytes is not None
-        leaves = _leaves_process(backend)
-        if not isinstance(backend, str):
-            if quotas:
-                raise ConfigurationError(
-                    "max_entries/max_bytes apply to backends the manager opens from a URL; "
-                    "configure a Backend instance's own limits instead"
-                )
-            return self._guarded(backend), leaves
-        kind = backend_kind(backend)
-        if not kind.per_namespace:
-            if quotas:
-                raise ConfigurationError(
-                    f"max_entries/max_bytes are enforced by memory and file backends only; "
-                    f"bound a {kind.scheme}:// store with its own memory policy"
-                )
-            return self._open_shared(backend), leaves
-
-        def on_evict(count: int) -> None:
-            stats.evictions += count
-
-        store = open_backend(
-            backend,
-            clock=self._clock,
-            strict=self._strict,
-            max_entries=policy.max_entries,
-            max_bytes=policy.max_bytes,
-            on_evict=on_evict,
-        )
-        guarded = self._guarded(store)  # closing it closes the store
-        self._owned[id(guarded)] = guarded
-        return guarded, leaves
-
     # -- namespaces -----------------------------------------------------------------------------
-
-    def _find(self, name: str) -> _Namespace | None:
-        return self._namespaces.get(name) or self._released.get(name)
-
-    def _records(self) -> list[_Namespace]:
-        """Every namespace of this manager still in use: open, or released but still held."""
-        held = [r for n, r in list(self._released.items()) if n not in self._namespaces]
-        return [*self._namespaces.values(), *held]
-
-    def _open_record(self, name: str, record: _Namespace) -> None:
-        self._released.pop(name, None)
-        self._namespaces[name] = record
-        if record.owns_store:
-            self._owned[id(record.store)] = record.store
-        if record.lease is None:
-            return
-        self._private_order.pop(name, None)
-        self._private_order[name] = None
-        while len(self._private_order) > self._max_private:
-            self._release(next(iter(self._private_order)))
-
-    def _release(self, name: str) -> None:
-        """Drop the manager's hold on namespace ``name`` (the application's, if any, stays).
-
-        A store opened for this namespace alone goes with it (on ``memory://``, with its entries):
-        closing it is the application's closing of the manager, which a held namespace sees.
-        """
-        self._private_order.pop(name, None)
-        record = self._namespaces.pop(name, None)
-        if record is not None:
-            if record.owns_store:
-                self._forget_store(record.store)
-            self._released[name] = record
 
     def backend_of(self, name: str) -> Backend:
         """The raw store under namespace ``name`` (for operations tooling and tests)."""
-        record = self._find(name)
+        record = self._registry.find(name)
         if record is None:
             raise KeyError("no namespace of that name in this manager")
         return record.store
@@ -388,7 +243,7 @@ class CacheManager:
     @property
     def namespaces(self) -> Mapping[str, Cache]:
         """The namespaces open in this manager, by name (a snapshot)."""
-        return {record.cache.name: record.cache for record in self._records()}
+        return {record.cache.name: record.cache for record in self._registry.records()}
 
     def namespace(
         self,
@@ -419,7 +274,7 @@ class CacheManager:
             raise TypeError("encrypt must be True, False or None")
         if private and encrypt is False:
             raise ConfigurationError("private namespaces are always encrypted")
-        leaves = _leaves_process(chosen)
+        leaves = leaves_process(chosen)
         policy = Policy(
             ttl=None if ttl is None else check_ttl(ttl),
             max_ttl=None if max_ttl is None else check_ttl(max_ttl, "max_ttl"),
@@ -437,21 +292,21 @@ class CacheManager:
             memo=memo,
         )
         config = (chosen if isinstance(chosen, str) else id(chosen), policy)
-        existing = self._find(name)
+        existing = self._registry.find(name)
         if existing is not None:
             if existing.config != config:
                 raise ConfigurationError(
                     "a namespace of that name already exists with a different configuration"
                 )
             if existing.lease is not None:
-                self._open_record(name, existing)
+                self._registry.open(name, existing)
             return existing.cache
         if metrics is not None and not isinstance(metrics, MetricsHook):
             raise TypeError("metrics must implement MetricsHook (a record() method)")
 
         stats = Stats()
         serializer_impl = get_serializer(serializer)
-        store, _ = self._resolve_backend(chosen, policy, stats)
+        store, _ = self._stores.resolve(chosen, policy, stats)
         if isinstance(store, GuardedBackend):
             stats.breaker = store.circuit.state
             store.circuit.watch(_breaker_watcher(name, stats, metrics))
@@ -529,11 +384,11 @@ class CacheManager:
                 interval=self._key_check_interval,
                 on_change=self._key_replaced(cache, tag),
             )
-        owns_store = self._owned.get(id(store)) is store
-        record = _Namespace(cache, store, vault, tag, lease, config, stats_key, owns_store)
+        owns_store = self._stores.owned.get(id(store)) is store
+        record = NamespaceRecord(cache, store, vault, tag, lease, config, stats_key, owns_store)
         if lease is not None:
             cache.set_prepare(record.renew_key, fresh=lease.fresh)
-        self._open_record(name, record)
+        self._registry.open(name, record)
         return cache
 
     def _key_replaced(self, cache: Cache, tag: bytes) -> Callable[[], None]:
@@ -556,7 +411,7 @@ class CacheManager:
         """
         self._check_open()
         name = validate_namespace_name(name)
-        record = self._find(name)
+        record = self._registry.find(name)
         if record is not None:
             store, tag, vault = record.store, record.tag, record.vault
             if record.lease is not None:
@@ -565,8 +420,8 @@ class CacheManager:
             chosen = self._default_backend if backend is None else backend
             if isinstance(chosen, str) and backend_kind(chosen).scheme == "memory":
                 return False
-            store, leaves = self._resolve_backend(chosen, Policy(), Stats())
-            self._forget_store(store)  # opened for this call only; holds no descriptors
+            store, leaves = self._stores.resolve(chosen, Policy(), Stats())
+            self._stores.forget(store)  # opened for this call only; holds no descriptors
             tag = self._tag(name, leaves_process=leaves)
             vault = Vault(self._vault_store or store, self._current_keyring, self._key_wrapper)
         if self._memo is not None:
@@ -581,7 +436,7 @@ class CacheManager:
         if record is not None:
             record.cache.forget_padding_sample()
             if record.lease is not None:
-                self._release(name)
+                self._registry.release(name)
         if destroyed or removed:
             audit.emit(
                 "namespace_erased",
@@ -609,26 +464,19 @@ class CacheManager:
         ttl = check_ttl(ttl)
         written = 0
         now = self._clock()
-        for record in self._records():
+        for record in self._registry.records():
             if record.stats_key is None:
                 continue
-            body = {
-                **record.cache.stats.as_dict(),
-                "published_at": now,
-                "expires_at": now + ttl,
-            }
             record_key = keyspace.stats_prefix(record.tag) + self._publisher
-            text = json.dumps(body, separators=(",", ":")).encode("ascii")
-            await record.store.set(
-                record_key, text + _stats_mac(record.stats_key, record_key, text), ttl=ttl
-            )
+            sealed = seal_record(record.stats_key, record_key, record.cache.stats, now, ttl)
+            await record.store.set(record_key, sealed, ttl=ttl)
             written += 1
         return written
 
     async def read_stats(self, name: str) -> dict[str, int]:
         """The counters of namespace ``name`` summed over every process that published them."""
         self._check_open()
-        record = self._find(name)
+        record = self._registry.find(name)
         if record is None:
             raise KeyError("no namespace of that name in this manager")
         totals: dict[str, int] = {}
@@ -637,13 +485,8 @@ class CacheManager:
         now = self._clock()
         rejected = 0
         async for record_key, raw in record.store.scan(keyspace.stats_prefix(record.tag)):
-            body = _open_stats(record.stats_key, record_key, raw, now)
-            if body is None:
+            if not add_record(totals, record.stats_key, record_key, raw, now):
                 rejected += 1
-                continue
-            for field, value in body.items():
-                if field in Stats.__dataclass_fields__ and type(value) is int and value >= 0:
-                    totals[field] = totals.get(field, 0) + value
         if rejected:
             record.cache.stats.tampered += rejected
             audit.emit("tamper_detected", namespace=name, reason="stats_record", count=rejected)
@@ -668,7 +511,7 @@ class CacheManager:
             self._keyring = keyring
             self._index_secret = None  # the adopted keyring carries the same index key
         count = 0
-        for record in self._records():
+        for record in self._registry.records():
             if record.vault is not None and await record.vault.rewrap(
                 record.cache.name, record.tag
             ):
@@ -685,15 +528,6 @@ _FACADES: Final[dict[tuple[bool, bool], type[Cache]]] = {
 }
 
 
-def _leaves_process(backend: str | Backend) -> bool:
-    """Whether a backend (a URL or an instance) keeps entries outside this process."""
-    if isinstance(backend, str):
-        return backend_kind(backend).leaves_process
-    if not isinstance(backend, Backend):
-        raise TypeError("a backend is a URL string or a Backend instance")
-    return type(backend) is not MemoryBackend
-
-
 def _breaker_watcher(name: str, stats: Stats, metrics: MetricsHook | None) -> Callable[[str], None]:
     def changed(state: str) -> None:
         stats.breaker = state
@@ -701,30 +535,6 @@ def _breaker_watcher(name: str, stats: Stats, metrics: MetricsHook | None) -> Ca
             metrics.record("breaker", name, state, 0.0)
 
     return changed
-
-
-def _stats_mac(key: bytes, record_key: bytes, text: bytes) -> bytes:
-    message = len(record_key).to_bytes(4, "big") + record_key + text
-    return hmac.digest(key, message, "sha256")
-
-
-def _open_stats(key: bytes, record_key: bytes, raw: bytes, now: float) -> dict[str, Any] | None:
-    """A published stats record's counters, or None when it is not authentic or has expired."""
-    text, mac = raw[:-_STATS_MAC_SIZE], raw[-_STATS_MAC_SIZE:]
-    if len(raw) <= _STATS_MAC_SIZE or not hmac.compare_digest(
-        mac, _stats_mac(key, record_key, text)
-    ):
-        return None
-    try:
-        body = json.loads(text)
-    except ValueError:
-        return None
-    if not isinstance(body, dict):
-        return None
-    expires = body.get("expires_at")
-    if not isinstance(expires, int | float) or isinstance(expires, bool) or not now < expires:
-        return None
-    return body
 
 
 _default: CacheManager | None = None
