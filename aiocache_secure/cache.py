@@ -203,11 +203,7 @@ class Cache(AtomicUpdates):
 
     async def _get_many(self, raws: list[bytes], default: Any) -> list[Any]:
         """``get_many`` through the layers."""
-        try:
-            found = await self._stack.get_many(raws)
-        except BackendError as exc:
-            self._backend_failed(exc)
-            found = [None] * len(raws)
+        found = await self._read_frames(raws)
         out: list[Any] = []
         hits = 0
         now_ms = self._clock() * 1000

@@ -226,6 +226,15 @@ class CacheCore:
         except SerializationError:
             return False, "bad"
 
+    async def _read_frames(self, raws: list[bytes]) -> list[bytes | None]:
+        """The stack's frames for a batch of keys; all misses when the store failed and the
+        namespace fails open."""
+        try:
+            return await self._stack.get_many(raws)
+        except BackendError as exc:
+            self._backend_failed(exc)
+            return [None] * len(raws)
+
     async def _discard(self, key: bytes, reason: object) -> None:
         try:
             await self._stack.delete(key)

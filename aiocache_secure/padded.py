@@ -153,11 +153,7 @@ class PaddedCache(Cache):
         entry), padded to ``len(raws)`` budgets of batch reads."""
         padding = self._padding_many
         started = padding.timer()
-        try:
-            found = await self._stack.get_many(raws)
-        except BackendError as exc:
-            self._backend_failed(exc)
-            found = [None] * len(raws)
+        found = await self._read_frames(raws)
         out: list[Any] = []
         hits = 0
         try:
