@@ -16,7 +16,7 @@ import hmac
 import logging
 import math
 import os
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from typing import Any, Final, TypeVar, overload
 
 from . import frame, typed
@@ -29,7 +29,7 @@ from .errors import (
 )
 from .export import export_jsonl
 from .frame import HEAD as _FRAME_HEAD
-from .layers.verified import VerifiedReads
+from .layers.verified import Verified, VerifiedReads
 from .policy import Seconds
 
 __all__ = ["MISSING", "Cache"]
@@ -167,43 +167,51 @@ class Cache(AtomicUpdates):
     async def _get_many_verified(
         self, raws: list[bytes], default: Any, verified: VerifiedReads
     ) -> list[Any]:
-        """``get_many`` of a memoized namespace (see :meth:`_get_verified`): one round trip."""
+        """``get_many`` of a memoized namespace (see :meth:`_get_verified`): one round trip.
+        Entries read for the first time are decoded by :meth:`_decode_many`."""
         try:
             entries = await verified.read_many(raws)
         except BackendError as exc:
             self._backend_failed(exc)
             entries = [None] * len(raws)
         out: list[Any] = []
+        first: list[tuple[int, Verified]] = []
         hits = 0
         loads = self._serializer.loads
-        try:
-            for raw, entry in zip(raws, entries, strict=True):
-                if entry is not None:
-                    offset = entry.offset
-                    if offset == 0:
-                        out.append(entry.value)
-                        hits += 1
-                        continue
-                    if offset > 0:
-                        out.append(loads(entry.frame[offset:]))
-                        hits += 1
-                        continue
-                    ok, value = self._open_frame(raw, entry.frame)
-                    if ok:
-                        entry.keep(value)
-                        out.append(value)
-                        hits += 1
-                        continue
-                    await self._discard(raw, value)
-                out.append(default)
-        finally:  # counted once per batch; a strict-mode IntegrityError counts what was read
-            self.stats.hits += hits
-            self.stats.misses += len(out) - hits
+        for index, entry in enumerate(entries):
+            if entry is not None:
+                offset = entry.offset
+                if offset == 0:
+                    out.append(entry.value)
+                elif offset > 0:
+                    out.append(loads(entry.frame[offset:]))
+                else:
+                    first.append((index, entry))
+                    out.append(default)
+                    continue
+                hits += 1
+                continue
+            out.append(default)
+        self.stats.hits += hits
+        self.stats.misses += len(out) - hits - len(first)
+        if first:  # counts its own reads
+            frames = [entry.frame for _, entry in first]
+            values = await self._decode_many([raws[i] for i, _ in first], frames, MISSING)
+            for (index, entry), value in zip(first, values, strict=True):
+                if value is not MISSING:
+                    entry.keep(value)
+                    out[index] = value
         return out
 
     async def _get_many(self, raws: list[bytes], default: Any) -> list[Any]:
         """``get_many`` through the layers."""
-        found = await self._read_frames(raws)
+        return await self._decode_many(raws, await self._read_frames(raws), default)
+
+    async def _decode_many(
+        self, raws: list[bytes], found: Sequence[bytes | None], default: Any
+    ) -> list[Any]:
+        """The values of a batch of frames (``default`` for each miss; bad entries discarded),
+        counted as reads."""
         out: list[Any] = []
         hits = 0
         now_ms = self._clock() * 1000
