@@ -23,6 +23,7 @@ from .keyring import KEY_SIZE, Keyring, hkdf
 from .keys import KeyWrapper
 from .layers import StackSpec, compose
 from .layers.encryption import KeyringKeys, KeySource, StaticKey
+from .layers.near import DEFAULT_NEAR_CACHE_BYTES
 from .memo import DEFAULT_MEMO_BYTES, Memo
 from .metrics import MeteredCache, MeteredPaddedCache, MetricsHook
 from .padded import PaddedCache
@@ -60,6 +61,8 @@ class CacheManager:
     namespaces' data keys instead of the keyring, so the master key need not be in the process.
     ``memo_bytes``: the budget of the verified-read memo shared by this manager's namespaces
     (recent storage keys and opened entries; see :mod:`aiocache_secure.memo`); 0 turns it off.
+    ``near_cache_bytes``: the budget (default 32 MiB per Redis store) of the near cache of
+    namespaces opened with ``near_cache=True`` (see :mod:`aiocache_secure.layers.near`).
     ``index_key``: 32 secret bytes, the same in every process, that key the hashing of storage
     keys and namespace tags when there is no keyring (a KMS-only manager); with a keyring, pin it
     in the keyring instead (``Keyring(keys, index_key=...)``).
@@ -87,8 +90,13 @@ class CacheManager:
         key_check_interval: float = DEFAULT_KEY_CHECK_INTERVAL,
         max_private_namespaces: int = DEFAULT_MAX_PRIVATE_NAMESPACES,
         breaker: Breaker | None = Breaker(),  # noqa: B008 - frozen, shared safely
+        near_cache_bytes: int = DEFAULT_NEAR_CACHE_BYTES,
     ) -> None:
         memo = Memo(memo_bytes)
+        if isinstance(near_cache_bytes, bool) or not isinstance(near_cache_bytes, int):
+            raise TypeError("near_cache_bytes must be an int")
+        if near_cache_bytes < 1:
+            raise ConfigurationError("near_cache_bytes must be positive")
         if breaker is not None and not isinstance(breaker, Breaker):
             raise TypeError("breaker must be a Breaker or None")
         if index_key is not None:
@@ -126,7 +134,9 @@ class CacheManager:
         self._strict = strict
         self._clock = clock
         self._lifecycle = Lifecycle()
-        self._stores = Stores(breaker=breaker, clock=clock, strict=strict)
+        self._stores = Stores(
+            breaker=breaker, clock=clock, strict=strict, near_cache_bytes=near_cache_bytes
+        )
         self._index_secret = index_key
         self._key_check_interval = float(key_check_interval)
         self._registry = Registry(self._stores, max_private_namespaces)
@@ -265,8 +275,15 @@ class CacheManager:
         strict: bool | None = None,
         metrics: MetricsHook | None = None,
         memo: bool = True,
+        near_cache: bool = False,
     ) -> Cache:
-        """The namespace ``name``, created on first call (same arguments: the same object)."""
+        """The namespace ``name``, created on first call (same arguments: the same object).
+
+        ``near_cache=True`` (Redis standalone and Cluster): hot entries are served from process
+        memory with no round trip, and dropped as soon as Redis reports a change by any client;
+        see docs/backends/redis.md. Not with ``pad_timing``; ``ConfigurationError`` on stores
+        without an invalidation channel (memory, file, MongoDB; Sentinel for now).
+        """
         self._check_open()
         name = validate_namespace_name(name)
         chosen = self._default_backend if backend is None else backend
@@ -290,6 +307,7 @@ class CacheManager:
             serializer=serializer,
             strict=self._strict if strict is None else strict,
             memo=memo,
+            near_cache=near_cache,
         )
         config = (chosen if isinstance(chosen, str) else id(chosen), policy)
         existing = self._registry.find(name)
@@ -358,6 +376,8 @@ class CacheManager:
             clock=self._clock,
             on_tamper=lambda: setattr(stats, "tampered", stats.tampered + 1),
             memo=self._memo,
+            near=self._stores.near_of(store) if near_cache else None,
+            on_near_hit=lambda count: setattr(stats, "near_hits", stats.near_hits + count),
         )
         stack = compose(store, policy, spec)
         cache = _FACADES[metrics is not None, policy.pad_timing](
@@ -426,6 +446,9 @@ class CacheManager:
             vault = Vault(self._vault_store or store, self._current_keyring, self._key_wrapper)
         if self._memo is not None:
             self._memo.discard_prefix(keyspace.namespace_prefix(tag))
+        near = self._stores.near.get(id(store))
+        if near is not None:
+            near.drop_prefix(keyspace.namespace_prefix(tag))
         destroyed = await vault.destroy(tag) if vault is not None else False
         if record is not None and record.lease is not None:
             # Loads that began before the record was gone must not install its key.

@@ -94,6 +94,7 @@ class Policy:
     strict: bool = False
     # Whether the namespace may use its manager's verified-read memo (aiocache_secure.memo).
     memo: bool = True
+    near_cache: bool = False
 
     def __post_init__(self) -> None:
         if self.ttl is not None:
@@ -115,12 +116,18 @@ class Policy:
             "private",
             "strict",
             "memo",
+            "near_cache",
         ):
             if not isinstance(getattr(self, flag), bool):
                 raise TypeError(f"{flag} must be True or False")
         _limit(self.max_value_bytes, "max_value_bytes")
         _limit(self.max_entries, "max_entries")
         _limit(self.max_bytes, "max_bytes")
+        if self.near_cache and self.pad_timing:
+            raise ConfigurationError(
+                "near_cache and pad_timing exclude each other: a near-cache hit is faster than "
+                "a first read, which is what padding hides"
+            )
         if not isinstance(self.serializer, str):
             raise TypeError("serializer must be a name: 'json', 'msgpack' or 'pickle'")
 

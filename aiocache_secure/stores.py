@@ -1,5 +1,7 @@
 """The stores one manager opened: shared per URL, or opened for one namespace, each behind its
-circuit breaker (one per store, shared by the namespaces on it; see :mod:`.breaker`)."""
+circuit breaker (one per store, shared by the namespaces on it; see :mod:`.breaker`), and the
+near caches of Redis stores (one per store, with its invalidation channel; see
+:mod:`.layers.near`)."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from .backends import MemoryBackend, backend_kind, open_backend
 from .breaker import Breaker, GuardedBackend, guard
 from .clock import Clock, system_clock
 from .errors import BackendError, ConfigurationError
+from .layers.near import NearStore
 from .policy import Policy
 from .stats import Stats
 
@@ -30,10 +33,23 @@ def leaves_process(backend: str | Backend) -> bool:
 class Stores:
     """Opens, guards, tracks and closes a manager's stores."""
 
-    __slots__ = ("_breaker", "_clock", "_guards", "_strict", "owned", "shared")
+    __slots__ = (
+        "_breaker",
+        "_clock",
+        "_guards",
+        "_near_bytes",
+        "_strict",
+        "near",
+        "owned",
+        "shared",
+    )
 
-    def __init__(self, *, breaker: Breaker | None, clock: Clock, strict: bool) -> None:
+    def __init__(
+        self, *, breaker: Breaker | None, clock: Clock, strict: bool, near_cache_bytes: int
+    ) -> None:
         self._breaker = breaker
+        self._near_bytes = near_cache_bytes
+        self.near: dict[int, NearStore] = {}
         self._clock = clock
         self._strict = strict
         self.shared: dict[str, Backend] = {}
@@ -106,9 +122,28 @@ class Stores:
         self.owned[id(guarded)] = guarded
         return guarded, leaves
 
+    def near_of(self, store: Backend) -> NearStore:
+        """The near cache of ``store``, with its invalidation channel: one per store."""
+        near = self.near.get(id(store))
+        if near is None:
+            opener = getattr(store, "open_invalidation_channel", None)
+            if opener is None:
+                raise ConfigurationError(
+                    "near_cache needs a Redis store (redis:// or rediss://), which reports "
+                    "changes; memory, file and MongoDB stores have no invalidation channel"
+                )
+            near = NearStore(self._near_bytes)
+            near.attach(opener(near.on_invalidate))
+            self.near[id(store)] = near
+        return near
+
     async def aclose(self, *also: Backend) -> int:
-        """Close every store, then ``also`` (each shielded from cancellation); how many failed
-        to close cleanly."""
+        """Close the near caches, every store, then ``also`` (each shielded from cancellation);
+        how many stores failed to close cleanly."""
+        nears, self.near = list(self.near.values()), {}
+        for near in nears:
+            with anyio.CancelScope(shield=True):
+                await near.aclose()
         failures = 0
         for backend in [*self.owned.values(), *self.shared.values(), *also]:
             try:

@@ -36,6 +36,7 @@ from .base import Layer
 from .encryption import Encryption, KeySource, PaddedEncryption
 from .keys import HashedKeys, PrefixedKeys
 from .limits import SizeLimit
+from .near import NearCache, NearStore
 from .verified import VerifiedReads
 
 __all__ = ["Layer", "Stack", "StackSpec", "compose"]
@@ -53,6 +54,9 @@ class StackSpec:
     clock: Clock
     on_tamper: Callable[[], None]
     memo: Memo | None = None
+    # The store's near cache (near_cache=True), and what counts its hits.
+    near: NearStore | None = None
+    on_near_hit: Callable[[int], None] = lambda count: None
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +106,19 @@ def compose(backend: Backend, policy: Policy, spec: StackSpec) -> Stack:
                     "clock": spec.clock,
                     "strict": policy.strict,
                     "on_tamper": spec.on_tamper,
+                },
+            )
+        )
+
+    if spec.near is not None:
+        # Innermost: it keeps sealed envelopes under the storage keys the store reports.
+        layers.append(
+            (
+                NearCache,
+                {
+                    "near": spec.near,
+                    "prefix": keyspace.namespace_prefix(spec.tag),
+                    "on_hit": spec.on_near_hit,
                 },
             )
         )
