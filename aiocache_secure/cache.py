@@ -17,7 +17,7 @@ import os
 import random
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final, NoReturn, TypeVar, cast, overload
 
@@ -41,6 +41,7 @@ from .memo import ENTRY_OVERHEAD, Memo
 from .policy import Policy, Seconds
 from .serializers import Serializer, export_form
 from .stats import Stats
+from .tags import UNREAD, Pending, TagIndex, check_tags, is_record
 
 __all__ = ["MISSING", "Cache"]
 
@@ -108,6 +109,7 @@ class Cache:
         "_serializer",
         "_stack",
         "_strict",
+        "_tags",
         "_dummy",
         "_pad_ref",
         "_pad_calibrated",
@@ -166,6 +168,12 @@ class Cache:
         self._updating: dict[bytes, tuple[anyio.Lock, list[int]]] = {}
         if self._padding is not None:
             self._dummy = self._make_dummy()
+        self._tags = TagIndex(
+            stack,
+            storage_key=storage_key or (lambda raw: key_prefix + raw),
+            embed=self._embed,
+            failed=self._backend_failed,
+        )
 
     def __repr__(self) -> str:
         return f"Cache(namespace={self.name!r}, encrypted={self._encryption is not None})"
@@ -263,29 +271,38 @@ class Cache:
             raise IntegrityError
         return None
 
-    def _frame(self, key: bytes, value: Any, ttl: object) -> tuple[bytes, float | None]:
+    def _frame(
+        self, key: bytes, value: Any, ttl: object, refs: bytes = b""
+    ) -> tuple[bytes, float | None]:
         seconds = self.policy.resolve_ttl(ttl)
         payload = self._serializer.dumps(value)
         expires = frame.expiry_ms(None if seconds is None else self._clock() + seconds)
-        return frame.pack(expires, key if self._embed else b"", payload), seconds
+        return frame.pack(expires, key if self._embed else b"", payload, refs), seconds
 
     def _open_frame(self, key: bytes, data: bytes, now_ms: float = -1.0) -> tuple[bool, Any]:
-        """``(True, value)``, or ``(False, reason)`` with reason "expired" or "bad".
+        """``(True, value)``, or ``(False, reason)`` with reason "expired" or "bad", or a
+        :class:`~aiocache_secure.tags.Pending` for a tagged entry: a hit only once
+        ``self._tags.check`` says so.
 
         ``now_ms`` lets a batch read the clock once; by default it is read here.
         """
+        refs = b""
         try:
             expires_ms, embedded, payload = frame.unpack(data)
         except IntegrityError:
-            return False, "bad"
+            try:
+                expires_ms, embedded, refs, payload = frame.unpack_tagged(data)
+            except IntegrityError:
+                return False, "bad"
         if expires_ms and expires_ms <= (self._clock() * 1000 if now_ms < 0 else now_ms):
             return False, "expired"
         if self._embed and not hmac.compare_digest(embedded, key):
             return False, "bad"
         try:
-            return True, self._serializer.loads(payload)
+            value = self._serializer.loads(payload)
         except SerializationError:
             return False, "bad"
+        return (False, Pending(value, refs)) if refs else (True, value)
 
     def _remember(self, memo_key: bytes, raw: bytes, data: bytes, value: Any) -> None:
         """Memoize the value read from ``data``, a frame the encryption layer's memo holds.
@@ -332,6 +349,8 @@ class Cache:
             self._memo.discard(self._memo_prefix + raw)
 
     async def _discard(self, key: bytes, reason: object) -> None:
+        if reason is UNREAD:  # its tags could not be checked (fail_open): a miss, not a dead entry
+            return
         self._forget(key)
         try:
             await self._stack.delete(key)
@@ -405,6 +424,11 @@ class Cache:
                 if memo is not None:
                     self._remember(memo_key, raw, data, value)
                 return value
+            if value.__class__ is Pending:
+                ok, value = await self._tags.check(value)
+                if ok:
+                    self.stats.hits += 1
+                    return value
             await self._discard(raw, value)
         self.stats.misses += 1
         return default
@@ -421,6 +445,8 @@ class Cache:
             self._backend_failed(exc)
             data = None
         ok, value = self._padded_open(raw, data)
+        if value.__class__ is Pending:
+            ok, value = await self._tags.check(value)
         if not ok and data is not None:
             await self._discard(raw, value)
         return started, data, ok, value
@@ -598,6 +624,7 @@ class Cache:
         embed, same = self._embed, hmac.compare_digest
         memoize, memo_prefix = self._memo is not None, self._memo_prefix
         memo_key = b""
+        tagged: list[tuple[int, bytes, Pending]] = []
         try:
             for raw, data in zip(raws, found, strict=True):
                 if data is not None:
@@ -635,8 +662,19 @@ class Cache:
                         if memoize:
                             self._remember(memo_key, raw, data, value)
                         continue
-                    await self._discard(raw, value)
+                    if value.__class__ is Pending:
+                        tagged.append((len(out), raw, value))
+                    else:
+                        await self._discard(raw, value)
                 out.append(default)
+            if tagged:
+                checked = await self._tags.check_all([pending for _, _, pending in tagged])
+                for (index, raw, _), (ok, value) in zip(tagged, checked, strict=True):
+                    if ok:
+                        out[index] = value
+                        hits += 1
+                    else:
+                        await self._discard(raw, value)
         finally:  # counted once per batch; a strict-mode IntegrityError counts what was read
             self.stats.hits += hits
             self.stats.misses += len(out) - hits
@@ -658,6 +696,8 @@ class Cache:
         try:
             for raw, data in zip(raws, found, strict=True):
                 ok, value = self._padded_open(raw, data)
+                if value.__class__ is Pending:
+                    ok, value = await self._tags.check(value)
                 if ok:
                     out.append(value)
                     hits += 1
@@ -697,6 +737,13 @@ class Cache:
         except IntegrityError:
             await self._discard(raw, "bad")
             return None
+        if frame.is_tagged(data):
+            ok, value = self._open_frame(raw, data)
+            if value.__class__ is Pending:
+                ok, value = await self._tags.check(value)
+            if not ok:
+                await self._discard(raw, value)
+                return None
         if not expires_ms:
             return math.inf
         left = expires_ms / 1000 - self._clock()
@@ -721,11 +768,86 @@ class Cache:
 
     # -- writes --------------------------------------------------------------------------------
 
-    async def set(self, key: str, value: Any, ttl: Seconds | None = None) -> None:
-        """Store ``value`` under ``key`` for ``ttl`` seconds (namespace default when None)."""
+    async def set(
+        self, key: str, value: Any, ttl: Seconds | None = None, *, tags: Sequence[str] = ()
+    ) -> None:
+        """Store ``value`` under ``key`` for ``ttl`` seconds (namespace default when None).
+
+        ``tags``: names that :meth:`invalidate_tags` can later turn this entry into a miss by
+        (see docs/tags.md).
+        """
         raw = self._key(key)
-        data, seconds = self._frame(raw, value, ttl)
+        refs = b""
+        if tags:
+            made = await self._tag_refs(tags)
+            if made is None:
+                return
+            refs = made
+        data, seconds = self._frame(raw, value, ttl, refs)
         await self._set_frame(raw, data, seconds)
+
+    async def _tag_refs(self, tags: object) -> bytes | None:
+        """The packed references of an entry about to be written with ``tags`` (records created
+        as needed); None when the write must be a no-op (the store failed, under fail_open)."""
+        names = check_tags(tags)
+        self._check_open()
+        if self._prepare is not None and not await self._ready():
+            return None
+        if not names:
+            return b""
+        try:
+            return await self._tags.refs(names)
+        except BackendError as exc:
+            self._backend_failed(exc)
+            return None
+
+    async def invalidate_tags(self, tags: Sequence[str]) -> None:
+        """Turn every entry of this namespace tagged with any of ``tags`` into a miss.
+
+        One batch write of one record per tag, however many entries carry it; seen at once by
+        every process using the store. A store failure raises even under ``fail_open``: an
+        invalidation must never be skipped silently.
+        """
+        names = check_tags(tags)
+        self._check_open()
+        if self._prepare is not None:
+            await self._run_prepare()
+        if not names:
+            return
+        try:
+            await self._tags.invalidate(names)
+        except BackendError:
+            self.stats.errors += 1
+            raise
+
+    async def _get_tagged(self, key: str, tags: Sequence[str], default: Any) -> Any:
+        """``get`` of an entry that should carry ``tags``, with their records read in the same
+        batch as the entry (one round trip where the store batches). An untagged entry found
+        there predates its tags: a miss."""
+        names = check_tags(tags)
+        if not names or self._padding is not None:
+            return await self.get(key, default)
+        raw = self._key(key)
+        self._check_open()
+        if self._prepare is not None and not await self._ready():
+            return default
+        try:
+            data, known = await self._tags.read_with(raw, names)
+        except BackendError as exc:
+            self._backend_failed(exc)
+            data = None
+        if data is not None:
+            ok, value = self._open_frame(raw, data)
+            if value.__class__ is Pending:
+                ok, value = await self._tags.check(value, known)
+                if ok:
+                    self.stats.hits += 1
+                    return value
+                await self._discard(raw, value)
+            elif not ok:
+                await self._discard(raw, value)
+        self.stats.misses += 1
+        return default
 
     # The decorator's seam: it serializes a result once, stores those bytes, and decodes from
     # them a copy of its own for every further caller that shares the computation.
@@ -736,12 +858,20 @@ class Cache:
     def _loads(self, payload: bytes) -> Any:
         return self._serializer.loads(payload)
 
-    async def _set_payload(self, key: str, payload: bytes, ttl: Seconds | None = None) -> None:
+    async def _set_payload(
+        self, key: str, payload: bytes, ttl: Seconds | None = None, tags: Sequence[str] = ()
+    ) -> None:
         """:meth:`set` of a value that :meth:`_dumps` serialized."""
         raw = self._key(key)
+        refs = b""
+        if tags:
+            made = await self._tag_refs(tags)
+            if made is None:
+                return
+            refs = made
         seconds = self.policy.resolve_ttl(ttl)
         expires = frame.expiry_ms(None if seconds is None else self._clock() + seconds)
-        data = frame.pack(expires, raw if self._embed else b"", payload)
+        data = frame.pack(expires, raw if self._embed else b"", payload, refs)
         await self._set_frame(raw, data, seconds)
 
     async def _set_frame(self, raw: bytes, data: bytes, seconds: float | None) -> None:
@@ -758,16 +888,26 @@ class Cache:
         if self._padding is not None:
             self._keep_reference(raw, data)
 
-    async def set_many(self, items: Mapping[str, Any], ttl: Seconds | None = None) -> None:
+    async def set_many(
+        self, items: Mapping[str, Any], ttl: Seconds | None = None, *, tags: Sequence[str] = ()
+    ) -> None:
+        """Store every ``key: value`` of ``items``; ``tags`` (as for :meth:`set`) tag each."""
         if not isinstance(items, Mapping):
             raise TypeError("set_many takes a mapping of str keys to values")
         seconds = self.policy.resolve_ttl(ttl)
         expires = frame.expiry_ms(None if seconds is None else self._clock() + seconds)
         dumps, embed = self._serializer.dumps, self._embed
+        refs = b""
+        if tags:
+            raws = [self._key(key) for key in items]
+            made = await self._tag_refs(tags) if raws else b""
+            if made is None:
+                return
+            refs = made
         batch: list[tuple[bytes, bytes]] = []
         for key, value in items.items():
             raw = self._key(key)
-            batch.append((raw, frame.pack(expires, raw if embed else b"", dumps(value))))
+            batch.append((raw, frame.pack(expires, raw if embed else b"", dumps(value), refs)))
         self._check_open()
         if self._prepare is not None and not await self._ready():
             return
@@ -842,10 +982,21 @@ class Cache:
 
     # -- atomic updates (backends implementing AtomicBackend) -------------------------------------
 
-    async def add(self, key: str, value: Any, ttl: Seconds | None = None) -> bool:
-        """Store ``value`` only if ``key`` has no live entry; returns whether it was stored."""
+    async def add(
+        self, key: str, value: Any, ttl: Seconds | None = None, *, tags: Sequence[str] = ()
+    ) -> bool:
+        """Store ``value`` only if ``key`` has no live entry; returns whether it was stored.
+
+        ``tags`` as for :meth:`set`; an entry a tag invalidated is not live.
+        """
         raw = self._key(key)
-        data, seconds = self._frame(raw, value, ttl)
+        refs = b""
+        if tags:
+            made = await self._tag_refs(tags)
+            if made is None:
+                return False
+            refs = made
+        data, seconds = self._frame(raw, value, ttl, refs)
         self._check_open()
         if self._prepare is not None and not await self._ready():
             return False
@@ -893,11 +1044,11 @@ class Cache:
                         self.stats.sets += 1
                         return delta
                     continue
-                (value, expires_ms), token = found
+                (value, expires_ms, refs), token = found
                 if isinstance(value, bool) or not isinstance(value, int):
                     raise TypeError("incr needs the stored value to be an int")
                 new = value + delta
-                data, seconds = self._refresh(raw, new, expires_ms)
+                data, seconds = self._refresh(raw, new, expires_ms, refs)
                 if await self._atomic.compare_and_set(raw, token, data, ttl=seconds):
                     self.stats.sets += 1
                     return new
@@ -921,10 +1072,10 @@ class Cache:
                     found = await self._versioned(raw)
                     if found is None:
                         return False
-                    (value, _), token = found
+                    (value, _, refs), token = found
                     payload = self._serializer.dumps(value)
                     expires = frame.expiry_ms(None if seconds is None else self._clock() + seconds)
-                    data = frame.pack(expires, raw if self._embed else b"", payload)
+                    data = frame.pack(expires, raw if self._embed else b"", payload, refs)
                     if await self._atomic.compare_and_set(raw, token, data, ttl=seconds):
                         return True
                     await _backoff(attempt)
@@ -958,22 +1109,29 @@ class Cache:
             if not users[0]:
                 del self._updating[raw]
 
-    async def _versioned(self, raw: bytes) -> tuple[tuple[Any, int], bytes] | None:
-        """``((value, expires_ms), token)`` of a live entry, else None (dead ones discarded)."""
+    async def _versioned(self, raw: bytes) -> tuple[tuple[Any, int, bytes], bytes] | None:
+        """``((value, expires_ms, tag refs), token)`` of a live entry, else None (dead ones
+        discarded)."""
         found = await self._atomic.get_versioned(raw)
         if found is None:
             return None
         data, token = found
         ok, value = self._open_frame(raw, data)
+        refs = b""
+        if value.__class__ is Pending:
+            refs = value.refs
+            ok, value = await self._tags.check(value)
         if not ok:
             await self._discard(raw, value)
             return None
-        return (value, frame.read_expiry(data)), token
+        return (value, frame.read_expiry(data), refs), token
 
-    def _refresh(self, raw: bytes, value: Any, expires_ms: int) -> tuple[bytes, float | None]:
+    def _refresh(
+        self, raw: bytes, value: Any, expires_ms: int, refs: bytes = b""
+    ) -> tuple[bytes, float | None]:
         payload = self._serializer.dumps(value)
         seconds = None if not expires_ms else max(expires_ms / 1000 - self._clock(), 0.001)
-        return frame.pack(expires_ms, raw if self._embed else b"", payload), seconds
+        return frame.pack(expires_ms, raw if self._embed else b"", payload, refs), seconds
 
     # -- export and rotation ---------------------------------------------------------------------
 
@@ -987,15 +1145,25 @@ class Cache:
                 "keys of a namespace with hash_keys=True and encrypt=False cannot be recovered; "
                 "export needs encrypt=True or hash_keys=False"
             )
+        versions: dict[bytes, int | None] = {}  # each tag's record read once per export
         async for stored_key, data in self._stack.scan(b""):
+            refs = b""
             try:
-                expires_ms, embedded, payload = frame.unpack(data)
+                try:
+                    expires_ms, embedded, payload = frame.unpack(data)
+                except IntegrityError:
+                    expires_ms, embedded, refs, payload = frame.unpack_tagged(data)
                 if expires_ms and expires_ms <= self._clock() * 1000:
                     continue
-                key = (embedded if self._embed else stored_key).decode("utf-8")
+                raw = embedded if self._embed else stored_key
+                if is_record(raw) and not refs:
+                    continue
+                key = raw.decode("utf-8")
                 value = self._serializer.loads(payload)
             except (IntegrityError, SerializationError, UnicodeDecodeError):
                 self._bad_entry()
+                continue
+            if refs and not (await self._tags.check(Pending(value, refs), versions))[0]:
                 continue
             yield key, value
 
