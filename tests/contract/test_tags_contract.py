@@ -30,7 +30,14 @@ async def test_invalidate_turns_every_tagged_entry_into_a_miss(ns: Cache) -> Non
     await ns.set("plain", "untagged")
     keys = ["a", "b", "c", "d", "e", "plain"]
     assert await ns.get_many(keys, MISSING) == [{"v": 1}, [1, 2], 3, None, "added", "untagged"]
-    assert [await ns.get(k, MISSING) for k in keys] == [{"v": 1}, [1, 2], 3, None, "added", "untagged"]
+    assert [await ns.get(k, MISSING) for k in keys] == [
+        {"v": 1},
+        [1, 2],
+        3,
+        None,
+        "added",
+        "untagged",
+    ]
     assert all([await ns.exists(k) for k in keys])
     left = await ns.ttl("a")
     assert left is not None and 0 < left <= 60
