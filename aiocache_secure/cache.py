@@ -286,14 +286,10 @@ class Cache:
 
         ``now_ms`` lets a batch read the clock once; by default it is read here.
         """
-        refs = b""
         try:
-            expires_ms, embedded, payload = frame.unpack(data)
+            expires_ms, embedded, refs, payload = frame.unpack_any(data)
         except IntegrityError:
-            try:
-                expires_ms, embedded, refs, payload = frame.unpack_tagged(data)
-            except IntegrityError:
-                return False, "bad"
+            return False, "bad"
         if expires_ms and expires_ms <= (self._clock() * 1000 if now_ms < 0 else now_ms):
             return False, "expired"
         if self._embed and not hmac.compare_digest(embedded, key):
@@ -820,26 +816,31 @@ class Cache:
             self.stats.errors += 1
             raise
 
-    async def _get_tagged(self, key: str, tags: Sequence[str], default: Any) -> Any:
-        """``get`` of an entry that should carry ``tags``, with their records read in the same
-        batch as the entry (one round trip where the store batches). An untagged entry found
-        there predates its tags: a miss."""
-        names = check_tags(tags)
-        if not names or self._padding is not None:
+    async def _get_tagged(self, key: str, tags: tuple[str, ...], default: Any) -> Any:
+        """``get`` of an entry that should carry ``tags`` (checked by the caller: the decorator),
+        with their records read in the same batch as the entry (one round trip where the store
+        batches). An untagged entry found there predates its tags: a miss."""
+        if not tags or self._padding is not None:
             return await self.get(key, default)
         raw = self._key(key)
         self._check_open()
         if self._prepare is not None and not await self._ready():
             return default
         try:
-            data, known = await self._tags.read_with(raw, names)
+            found = await self._tags.read_with(raw, tags)
         except BackendError as exc:
             self._backend_failed(exc)
-            data = None
+            found = [None]
+        data = found[0]
         if data is not None:
             ok, value = self._open_frame(raw, data)
             if value.__class__ is Pending:
-                ok, value = await self._tags.check(value, known)
+                records = found[1:]
+                if value.refs == self._tags.current_refs(tags, records):
+                    self.stats.hits += 1
+                    return value.value
+                # Tagged otherwise (other tags, another order) or stale: the full check.
+                ok, value = await self._tags.check(value, self._tags.known(tags, records))
                 if ok:
                     self.stats.hits += 1
                     return value
@@ -1147,12 +1148,8 @@ class Cache:
             )
         versions: dict[bytes, int | None] = {}  # each tag's record read once per export
         async for stored_key, data in self._stack.scan(b""):
-            refs = b""
             try:
-                try:
-                    expires_ms, embedded, payload = frame.unpack(data)
-                except IntegrityError:
-                    expires_ms, embedded, refs, payload = frame.unpack_tagged(data)
+                expires_ms, embedded, refs, payload = frame.unpack_any(data)
                 if expires_ms and expires_ms <= self._clock() * 1000:
                     continue
                 raw = embedded if self._embed else stored_key

@@ -38,6 +38,7 @@ __all__ = [
     "is_tagged",
     "pack",
     "unpack",
+    "unpack_any",
     "unpack_tagged",
 ]
 
@@ -82,6 +83,19 @@ def unpack(frame: bytes) -> tuple[int, bytes, bytes]:
     if key_len > MAX_KEY_BYTES or len(frame) < end:
         raise IntegrityError
     return expires_ms, frame[HEADER:end], frame[end:]
+
+
+def unpack_any(frame: bytes) -> tuple[int, bytes, bytes, bytes]:
+    """``(expires_ms, embedded_key, refs, payload)`` of any frame (``refs`` empty if untagged)."""
+    if len(frame) < HEADER:
+        raise IntegrityError
+    expires_ms, key_len = HEAD.unpack_from(frame)
+    if key_len & TAGGED:
+        return unpack_tagged(frame)
+    end = HEADER + key_len
+    if key_len > MAX_KEY_BYTES or len(frame) < end:
+        raise IntegrityError
+    return expires_ms, frame[HEADER:end], b"", frame[end:]
 
 
 def unpack_tagged(frame: bytes) -> tuple[int, bytes, bytes, bytes]:

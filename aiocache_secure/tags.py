@@ -59,6 +59,12 @@ def check_tags(tags: object) -> tuple[str, ...]:
 
     TypeError or ValueError otherwise; the message never repeats a tag.
     """
+    if (
+        type(tags) is list
+        and len(tags) <= MAX_TAGS
+        and all(type(t) is str and t.isascii() and 0 < len(t) <= MAX_TAG_BYTES for t in tags)
+    ):
+        return tuple(dict.fromkeys(tags))  # the common case, at a fraction of the full check
     if isinstance(tags, str | bytes | bytearray) or not isinstance(
         tags, list | tuple | set | frozenset
     ):
@@ -99,8 +105,8 @@ class Pending:
 
 
 def _unpack_refs(refs: bytes) -> list[tuple[bytes, int]]:
-    size, read = frame.REF.size, frame.REF.unpack_from
-    return [cast(tuple[bytes, int], read(refs, 1 + i * size)) for i in range(refs[0])]
+    # ``refs`` is exactly the count byte and count references (frame.unpack_tagged cuts it so).
+    return cast(list[tuple[bytes, int]], list(frame.REF.iter_unpack(memoryview(refs)[1:])))
 
 
 class TagIndex:
@@ -111,7 +117,7 @@ class TagIndex:
     unless the namespace fails open.
     """
 
-    __slots__ = ("_embed", "_failed", "_ids", "_stack", "_storage_key")
+    __slots__ = ("_current", "_embed", "_failed", "_ids", "_keys", "_stack", "_storage_key")
 
     def __init__(
         self,
@@ -126,6 +132,10 @@ class TagIndex:
         self._embed = embed
         self._failed = failed
         self._ids: dict[str, bytes] = {}
+        self._keys: dict[tuple[str, ...], list[bytes]] = {}
+        # Per tag list: the record frames last read and the references they make (versions are
+        # random numbers, no cached data): a hit whose records did not change skips parsing them.
+        self._current: dict[tuple[str, ...], tuple[list[bytes | None], bytes]] = {}
 
     def __repr__(self) -> str:
         return "TagIndex(...)"
@@ -167,15 +177,42 @@ class TagIndex:
         version = self._version
         return {key[2:]: version(key, data) for key, data in zip(keys, found, strict=True)}
 
-    async def read_with(
-        self, raw: bytes, names: Sequence[str]
-    ) -> tuple[bytes | None, dict[bytes, int | None]]:
-        """The frame under ``raw`` and the versions of ``names``' records, in one batch read."""
-        keys = [raw, *(RECORD + tag_id for tag_id in self.ids(names))]
-        found = await self._stack.get_many(keys)
+    def record_keys(self, names: tuple[str, ...]) -> list[bytes]:
+        keys = self._keys.get(names)
+        if keys is None:
+            if len(self._keys) >= _MAX_IDS:
+                self._keys.clear()
+                self._current.clear()
+            keys = self._keys[names] = [RECORD + tag_id for tag_id in self.ids(names)]
+        return keys
+
+    async def read_with(self, raw: bytes, names: tuple[str, ...]) -> list[bytes | None]:
+        """The frame under ``raw`` and the frames of ``names``' records, in one batch read."""
+        return await self._stack.get_many([raw, *self.record_keys(names)])
+
+    def current_refs(self, names: tuple[str, ...], records: list[bytes | None]) -> bytes:
+        """The references an entry tagged ``names`` (in that order) carries if none of the tags
+        was invalidated since it was written, given the records :meth:`read_with` read (b""
+        if a record is missing or unreadable: no entry carries that)."""
+        last = self._current.get(names)
+        if last is not None and last[0] == records:
+            return last[1]
+        keys = self.record_keys(names)
+        parts = [bytes([len(keys)])]
+        for key, data in zip(keys, records, strict=True):
+            version = self._version(key, data)
+            if version is None:
+                return b""
+            parts.append(frame.REF.pack(key[2:], version))
+        refs = b"".join(parts)
+        self._current[names] = (records, refs)
+        return refs
+
+    def known(self, names: tuple[str, ...], records: list[bytes | None]) -> dict[bytes, int | None]:
+        """The versions of ``names``' records from the frames :meth:`read_with` read."""
         version = self._version
-        known = {key[2:]: version(key, data) for key, data in zip(keys[1:], found[1:], strict=True)}
-        return found[0], known
+        keys = self.record_keys(names)
+        return {key[2:]: version(key, data) for key, data in zip(keys, records, strict=True)}
 
     # -- writes ---------------------------------------------------------------------------------
 
