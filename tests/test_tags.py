@@ -246,3 +246,24 @@ async def test_metered_namespaces_pass_tags_on() -> None:
         await ns.invalidate_tags(["t"])
         assert await ns.get_many(["k", "m", "a"]) == [None, None, None]
     assert ("invalidate_tags", "ok") in recorded
+
+
+TAGS_PAGE = (Path(__file__).resolve().parent.parent / "docs" / "tags.md").read_text()
+
+
+async def test_the_tags_page_example_runs() -> None:
+    import re
+
+    page = TAGS_PAGE
+    (code,) = re.findall(r"<!-- snippet: tags -->\n```python\n(.*?)```", page, re.S)
+    scope: dict[str, Any] = {}
+    exec(compile(code, "docs/tags.md", "exec"), scope)  # noqa: S102 - the project's own page
+    async with scope["manager"]:
+        users = scope["users"]
+        await scope["store_profile"](42, {"name": "Ada"})
+        assert await users.get("profile:42") == {"name": "Ada"}
+        await scope["on_permissions_changed"](42)
+        assert await users.get_many(["profile:42", "roles:42", "first-login:42"]) == [None] * 3
+        assert await scope["load_profile"](7) == {"id": "7"}
+        await scope["on_profile_changed"](7)
+        assert await scope["load_profile"].cache.get_many(["x"]) == [None]
