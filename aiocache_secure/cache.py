@@ -773,12 +773,9 @@ class Cache:
         (see docs/tags.md).
         """
         raw = self._key(key)
-        refs = b""
-        if tags:
-            made = await self._tag_refs(tags)
-            if made is None:
-                return
-            refs = made
+        refs = await self._tag_refs(tags) if tags else b""
+        if refs is None:
+            return
         data, seconds = self._frame(raw, value, ttl, refs)
         await self._set_frame(raw, data, seconds)
 
@@ -864,12 +861,9 @@ class Cache:
     ) -> None:
         """:meth:`set` of a value that :meth:`_dumps` serialized."""
         raw = self._key(key)
-        refs = b""
-        if tags:
-            made = await self._tag_refs(tags)
-            if made is None:
-                return
-            refs = made
+        refs = await self._tag_refs(tags) if tags else b""
+        if refs is None:
+            return
         seconds = self.policy.resolve_ttl(ttl)
         expires = frame.expiry_ms(None if seconds is None else self._clock() + seconds)
         data = frame.pack(expires, raw if self._embed else b"", payload, refs)
@@ -899,9 +893,10 @@ class Cache:
         expires = frame.expiry_ms(None if seconds is None else self._clock() + seconds)
         dumps, embed = self._serializer.dumps, self._embed
         refs = b""
-        if tags:
-            raws = [self._key(key) for key in items]
-            made = await self._tag_refs(tags) if raws else b""
+        if tags and items:
+            for name in items:  # every key is checked before the records are read
+                self._key(name)
+            made = await self._tag_refs(tags)
             if made is None:
                 return
             refs = made
@@ -991,12 +986,9 @@ class Cache:
         ``tags`` as for :meth:`set`; an entry a tag invalidated is not live.
         """
         raw = self._key(key)
-        refs = b""
-        if tags:
-            made = await self._tag_refs(tags)
-            if made is None:
-                return False
-            refs = made
+        refs = await self._tag_refs(tags) if tags else b""
+        if refs is None:
+            return False
         data, seconds = self._frame(raw, value, ttl, refs)
         self._check_open()
         if self._prepare is not None and not await self._ready():

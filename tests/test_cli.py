@@ -213,16 +213,17 @@ def test_operations_on_a_file_backend(tmp_path: Path) -> None:
     assert KEY_TEXT not in exported.stdout + exported.stderr
 
 
-def test_invalidate_tags(tmp_path: Path) -> None:
+def file_config(tmp_path: Path, namespaces: str) -> tuple[Path, Path]:
+    """A configuration with a key file and a file backend under ``tmp_path``: (config, cache)."""
     key_file = write(tmp_path / "keys", KEY_TEXT)
     key_file.chmod(0o600)
     cache = tmp_path / "cache"
-    config = write(
-        tmp_path / "c.toml",
-        f'[keys]\nfile = "{key_file}"\n'
-        f'[manager]\ndefault_backend = "file://{cache}"\n'
-        "[namespaces.users]\nmax_value_bytes = 1000\n",
-    )
+    text = f'[keys]\nfile = "{key_file}"\n[manager]\ndefault_backend = "file://{cache}"\n'
+    return write(tmp_path / "c.toml", text + namespaces), cache
+
+
+def test_invalidate_tags(tmp_path: Path) -> None:
+    config, cache = file_config(tmp_path, "[namespaces.users]\nmax_value_bytes = 1000\n")
     script = (
         "import sys, anyio\nfrom aiocache_secure.config import load_config\n"
         "async def main(step):\n"
