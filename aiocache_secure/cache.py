@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import hashlib
 import hmac
 import logging
 import math
@@ -35,6 +36,7 @@ from .errors import (
     SerializationError,
 )
 from .frame import HEAD as _FRAME_HEAD
+from .layers.base import Layer
 from .layers.encryption import Encryption
 from .layers.padding import TimingPadding
 from .memo import ENTRY_OVERHEAD, Memo
@@ -187,6 +189,36 @@ class Cache:
     def key_prefix(self) -> bytes:
         """The storage-key prefix of this namespace's entries (for operations tooling)."""
         return self._prefix
+
+    def derive_secret(self, purpose: bytes) -> bytes | None:
+        """A 32-byte secret for ``purpose``, derived from this namespace's key: the same in every
+        process that shares the keyring, and never stored. ``None`` when the namespace has no
+        secret key to derive from (unencrypted, or keys not hashed).
+
+        Integrations use it to key hashes of material that must not reach the store (the web
+        cache's credential hashes); ``purpose`` keeps one use's secret apart from another's.
+        """
+        if not isinstance(purpose, bytes) or not purpose:
+            raise TypeError("purpose must be non-empty bytes")
+        storage_key = self._storage_key
+        if self._encryption is None or not self.policy.hash_keys or storage_key is None:
+            return None
+        # A raw key no cache key can spell (cache keys are valid UTF-8; 0xFF never is), whose
+        # storage key is never written: its PRF output is the secret.
+        label = b"\xffacs1/" + purpose + b"-key"
+        return hashlib.sha256(b"acs1/" + purpose + b"\x00" + storage_key(label)).digest()
+
+    @property
+    def store_evicts(self) -> bool:
+        """True when entries may be dropped before they expire: the namespace has
+        ``max_entries``/``max_bytes``, or the store underneath evicts to stay within its bounds."""
+        policy = self.policy
+        if policy.max_entries is not None or policy.max_bytes is not None:
+            return True
+        node: object = self._stack
+        while isinstance(node, Layer):
+            node = node.inner
+        return bool(getattr(node, "evicts", False))
 
     def set_prepare(
         self, prepare: Callable[[], Awaitable[None]], *, fresh: Callable[[], bool] | None = None

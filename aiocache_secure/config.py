@@ -55,6 +55,7 @@ NAMESPACE_OPTIONS: Final = frozenset(
         "private",
         "serializer",
         "strict",
+        "near_cache",
     }
 )
 MANAGER_OPTIONS: Final = frozenset({"default_backend", "strict", "key_vault"})

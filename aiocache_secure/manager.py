@@ -30,6 +30,7 @@ from .keys import KeyWrapper
 from .layers import StackSpec, compose
 from .layers.encryption import KeyringKeys, KeySource, StaticKey
 from .layers.keys import KEY_FORMAT, namespace_tag
+from .layers.near import DEFAULT_NEAR_CACHE_BYTES, NearStore
 from .memo import DEFAULT_MEMO_BYTES, Memo
 from .metrics import MeteredCache, MetricsHook
 from .policy import (
@@ -83,6 +84,8 @@ class CacheManager:
     namespaces' data keys instead of the keyring, so the master key need not be in the process.
     ``memo_bytes``: the budget of the verified-read memo shared by this manager's namespaces
     (recent storage keys and opened entries; see :mod:`aiocache_secure.memo`); 0 turns it off.
+    ``near_cache_bytes``: the budget (default 32 MiB per Redis store) of the near cache of
+    namespaces opened with ``near_cache=True`` (see :mod:`aiocache_secure.layers.near`).
     ``index_key``: 32 secret bytes, the same in every process, that key the hashing of storage
     keys and namespace tags when there is no keyring (a KMS-only manager); with a keyring, pin it
     in the keyring instead (``Keyring(keys, index_key=...)``).
@@ -110,8 +113,13 @@ class CacheManager:
         key_check_interval: float = DEFAULT_KEY_CHECK_INTERVAL,
         max_private_namespaces: int = DEFAULT_MAX_PRIVATE_NAMESPACES,
         breaker: Breaker | None = Breaker(),  # noqa: B008 - frozen, shared safely
+        near_cache_bytes: int = DEFAULT_NEAR_CACHE_BYTES,
     ) -> None:
         memo = Memo(memo_bytes)
+        if isinstance(near_cache_bytes, bool) or not isinstance(near_cache_bytes, int):
+            raise TypeError("near_cache_bytes must be an int")
+        if near_cache_bytes < 1:
+            raise ConfigurationError("near_cache_bytes must be positive")
         if breaker is not None and not isinstance(breaker, Breaker):
             raise TypeError("breaker must be a Breaker or None")
         if index_key is not None:
@@ -153,6 +161,8 @@ class CacheManager:
         # Stores opened for one namespace each (memory, file), by id: released with it.
         self._owned: dict[int, Backend] = {}
         self._index_secret = index_key
+        self._near: dict[int, NearStore] = {}
+        self._near_cache_bytes = near_cache_bytes
         self._key_check_interval = float(key_check_interval)
         self._max_private = max_private_namespaces
         self._namespaces: dict[str, _Namespace] = {}
@@ -219,6 +229,10 @@ class CacheManager:
         if self._lifecycle.closed:
             return
         self._lifecycle.closed = True
+        nears, self._near = list(self._near.values()), {}
+        for near in nears:
+            with anyio.CancelScope(shield=True):
+                await near.aclose()
         backends = [*self._owned.values(), *self._shared.values()]
         if self._vault_store is not None:
             backends.append(self._vault_store)
@@ -291,6 +305,21 @@ class CacheManager:
             clock = time.monotonic if self._clock is system_clock else self._clock
             guarded = self._guards[id(store)] = guard(store, self._breaker, kind=kind, clock=clock)
         return guarded
+
+    def _near_store(self, store: Backend) -> NearStore:
+        """The near cache of ``store``, with its invalidation channel: one per store."""
+        near = self._near.get(id(store))
+        if near is None:
+            opener = getattr(store, "open_invalidation_channel", None)
+            if opener is None:
+                raise ConfigurationError(
+                    "near_cache needs a Redis store (redis:// or rediss://), which reports "
+                    "changes; memory, file and MongoDB stores have no invalidation channel"
+                )
+            near = NearStore(self._near_cache_bytes)
+            near.attach(opener(near.on_invalidate))
+            self._near[id(store)] = near
+        return near
 
     def _forget_store(self, store: Backend) -> None:
         """Stop tracking a store opened for one namespace (or one call), and its circuit."""
@@ -414,8 +443,15 @@ class CacheManager:
         strict: bool | None = None,
         metrics: MetricsHook | None = None,
         memo: bool = True,
+        near_cache: bool = False,
     ) -> Cache:
-        """The namespace ``name``, created on first call (same arguments: the same object)."""
+        """The namespace ``name``, created on first call (same arguments: the same object).
+
+        ``near_cache=True`` (Redis standalone and Cluster): hot entries are served from process
+        memory with no round trip, and dropped as soon as Redis reports a change by any client;
+        see docs/backends/redis.md. Not with ``pad_timing``; ``ConfigurationError`` on stores
+        without an invalidation channel (memory, file, MongoDB; Sentinel for now).
+        """
         self._check_open()
         name = validate_namespace_name(name)
         chosen = self._default_backend if backend is None else backend
@@ -439,6 +475,7 @@ class CacheManager:
             serializer,
             strict,
             memo,
+            near_cache,
         )
         existing = self._find(name)
         if existing is not None:
@@ -472,6 +509,7 @@ class CacheManager:
             private=private,
             serializer=serializer,
             strict=self._strict if strict is None else strict,
+            near_cache=near_cache,
         )
         serializer_impl = get_serializer(serializer)
         store, leaves = self._resolve_backend(chosen, probe, stats)
@@ -528,6 +566,8 @@ class CacheManager:
             on_tamper=lambda: setattr(stats, "tampered", stats.tampered + 1),
             on_limit=lambda: None,
             memo=self._memo if memo else None,
+            near=self._near_store(store) if near_cache else None,
+            on_near_hit=lambda count: setattr(stats, "near_hits", stats.near_hits + count),
         )
         stack = compose(store, policy, spec)
         cache = (Cache if metrics is None else MeteredCache)(
@@ -601,6 +641,9 @@ class CacheManager:
             vault = Vault(self._vault_store or store, self._current_keyring, self._key_wrapper)
         if self._memo is not None:
             self._memo.discard_prefix(KEY_FORMAT + tag)
+        near = self._near.get(id(store))
+        if near is not None:
+            near.drop_prefix(KEY_FORMAT + tag)
         destroyed = await vault.destroy(tag) if vault is not None else False
         if record is not None and record.lease is not None:
             # Loads that began before the record was gone must not install its key.

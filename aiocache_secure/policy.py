@@ -92,6 +92,7 @@ class Policy:
     private: bool = False
     serializer: str = "json"
     strict: bool = False
+    near_cache: bool = False
 
     def __post_init__(self) -> None:
         if self.ttl is not None:
@@ -105,12 +106,25 @@ class Policy:
             raise TypeError("ttl_jitter must be a fraction between 0 and 0.5")
         if not 0 <= jitter <= 0.5:
             raise ConfigurationError("ttl_jitter must be a fraction between 0 and 0.5")
-        for flag in ("encrypt", "hash_keys", "pad_timing", "fail_open", "private", "strict"):
+        for flag in (
+            "encrypt",
+            "hash_keys",
+            "pad_timing",
+            "fail_open",
+            "private",
+            "strict",
+            "near_cache",
+        ):
             if not isinstance(getattr(self, flag), bool):
                 raise TypeError(f"{flag} must be True or False")
         _limit(self.max_value_bytes, "max_value_bytes")
         _limit(self.max_entries, "max_entries")
         _limit(self.max_bytes, "max_bytes")
+        if self.near_cache and self.pad_timing:
+            raise ConfigurationError(
+                "near_cache and pad_timing exclude each other: a near-cache hit is faster than "
+                "a first read, which is what padding hides"
+            )
         if not isinstance(self.serializer, str):
             raise TypeError("serializer must be a name: 'json', 'msgpack' or 'pickle'")
 

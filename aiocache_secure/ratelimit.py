@@ -55,7 +55,6 @@ from .errors import (
     ConfigurationError,
     ContentionError,
 )
-from .layers.base import Layer
 
 __all__ = [
     "Decision",
@@ -173,13 +172,6 @@ class _Burst:
 _UNKNOWN_LIMITER_BURST: Final = _Burst()
 
 
-def _store_of(cache: Cache) -> object:
-    node: object = cache._stack  # the composed stack; its bottom is the store
-    while isinstance(node, Layer):
-        node = node.inner
-    return node
-
-
 class _WindowLimiter:
     __slots__ = ("_burst", "_cache", "_clock", "fail_open", "limit", "name", "window")
     _tag = ""
@@ -237,12 +229,7 @@ class _WindowLimiter:
                 "ttl_jitter would expire this limiter's counters early; "
                 "give the limiter a namespace with ttl_jitter=0"
             )
-        store = _store_of(cache)
-        if (
-            policy.max_entries is not None
-            or policy.max_bytes is not None
-            or getattr(store, "evicts", False)
-        ):
+        if cache.store_evicts:
             raise ConfigurationError(
                 "an evicting store (max_entries/max_bytes) would drop this limiter's counters; "
                 "give the limiter a namespace without max_entries and max_bytes"

@@ -27,6 +27,7 @@ class Stats:
     errors: int = 0
     evictions: int = 0
     tampered: int = 0
+    near_hits: int = 0
     breaker: str = field(default="off", compare=False)
 
     @property

@@ -11,7 +11,9 @@ redis.asyncio (hiredis parser). With two CPUs or more, the server runs on the la
 process on the first, so they never queue for one CPU (``--no-pin`` leaves it to the OS).
 "secure" is a full aiocache_secure namespace (hashed keys, AES-256-GCM encryption, size limit)
 with its verified-read memo at the default 8 MiB, then the same with the memo off, so that every
-read hashes its key and decrypts its entry; "backend" is our RedisBackend alone (bytes in, bytes
+read hashes its key and decrypts its entry, then the same with ``near_cache=True`` (hot reads
+from process memory, kept coherent by Redis invalidation), beside cashews' own client-side cache
+(``client_side=True``); "backend" is our RedisBackend alone (bytes in, bytes
 out). Every contender reads the same 1,000 keys over and over: a hot set, which the memo serves
 whole for 100 B values; it never keeps 10 KB ones.
 Peers: ``pip install -r benchmarks/requirements.txt``.
@@ -122,6 +124,23 @@ class SecureNoMemo(Secure):
     memo_bytes = 0
 
 
+class SecureNear(Secure):
+    name = "ours: secure, near cache"
+
+    async def open(self, port: int, size: int) -> None:
+        self.manager = CacheManager(keyring=Keyring.generate(), memo_bytes=self.memo_bytes)
+        self.ns = self.manager.namespace(
+            "near",
+            backend=f"redis://127.0.0.1:{port}/0",
+            max_value_bytes=1_000_000,
+            near_cache=True,
+        )
+        self.keys = [f"near:{i}" for i in range(KEYS)]
+        self.value = "x" * size
+        await self.ns.set_many(dict.fromkeys(self.keys, self.value))
+        await self.ns.get_many(self.keys)  # starts tracking; the warm-up fills the near cache
+
+
 class Aiocache(Contender):
     name = "aiocache RedisCache"
 
@@ -171,30 +190,47 @@ class Cashews(Contender):
         await self.cache.close()
 
 
-CONTENDERS = [Raw, Backend, Secure, SecureNoMemo, Aiocache, Cashews]
+class CashewsClientSide(Cashews):
+    name = "cashews client_side"
+
+    async def open(self, port: int, size: int) -> None:
+        from cashews import Cache
+
+        self.cache = Cache()
+        self.cache.setup(f"redis://127.0.0.1:{port}/0", max_connections=64, client_side=True)
+        self.keys = [f"cashews-cs:{i}" for i in range(KEYS)]
+        self.value = "x" * size
+        await self.cache.set_many(dict.fromkeys(self.keys, self.value))
+
+
+CONTENDERS = [Raw, Backend, Secure, SecureNoMemo, SecureNear, Aiocache, Cashews, CashewsClientSide]
 
 
 async def measure(op: Op, concurrency: int, seconds: float, span: int) -> float:
-    """Operations per second with ``concurrency`` workers calling ``op`` back to back."""
-    done = 0
-    stop = False
+    """Operations per second with ``concurrency`` workers calling ``op`` back to back.
+
+    The first fifth of the time warms up (connections, pools, caches) and is not counted. A
+    worker yields every 32 operations: an operation served from process memory (a near-cache
+    hit) never suspends, and would otherwise keep the other workers from running.
+    """
+    counted = 0
+    start = time.perf_counter() + seconds * 0.2
+    end = start + seconds
 
     async def worker(offset: int) -> None:
-        nonlocal done
-        i = offset
-        while not stop:
+        nonlocal counted
+        i, n = offset, 0
+        while (now := time.perf_counter()) < end:
             await op(i % span)
             i += 7
-            done += 1
+            n += 1
+            if now >= start:
+                counted += 1
+            if not n % 32:
+                await asyncio.sleep(0)
 
-    tasks = [asyncio.create_task(worker(n * 13)) for n in range(concurrency)]
-    await asyncio.sleep(seconds * 0.2)  # warm up: connections, pools, caches
-    start_count, started = done, time.perf_counter()
-    await asyncio.sleep(seconds)
-    stop = True
-    elapsed, count = time.perf_counter() - started, done - start_count
-    await asyncio.gather(*tasks)
-    return count / elapsed
+    await asyncio.gather(*(worker(n * 13) for n in range(concurrency)))
+    return counted / seconds
 
 
 async def run(port: int, seconds: float, rounds: int, only: list[str]) -> None:
@@ -225,6 +261,41 @@ async def run(port: int, seconds: float, rounds: int, only: list[str]) -> None:
         print(f"{title:24}" + "".join(f"{c:>24}" for c in cells), flush=True)
 
 
+async def _warm(cache: Any, key: str) -> None:
+    """Read ``key`` until the near cache serves it."""
+    hits = cache.stats.near_hits
+    while True:
+        await cache.get(key)
+        if cache.stats.near_hits > hits:
+            return
+        await asyncio.sleep(0.001)
+
+
+async def coherence(port: int, writes: int = 500) -> None:
+    """From a write returning in one manager to another manager's near cache no longer serving
+    the old value (two managers: two connections and two invalidation channels)."""
+    url = f"redis://127.0.0.1:{port}/0"
+    keyring = Keyring.generate()
+    async with CacheManager(keyring=keyring) as one, CacheManager(keyring=keyring) as two:
+        writer = one.namespace("coherence", backend=url, near_cache=True)
+        reader = two.namespace("coherence", backend=url, near_cache=True)
+        await writer.set("k", 0)
+        delays = []
+        for value in range(1, writes + 1):
+            await _warm(reader, "k")
+            await writer.set("k", value)
+            returned = time.perf_counter()
+            while await reader.get("k") != value:  # noqa: ASYNC110 - polls the cache itself
+                await asyncio.sleep(0)
+            delays.append(time.perf_counter() - returned)
+    delays.sort()
+    p50, p99 = delays[len(delays) // 2], delays[int(len(delays) * 0.99)]
+    print(
+        f"near-cache coherence delay over {writes} writes: p50 {p50 * 1e3:.3f} ms, "
+        f"p99 {p99 * 1e3:.3f} ms, max {delays[-1] * 1e3:.3f} ms"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=0.5, help="measuring time per round")
@@ -243,6 +314,8 @@ def main() -> None:
     with redis_server(pin=args.pin) as server:
         port = server.port
         asyncio.run(run(port, args.seconds, args.rounds, args.case))
+        if not args.case or any("coherence" in word for word in args.case):
+            asyncio.run(coherence(port))
 
 
 if __name__ == "__main__":

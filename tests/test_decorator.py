@@ -27,8 +27,7 @@ from aiocache_secure import (
     set_default_manager,
 )
 from aiocache_secure.decorator import EARLY_REFRESH
-
-from .doubles import FailingBackend
+from aiocache_secure.testing import FailingBackend
 
 pytestmark = pytest.mark.anyio
 

@@ -22,6 +22,7 @@ PUBLIC_MODULES = [
     "aiocache_secure.ratelimit",
     "aiocache_secure.metrics",
     "aiocache_secure.metrics.otel",
+    "aiocache_secure.testing",
     "aiocache_secure.integrations.asgi",
     "aiocache_secure.integrations.fastapi",
     "aiocache_secure.integrations.aiohttp",
@@ -96,20 +97,23 @@ def test_configuration_errors_name_the_file_and_table(tmp_path: Path) -> None:
     assert "hunter2" not in message and "soon" not in message
 
 
-VALUES_EXAMPLES = [
-    block
-    for block in re.findall(r"```python\n(.*?)```", (ROOT / "docs" / "values.md").read_text(), re.S)
-    if "asyncio.run(main())" in block
-]
+EXAMPLE_PAGES = ("values.md", "testing.md")
 
 
-@pytest.mark.parametrize("index", range(len(VALUES_EXAMPLES)))
-def test_values_guide_examples_run(index: int) -> None:
+def _examples(page: str) -> list[str]:
+    text = (ROOT / "docs" / page).read_text()
+    return [b for b in re.findall(r"```python\n(.*?)```", text, re.S) if "asyncio.run(main())" in b]
+
+
+@pytest.mark.parametrize(
+    ("page", "index"), [(page, i) for page in EXAMPLE_PAGES for i in range(len(_examples(page)))]
+)
+def test_guide_examples_run(page: str, index: int) -> None:
     import subprocess
     import sys
 
     result = subprocess.run(
-        [sys.executable, "-W", "error", "-c", VALUES_EXAMPLES[index]],
+        [sys.executable, "-W", "error", "-c", _examples(page)[index]],
         capture_output=True,
         text=True,
         timeout=60,
@@ -117,5 +121,6 @@ def test_values_guide_examples_run(index: int) -> None:
     assert result.returncode == 0, result.stderr
 
 
-def test_values_guide_has_a_runnable_example() -> None:
-    assert VALUES_EXAMPLES
+@pytest.mark.parametrize("page", EXAMPLE_PAGES)
+def test_guide_has_runnable_examples(page: str) -> None:
+    assert _examples(page)

@@ -18,8 +18,7 @@ from aiocache_secure.integrations.aiohttp import (
     namespace,
     setup,
 )
-
-from .doubles import FailingBackend
+from aiocache_secure.testing import FailingBackend
 
 pytestmark = pytest.mark.anyio
 

@@ -15,8 +15,7 @@ from starlette.routing import Route
 
 from aiocache_secure import CacheManager, Keyring, ManualClock
 from aiocache_secure.integrations.asgi import CacheMiddleware
-
-from .doubles import FailingBackend
+from aiocache_secure.testing import FailingBackend
 
 pytestmark = pytest.mark.anyio
 

@@ -83,6 +83,7 @@ import math
 import os
 import re
 import secrets
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -120,6 +121,7 @@ from ..errors import (
     ConfigurationError,
 )
 from ._rediswire import Wire
+from ._tracking import ClusterChannel, InvalidationChannel
 
 __all__ = ["RedisAddress", "RedisBackend", "escape_glob", "from_url", "parse_url"]
 
@@ -338,6 +340,18 @@ class _Op:
 # -- the backend ---------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class _TrackingAddress:
+    """Where an invalidation channel connects, and as whom (never in a repr)."""
+
+    nodes: tuple[tuple[str, int], ...]
+    cluster: bool
+    tls: tuple[str | None, str | None, str | None, bool] | None = field(repr=False)
+    username: str | None = field(repr=False)
+    password: str | None = field(repr=False)
+    connect_timeout: float = 5.0
+
+
 class RedisBackend:
     """``redis[s][+cluster]://``: a store shared by every namespace that names the same URL.
 
@@ -390,6 +404,7 @@ class RedisBackend:
         self._max_batch = max_batch
         self._scan_count = scan_count
         self._owned = client is None
+        self._tracking: _TrackingAddress | None = None
         self._connect: Callable[[], Any]
         if client is not None:
             unused: tuple[object, ...] = (username, password, ca_file, cert_file, key_file)
@@ -467,6 +482,15 @@ class RedisBackend:
         if address.tls and not verify_tls:
             self._insecure("tls_verification_off", strict)
 
+        if address.service is None:
+            self._tracking = _TrackingAddress(
+                tuple(address.nodes),
+                address.cluster,
+                (ca_file, cert_file, key_file, verify_tls) if address.tls else None,
+                username if username is not None else address.username,
+                password if password is not None else address.password,
+                connect_timeout,
+            )
         options: dict[str, Any] = {
             "username": username if username is not None else address.username,
             "password": password if password is not None else address.password,
@@ -532,6 +556,47 @@ class RedisBackend:
             lambda: pool.connection_class(**{**pool.connection_kwargs, "socket_timeout": None}),
             limit=max_connections,
             timeout=self._timeout,
+        )
+
+    def open_invalidation_channel(
+        self, on_invalidate: Callable[[list[bytes] | None], None]
+    ) -> InvalidationChannel | ClusterChannel:
+        """A new channel reporting changes of this store's keys (see ``_tracking``), for a near
+        cache; the caller closes it. ``ConfigurationError`` where there is none to open:
+        through sentinels, or on a client passed in."""
+        where = self._tracking
+        if where is None:
+            raise ConfigurationError(
+                "near_cache needs a redis://, rediss:// or redis+cluster:// URL "
+                "(not sentinels, nor a client passed in)"
+            )
+        context = None
+        if where.tls is not None:
+            ca_file, cert_file, key_file, verify = where.tls
+            context = ssl.create_default_context(cafile=ca_file)
+            if cert_file is not None:
+                context.load_cert_chain(cert_file, key_file)
+            if not verify:
+                context.check_hostname = False
+                context.verify_mode = ssl.CERT_NONE
+        if where.cluster:
+            return ClusterChannel(
+                on_invalidate,
+                seeds=where.nodes,
+                ssl_context=context,
+                username=where.username,
+                password=where.password,
+                connect_timeout=where.connect_timeout,
+            )
+        host, port = where.nodes[0]
+        return InvalidationChannel(
+            on_invalidate,
+            host=host,
+            port=port,
+            ssl_context=context,
+            username=where.username,
+            password=where.password,
+            connect_timeout=where.connect_timeout,
         )
 
     def _insecure(self, reason: str, strict: bool) -> None:

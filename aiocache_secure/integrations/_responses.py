@@ -25,7 +25,6 @@ is safe but shares no credentialed entry across processes.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import secrets
 from collections.abc import Iterable, Sequence
@@ -50,7 +49,6 @@ GENERATION_TTL: Final = 7 * 86400.0
 Generations = list[tuple[str, str]]
 """The generation keys of a request and the tokens read for them (``""`` where missing)."""
 # Not valid UTF-8, so no str cache key ever hashes to this input.
-_CREDENTIAL_LABEL: Final = b"\xffacs1/web-credential-key"
 _log: Final = logging.getLogger("aiocache_secure")
 _warned: set[tuple[str, str]] = set()  # the start-up warning, once per front end and namespace
 
@@ -71,10 +69,7 @@ def tag_generation_key(tag: str) -> str:
 
 def credential_secret(cache: Cache) -> bytes:
     """The key of the credential hashes of responses stored in ``cache`` (never stored)."""
-    storage_key = cache._storage_key
-    if cache._encryption is not None and cache.policy.hash_keys and storage_key is not None:
-        return hashlib.sha256(b"acs1/web-credential\x00" + storage_key(_CREDENTIAL_LABEL)).digest()
-    return secrets.token_bytes(32)
+    return cache.derive_secret(b"web-credential") or secrets.token_bytes(32)
 
 
 def generation_ttl(cache: Cache, ttl: float = 0.0) -> float:

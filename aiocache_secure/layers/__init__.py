@@ -32,6 +32,7 @@ from .base import Layer
 from .encryption import Encryption, KeySource, PaddedEncryption
 from .keys import KEY_FORMAT, HashedKeys, PrefixedKeys
 from .limits import SizeLimit
+from .near import NearCache, NearStore
 
 __all__ = ["Layer", "Stack", "StackSpec", "compose"]
 
@@ -49,6 +50,9 @@ class StackSpec:
     on_tamper: Callable[[], None]
     on_limit: Callable[[], None]
     memo: Memo | None = None
+    # The store's near cache (near_cache=True), and what counts its hits.
+    near: NearStore | None = None
+    on_near_hit: Callable[[int], None] = lambda count: None
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +98,15 @@ def compose(backend: Backend, policy: Policy, spec: StackSpec) -> Stack:
                     "on_tamper": spec.on_tamper,
                     "memo": memo,
                 },
+            )
+        )
+
+    if spec.near is not None:
+        # Innermost: it keeps sealed envelopes under the storage keys the store reports.
+        layers.append(
+            (
+                NearCache,
+                {"near": spec.near, "prefix": KEY_FORMAT + spec.tag, "on_hit": spec.on_near_hit},
             )
         )
 
