@@ -35,7 +35,7 @@ from typing import Any, Final, cast
 
 from . import frame
 from .backend import AtomicBackend, Backend
-from .errors import BackendError, IntegrityError
+from .errors import BackendError, IntegrityError, UnsupportedOperation
 
 __all__ = ["MAX_TAG_BYTES", "MAX_TAGS", "Pending", "TagIndex", "check_tags", "is_record"]
 
@@ -233,7 +233,14 @@ class TagIndex:
         key = RECORD + tag_id
         version = secrets.randbits(64)
         record = self._record(key, version)
-        if await cast(AtomicBackend, self._stack).add(key, record, ttl=None):
+        try:
+            if await cast(AtomicBackend, self._stack).add(key, record, ttl=None):
+                return version
+        except UnsupportedOperation:
+            # A store without set-if-absent (a test double, a custom Backend): a plain write.
+            # Two processes racing here may each keep their own version; the loser's entries
+            # are then misses, never stale hits.
+            await self._stack.set(key, record, ttl=None)
             return version
         found = self._version(key, await self._stack.get(key))
         if found is not None:

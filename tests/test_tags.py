@@ -267,3 +267,18 @@ async def test_the_tags_page_example_runs() -> None:
         assert await scope["load_profile"](7) == {"id": "7"}
         await scope["on_profile_changed"](7)
         assert await scope["load_profile"].cache.get_many(["x"]) == [None]
+
+
+async def test_tags_on_a_store_without_atomic_updates() -> None:
+    from aiocache_secure.testing import SwitchableBackend
+
+    store = SwitchableBackend()
+    async with CacheManager(keyring=Keyring.generate(), breaker=None) as manager:
+        ns = manager.namespace("switch", backend=store, encrypt=True, fail_open=True)
+        await ns.set("k", "v", tags=["t"])
+        assert await ns.get("k") == "v"
+        store.down = True
+        assert await ns.get("k", MISSING) is MISSING
+        store.down = False
+        await ns.invalidate_tags(["t"])
+        assert await ns.get("k", MISSING) is MISSING
