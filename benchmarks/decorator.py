@@ -229,7 +229,7 @@ async def main() -> None:
     model = results.get("aiocache_secure @cached -> Model hit")
     peer = results.get("fastapi-cache2 @cache Pydantic-model hit")
     if model is not None and peer is not None:
-        print(f"@cached -> Model hit / fastapi-cache2 PydanticCoder hit: {model / peer:.2f}x")
+        print(f"@cached -> Model hit / fastapi-cache2 Pydantic-model hit: {model / peer:.2f}x")
 
 
 if __name__ == "__main__":
