@@ -26,6 +26,7 @@ import anyio
 
 from . import audit, frame, typed
 from .backend import AtomicBackend, Backend
+from .backends.memory import MemoryBackend
 from .clock import Clock
 from .errors import (
     BackendError,
@@ -36,7 +37,6 @@ from .errors import (
     SerializationError,
 )
 from .frame import HEAD as _FRAME_HEAD
-from .layers.base import Layer
 from .layers.encryption import Encryption
 from .layers.padding import TimingPadding
 from .memo import ENTRY_OVERHEAD, Memo
@@ -215,10 +215,20 @@ class Cache:
         policy = self.policy
         if policy.max_entries is not None or policy.max_bytes is not None:
             return True
+        return bool(getattr(self._store(), "evicts", False))
+
+    @property
+    def store_in_process(self) -> bool:
+        """True when the store underneath keeps its entries in this process (``memory://``):
+        a read costs less than waiting to share another caller's."""
+        return isinstance(self._store(), MemoryBackend)
+
+    def _store(self) -> object:
+        """The store under the namespace's layers and its circuit breaker."""
         node: object = self._stack
-        while isinstance(node, Layer):
-            node = node.inner
-        return bool(getattr(node, "evicts", False))
+        while (inner := getattr(node, "inner", None)) is not None:
+            node = inner
+        return node
 
     def set_prepare(
         self, prepare: Callable[[], Awaitable[None]], *, fresh: Callable[[], bool] | None = None

@@ -4,16 +4,23 @@ Run from the repository root (it starts its own redis-server on a free loopback 
 installs ``wrk`` with apt when it is missing and it runs as root)::
 
     python -m benchmarks.web [--duration 10] [--connections 64] [--rounds 1] [--case SUBSTR ...]
+                             [--endpoint model|dict]
 
 Each case is one FastAPI app served by uvicorn (one worker, in its own process) on loopback,
-with one endpoint that awaits a 5 ms fake database call and returns about 2 KB of JSON. ``wrk``
+with one endpoint that awaits a 5 ms fake database call and returns about 2 KB of JSON: a
+Pydantic ``Order`` model (``--endpoint model``, the default: FastAPI validates and serializes it
+on every response it renders, a peer's cache hit included) or a plain dict annotated
+``dict[str, Any]`` (``--endpoint dict``: nearly free to render). ``wrk``
 drives it for ``--duration`` seconds at ``--connections`` connections. With two CPUs or more
 the server runs on the first and wrk and redis-server on the last. Every cached case is checked
 to serve from its cache: the handler's calls during the load are counted and reported, and a
-cached case whose handler ran more than a handful of times is flagged.
+cached case whose handler ran more than a handful of times is flagged. The server process's CPU
+time per request (``cpu us``) is reported too: on a busy machine it is steadier than req/s.
 
-Cases: no cache; ``cache_response`` (per route) and ``CacheMiddleware`` from aiocache_secure,
-each on ``memory://`` and on an encrypted Redis namespace; fastapi-cache2's ``@cache`` with its
+Cases: no cache; the floor of any cache that runs after routing (the endpoint returns stored
+bytes as a ``Response``, no cache work at all); ``cache_response`` (per route) and
+``CacheMiddleware`` from aiocache_secure, each on ``memory://`` and on an encrypted Redis
+namespace; fastapi-cache2's ``@cache`` with its
 in-memory and Redis backends; cashews' ``@cache`` on ``mem://`` and Redis. Ratios compare each
 of ours with the peers on the same store, measured in the same run.
 Peers: ``pip install -r benchmarks/requirements.txt``.
@@ -37,6 +44,8 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppres
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import BaseModel
+
 FLAG_CALLS = 5
 """A cached case whose handler ran more often than this during the load is flagged."""
 PAYLOAD = {
@@ -49,15 +58,35 @@ PAYLOAD = {
 }
 
 
+class Line(BaseModel):
+    sku: str
+    name: str
+    qty: int
+    price: float
+
+
+class Order(BaseModel):
+    order: int
+    customer: str
+    lines: list[Line]
+
+
+ENDPOINTS = ("model", "dict")
+"""``model``: the endpoint returns a Pydantic ``Order`` (``-> Order``, ``lines: list[Line]``),
+which FastAPI validates and serializes on every response it renders, as in typical services;
+``dict``: it returns the plain dict, annotated ``dict[str, Any]`` (nearly free to render)."""
+
+
 @dataclass(frozen=True)
 class Case:
     name: str
-    contender: str  # "none", "ours-route", "ours-middleware", "fastapi-cache2", "cashews"
+    contender: str  # "none", "floor", "ours-route", "ours-middleware", "fastapi-cache2", "cashews"
     store: str  # "-", "memory", "redis"
 
 
 CASES = [
     Case("no cache", "none", "-"),
+    Case("floor: routing + stored bytes", "floor", "-"),
     Case("ours per-route, memory", "ours-route", "memory"),
     Case("ours middleware, memory", "ours-middleware", "memory"),
     Case("fastapi-cache2, memory", "fastapi-cache2", "memory"),
@@ -87,9 +116,9 @@ def unavailable(case: Case) -> str | None:
     return None
 
 
-def build_app(case: Case, redis_url: str) -> Any:
+def build_app(case: Case, redis_url: str, endpoint: str = "model") -> Any:
     from fastapi import FastAPI
-    from fastapi.responses import JSONResponse
+    from fastapi.responses import JSONResponse, Response
 
     calls = [0]
     decorate: Callable[[Any], Any] = lambda fn: fn  # noqa: E731
@@ -157,22 +186,35 @@ def build_app(case: Case, redis_url: str) -> Any:
     async def handler_calls() -> JSONResponse:
         return JSONResponse({"calls": calls[0]}, headers={"Cache-Control": "no-store"})
 
-    @app.get("/item")
-    @decorate
-    async def item() -> dict[str, Any]:
+    async def as_dict() -> dict[str, Any]:
         calls[0] += 1
         await asyncio.sleep(0.005)  # the fake database call
         return PAYLOAD
 
+    body = json.dumps(PAYLOAD, separators=(",", ":")).encode()
+
+    async def as_bytes() -> Response:  # the least any cache that runs after routing can do
+        calls[0] += 1
+        return Response(body, media_type="application/json")
+
+    async def as_model() -> Order:
+        calls[0] += 1
+        await asyncio.sleep(0.005)
+        return Order.model_validate(PAYLOAD)
+
+    if case.contender == "floor":
+        app.get("/item")(as_bytes)
+    else:
+        app.get("/item")(decorate(as_model if endpoint == "model" else as_dict))
     return app
 
 
-def serve(case_name: str, port: int, redis_url: str) -> None:
+def serve(case_name: str, port: int, redis_url: str, endpoint: str) -> None:
     import uvicorn
 
     case = next(c for c in CASES if c.name == case_name)
     config = uvicorn.Config(
-        build_app(case, redis_url),
+        build_app(case, redis_url, endpoint),
         host="127.0.0.1",
         port=port,
         workers=1,
@@ -237,6 +279,19 @@ class Result:
     p99_ms: float
     calls: int
     errors: int
+    requests: int = 0
+    cpu_us: float = 0.0
+    """The server process's CPU time per request served: steadier than req/s on a busy machine."""
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux; 0.0 elsewhere)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def parse_wrk(output: str) -> Result:
@@ -250,16 +305,24 @@ def parse_wrk(output: str) -> Result:
     errors = int(bad.group(1)) if bad else 0
     if sockets:
         errors += sum(int(n) for n in sockets.groups())
-    return Result(rps, p50, p99, 0, errors)
+    requests = int(re.search(r"(\d+) requests in", output).group(1))  # type: ignore[union-attr]
+    return Result(rps, p50, p99, 0, errors, requests)
 
 
 def run_case(
-    case: Case, *, wrk: str, redis_url: str, duration: float, connections: int, wrk_cpu: int | None
+    case: Case,
+    *,
+    wrk: str,
+    redis_url: str,
+    endpoint: str,
+    duration: float,
+    connections: int,
+    wrk_cpu: int | None,
 ) -> Result:
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "benchmarks.web", "--serve", case.name,
-         "--port", str(port), "--redis-url", redis_url],
+         "--port", str(port), "--redis-url", redis_url, "--endpoint", endpoint],
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 30
@@ -278,9 +341,12 @@ def run_case(
                    f"http://127.0.0.1:{port}/item"]  # fmt: skip
         if wrk_cpu is not None:
             command = ["taskset", "-c", str(wrk_cpu), *command]
+        cpu_before = cpu_seconds(server.pid)
         done = subprocess.run(command, check=True, capture_output=True, text=True)
+        cpu = cpu_seconds(server.pid) - cpu_before
         result = parse_wrk(done.stdout)
         result.calls = handler_calls(port) - before
+        result.cpu_us = cpu / max(result.requests, 1) * 1e6
         return result
     finally:
         server.terminate()
@@ -296,7 +362,10 @@ TARGETS = {"ours-middleware": 3.0, "ours-route": 2.0}
 
 
 def report(results: dict[str, Result | str]) -> None:
-    print(f"\n{'case':<36} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'calls':>7}  ratios")
+    print(
+        f"\n{'case':<36} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'cpu us':>7} {'calls':>7}"
+        "  ratios"
+    )
     by_name = {c.name: c for c in CASES}
     for name, result in results.items():
         if isinstance(result, str):
@@ -314,16 +383,18 @@ def report(results: dict[str, Result | str]) -> None:
                 if isinstance(other, Result) and other.rps:
                     ratios.append(f"{result.rps / other.rps:.2f}x {peer}")
         baseline = results.get("no cache")
-        if case.contender != "none" and isinstance(baseline, Result) and baseline.rps:
+        cached = case.contender not in ("none", "floor")
+        if cached and isinstance(baseline, Result) and baseline.rps:
             ratios.append(f"{result.rps / baseline.rps:.1f}x no cache")
         flags = []
-        if case.contender != "none" and result.calls > FLAG_CALLS:
+        if cached and result.calls > FLAG_CALLS:
             flags.append("FLAG: handler ran during the load (not served from cache)")
         if result.errors:
             flags.append(f"FLAG: {result.errors} errors")
         print(
             f"{name:<36} {result.rps:>9.0f} {result.p50_ms:>8.2f} {result.p99_ms:>8.2f} "
-            f"{result.calls:>7}  {', '.join(ratios)} {' '.join(flags)}".rstrip()
+            f"{result.cpu_us:>7.0f} {result.calls:>7}  "
+            f"{', '.join(ratios)} {' '.join(flags)}".rstrip()
         )
     for contender, target in TARGETS.items():
         ours = results.get(
@@ -336,8 +407,11 @@ def report(results: dict[str, Result | str]) -> None:
         if isinstance(ours, Result) and all(isinstance(p, Result) and p.rps for p in peers):
             worst = min(ours.rps / p.rps for p in peers if isinstance(p, Result))
             verdict = "met" if worst >= target else "NOT met"
+            # The same ratio in server CPU per request, for a machine too busy for req/s.
+            cpu = min((p.cpu_us / ours.cpu_us for p in peers if ours.cpu_us), default=0.0)
             print(
-                f"target {contender} >= {target:g}x both peers on Redis: {verdict} ({worst:.2f}x)"
+                f"target {contender} >= {target:g}x both peers on Redis: {verdict} "
+                f"({worst:.2f}x req/s; {cpu:.2f}x in CPU per request)"
             )
 
 
@@ -351,16 +425,22 @@ def main() -> None:
     parser.add_argument(
         "--rounds", type=int, default=1, help="interleaved rounds; the best of each case is kept"
     )
+    parser.add_argument(
+        "--endpoint",
+        choices=ENDPOINTS,
+        default="model",
+        help="what the endpoint returns: a Pydantic model (default) or a plain dict",
+    )
     parser.add_argument("--no-pin", action="store_true", help="leave CPU placement to the OS")
     parser.add_argument("--serve", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--redis-url", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        serve(args.serve, args.port, args.redis_url)
+        serve(args.serve, args.port, args.redis_url, args.endpoint)
         return
 
-    from benchmarks.redis import redis_server
+    from ._redis import redis_server
 
     wrk = ensure_wrk()
     cases = [c for c in CASES if not args.case or any(s in c.name for s in args.case)]
@@ -368,7 +448,8 @@ def main() -> None:
     pin = not args.no_pin and len(cpus) >= 2
     placement = f"server on CPU {cpus[0]}, wrk and redis-server on CPU {cpus[-1]}"
     print(
-        f"{len(cases)} cases, {args.duration:g}s each at {args.connections} connections, "
+        f"{len(cases)} cases, endpoint {args.endpoint}, {args.duration:g}s each at "
+        f"{args.connections} connections, "
         f"best of {args.rounds} interleaved round(s); {placement if pin else 'unpinned'}"
     )
     results: dict[str, Result | str] = {}
@@ -378,20 +459,23 @@ def main() -> None:
             print(f"{case.name}: {reason}", flush=True)
             results[case.name] = reason
     runnable = [c for c in cases if c.name not in results]
-    with redis_server(pin=pin) as redis_port:
-        redis_url = f"redis://127.0.0.1:{redis_port}/0"
+    with redis_server(pin=pin) as redis:
+        redis_url = redis.url
         for _ in range(args.rounds):  # interleaved, best kept: robust against a busy machine
             for case in runnable:
                 result = run_case(
                     case,
                     wrk=wrk,
                     redis_url=redis_url,
+                    endpoint=args.endpoint,
                     duration=args.duration,
                     connections=args.connections,
                     wrk_cpu=cpus[-1] if pin else None,
                 )
                 print(
-                    f"{case.name}: {result.rps:.0f} req/s, handler calls {result.calls}", flush=True
+                    f"{case.name}: {result.rps:.0f} req/s, {result.cpu_us:.0f} us CPU/request, "
+                    f"handler calls {result.calls}",
+                    flush=True,
                 )
                 best = results.get(case.name)
                 if isinstance(best, Result):

@@ -45,3 +45,9 @@ async def test_store_evicts(tmp_path: object) -> None:
         assert manager.namespace("file", backend=f"file://{tmp_path}").store_evicts is False
         files = manager.namespace("files", backend=f"file://{tmp_path}", max_entries=5)
         assert files.store_evicts is True
+
+
+async def test_store_in_process(tmp_path: object) -> None:
+    async with CacheManager(keyring=Keyring.generate()) as manager:
+        assert manager.namespace("mem").store_in_process is True
+        assert manager.namespace("file", backend=f"file://{tmp_path}").store_in_process is False

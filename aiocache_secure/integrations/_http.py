@@ -42,6 +42,7 @@ __all__ = [
     "DEFAULT_CREDENTIAL_HEADERS",
     "DEFAULT_SESSION_COOKIES",
     "DEFAULT_VARY_HEADERS",
+    "ENTRY_PREFIX",
     "BurstLog",
     "HttpPolicy",
     "PathRules",
@@ -50,6 +51,7 @@ __all__ = [
     "etag_of",
     "not_modified_headers",
     "pack_entry",
+    "stored_headers",
     "unpack_entry",
 ]
 
@@ -277,7 +279,12 @@ class HttpPolicy:
         who = self.caller(headers, identity, secret)
         if who is False:
             return None
-        vary = [", ".join(header_values(headers, name)) for name in self.vary_headers]
+        varied: dict[str, list[str]] = {}
+        wanted = self._vary
+        for name, value in headers:
+            if name in wanted:
+                varied.setdefault(name, []).append(value)
+        vary = [", ".join(varied.get(name, ())) for name in self.vary_headers]
         parts: list[Any] = [
             "GET",
             scheme,
@@ -341,6 +348,24 @@ def not_modified_headers(headers: Headers) -> list[tuple[str, str]]:
 
 # -- stored entries -----------------------------------------------------------------------------
 
+ENTRY_PREFIX: Final = "w1"
+"""Every stored response is one ``str``: this prefix, its head (compact JSON: status, headers,
+generations, time stored, body encoding), a newline, then the body (its UTF-8 text, else base64).
+
+One string, not a JSON tree: a namespace hands an unchanged immutable value back as the very
+object it verified, and the body is read without decoding a tree or base64 on the hit path."""
+
+
+def stored_headers(headers: Headers, body: bytes) -> tuple[list[tuple[str, str]], str]:
+    """The headers a stored response replays (hop-by-hop ones dropped, an ETag added when it had
+    none), and its ETag: its own, else :func:`etag_of` the body."""
+    kept = [(name, value) for name, value in headers if name not in _HOP_BY_HOP]
+    etags = header_values(headers, "etag")
+    etag = etags[0] if etags else etag_of(body)
+    if not etags:
+        kept.append(("etag", etag))
+    return kept, etag
+
 
 def pack_entry(
     status: int,
@@ -349,67 +374,92 @@ def pack_entry(
     *,
     generations: Sequence[str] = (),
     stored_at: float = 0.0,
-) -> tuple[dict[str, Any], str]:
-    """The JSON-safe cache entry of a response, and its ETag (the response's own when it has
-    one, else :func:`etag_of` the body). ``generations`` are the values of the entry's
-    generation keys when it was made (see :mod:`._responses`); ``stored_at`` gives ``Age``."""
-    kept = [[name, value] for name, value in headers if name not in _HOP_BY_HOP]
-    etags = header_values(headers, "etag")
-    etag = etags[0] if etags else etag_of(body)
-    if not etags:
-        kept.append(["etag", etag])
-    entry: dict[str, Any] = {"s": status, "h": kept, "g": list(generations), "t": stored_at}
+) -> tuple[str, str]:
+    """The cache entry of a response (see :data:`ENTRY_PREFIX`), and its ETag.
+
+    ``generations`` are the values of the entry's generation keys when it was made (see
+    :mod:`._responses`); ``stored_at`` gives ``Age``."""
+    kept, etag = stored_headers(headers, body)
     try:
-        entry["u"] = body.decode("utf-8")  # JSON and HTML bodies: no base64 on the hit path
+        text, encoding = body.decode("utf-8"), "u"  # JSON and HTML bodies: stored as they are
     except UnicodeDecodeError:
-        entry["b"] = base64.b64encode(body).decode("ascii")
-    return entry, etag
+        text, encoding = base64.b64encode(body).decode("ascii"), "b"
+    head = {"s": status, "h": kept, "g": list(generations), "t": stored_at, "e": encoding}
+    # Names and values are latin-1 text and the tokens hex: orjson takes them all.
+    return ENTRY_PREFIX + orjson.dumps(head).decode("utf-8") + "\n" + text, etag
 
 
 @dataclass(frozen=True, slots=True)
 class Stored:
-    """A stored response, as read back."""
+    """A stored response, as read back: everything a hit replays, computed once per entry."""
 
     status: int
     headers: list[tuple[str, str]]
     body: bytes
     etag: str
     stored_at: float
+    generations: tuple[str, ...] = ()
+    raw_headers: tuple[tuple[bytes, bytes], ...] = ()
+    """``headers`` and the body's ``content-length``, latin-1 encoded, as ASGI sends them."""
 
     def age(self, now: float) -> str:
         return str(max(0, int(now - self.stored_at)))
 
 
-def unpack_entry(entry: object, generations: Sequence[str] = ()) -> Stored | None:
-    """The response of a stored entry; None when it is not one of ours, or was made under other
-    generations than ``generations`` (its URL or one of its tags was invalidated since)."""
-    if not isinstance(entry, dict):
+def unpack_entry(entry: object) -> Stored | None:
+    """The response of a stored entry; None when it is not one of ours."""
+    if type(entry) is not str or not entry.startswith(ENTRY_PREFIX):
         return None
-    status, headers = entry.get("s"), entry.get("h")
-    text, body = entry.get("u"), entry.get("b")
-    if type(status) is not int or not isinstance(headers, list):
+    head_text, newline, text = entry.partition("\n")
+    if not newline:
         return None
-    if not (type(text) is str) ^ (type(body) is str):
+    try:
+        head = orjson.loads(head_text[len(ENTRY_PREFIX) :])
+    except orjson.JSONDecodeError:
         return None
-    if entry.get("g", []) != list(generations):
+    if not isinstance(head, dict):
         return None
-    stored_at = entry.get("t", 0.0)
-    if not isinstance(stored_at, (int, float)) or isinstance(stored_at, bool):
+    status, headers, generations = head.get("s"), head.get("h"), head.get("g")
+    stored_at, encoding = head.get("t"), head.get("e")
+    if (
+        type(status) is not int
+        or not isinstance(headers, list)
+        or not isinstance(generations, list)
+    ):
+        return None
+    if not all(type(token) is str for token in generations):
+        return None
+    if not isinstance(stored_at, int | float) or isinstance(stored_at, bool):
         return None
     pairs: list[tuple[str, str]] = []
     for pair in headers:
         if not (isinstance(pair, list) and len(pair) == 2 and all(type(p) is str for p in pair)):
             return None
         pairs.append((pair[0], pair[1]))
-    if type(text) is str:
-        raw = text.encode("utf-8")
-    else:
+    if encoding == "u":
+        body = text.encode("utf-8", "surrogatepass")
+    elif encoding == "b":
         try:
-            raw = base64.b64decode(body, validate=True)  # type: ignore[arg-type]
+            body = base64.b64decode(text, validate=True)
         except (binascii.Error, ValueError):
             return None
+    else:
+        return None
+    try:
+        raw = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in pairs]
+    except UnicodeEncodeError:
+        return None
+    raw.append((b"content-length", str(len(body)).encode("ascii")))
     etags = header_values(pairs, "etag")
-    return Stored(status, pairs, raw, etags[0] if etags else etag_of(raw), float(stored_at))
+    return Stored(
+        status,
+        pairs,
+        body,
+        etags[0] if etags else etag_of(body),
+        float(stored_at),
+        tuple(generations),
+        tuple(raw),
+    )
 
 
 class BurstLog:

@@ -17,6 +17,11 @@ under a generation that does not exist yet creates it first, so no entry ever re
 generation: a generation key that expires or is evicted (``max_entries``) turns the entries it
 guarded into misses, never back into hits.
 
+A hit parses its entry once: the store keeps the response last read under each key (within
+:data:`PARSED_BUDGET` characters) and serves it again only while the namespace returns an equal
+entry string, which on an encrypted namespace is the very string it verified; the generation
+check still runs on every request.
+
 Credential hashes are keyed with a secret derived from the namespace's key-hashing key (itself
 from the manager's keyring), so every process sharing the keyring computes the same keys; on a
 namespace that does not hash keys, or is not encrypted, the secret is random per process, which
@@ -30,6 +35,9 @@ import secrets
 from collections.abc import Iterable, Sequence
 from typing import Final
 from urllib.parse import unquote, urljoin, urlsplit
+
+import anyio
+import anyio.lowlevel
 
 from ..cache import MISSING, Cache
 from ..errors import CacheError
@@ -46,6 +54,8 @@ from ._http import (
 __all__ = ["GENERATION_TTL", "ResponseStore", "invalidate_tags", "invalidate_url"]
 
 GENERATION_TTL: Final = 7 * 86400.0
+PARSED_BUDGET: Final = 1024 * 1024
+"""Characters of entries whose parsed response one front end keeps (first in, first out)."""
 Generations = list[tuple[str, str]]
 """The generation keys of a request and the tokens read for them (``""`` where missing)."""
 # Not valid UTF-8, so no str cache key ever hashes to this input.
@@ -100,10 +110,30 @@ async def invalidate_tags(cache: Cache, tags: Iterable[str]) -> None:
     await _bump(cache, [tag_generation_key(tag) for tag in tags], generation_ttl(cache))
 
 
+class _Flight:
+    """One shared lookup: its result (None until read, or when the read was cancelled)."""
+
+    __slots__ = ("done", "result")
+
+    def __init__(self) -> None:
+        self.done = anyio.Event()
+        self.result: tuple[Stored | None, Generations | None] | None = None
+
+
 class ResponseStore:
     """One front end's view of a response namespace: keys, lookups, stores, invalidation."""
 
-    __slots__ = ("_gen_ttl", "_log", "_secret", "cache", "policy")
+    __slots__ = (
+        "_flights",
+        "_gen_ttl",
+        "_log",
+        "_parsed",
+        "_parsed_size",
+        "_secret",
+        "_share_reads",
+        "cache",
+        "policy",
+    )
 
     def __init__(
         self, cache: Cache, policy: HttpPolicy, *, what: str, warn_uncached: bool = True
@@ -115,6 +145,10 @@ class ResponseStore:
         self._secret = credential_secret(cache)
         self._gen_ttl = generation_ttl(cache, policy.ttl)
         self._log = BurstLog(what)
+        self._parsed: dict[str, tuple[str, Stored]] = {}
+        self._parsed_size = 0
+        self._flights: dict[tuple[str, ...], _Flight] = {}
+        self._share_reads = not cache.store_in_process
         warn = warn_uncached and not policy.per_credential
         if warn and (what, cache.name) not in _warned:
             _warned.add((what, cache.name))
@@ -159,14 +193,65 @@ class ResponseStore:
         self, key: str, generation_keys: Sequence[str]
     ) -> tuple[Stored | None, Generations | None]:
         """The stored response (None on a miss) and the current generations (None when the
-        store failed: then nothing is stored either)."""
+        store failed: then nothing is stored either).
+
+        Concurrent lookups of one key and generations share one read, joined only until it is
+        issued: the read starts after every request that shares it arrived, so each sees every
+        invalidation that completed before it came (what a read of its own would see). Reads
+        of an in-process store are not shared: they cost less than the wait to join them."""
+        if not self._share_reads:
+            return await self._read(key, generation_keys)
+        wanted = (key, *generation_keys)
+        flight = self._flights.get(wanted)
+        if flight is not None:
+            await flight.done.wait()
+            if flight.result is not None:
+                found, generations = flight.result
+                return found, None if generations is None else list(generations)
+            return await self._read(key, generation_keys)  # the shared read was cancelled
+        flight = _Flight()
+        self._flights[wanted] = flight
+        try:
+            await anyio.lowlevel.checkpoint()  # the requests ready to run now join this read
+        finally:
+            del self._flights[wanted]
+        try:
+            flight.result = await self._read(key, generation_keys)
+        finally:
+            flight.done.set()
+        return flight.result
+
+    async def _read(
+        self, key: str, generation_keys: Sequence[str]
+    ) -> tuple[Stored | None, Generations | None]:
         try:
             values = await self.cache.get_many([key, *generation_keys], MISSING)
         except CacheError as exc:
             self._log.failed(exc)
             return None, None
         tokens = [value if isinstance(value, str) else "" for value in values[1:]]
-        return unpack_entry(values[0], tokens), list(zip(generation_keys, tokens, strict=True))
+        found = self._parse(key, values[0])
+        if found is not None and list(found.generations) != tokens:
+            found = None  # its URL or one of its tags was invalidated since
+        return found, list(zip(generation_keys, tokens, strict=True))
+
+    def _parse(self, key: str, entry: object) -> Stored | None:
+        parsed = self._parsed
+        held = parsed.get(key)
+        if held is not None:
+            if held[0] == entry:
+                return held[1]
+            del parsed[key]
+            self._parsed_size -= len(held[0])
+        found = unpack_entry(entry)
+        if found is None or not isinstance(entry, str) or len(entry) > PARSED_BUDGET // 4:
+            return found
+        self._parsed_size += len(entry)
+        while self._parsed_size > PARSED_BUDGET:
+            oldest = next(iter(parsed))
+            self._parsed_size -= len(parsed.pop(oldest)[0])
+        parsed[key] = (entry, found)
+        return found
 
     async def store(
         self,

@@ -39,6 +39,7 @@ from ._http import (
     UNSAFE_METHODS,
     Headers,
     HttpPolicy,
+    Stored,
     etag_matches,
     header_values,
     lower_pairs,
@@ -83,6 +84,23 @@ def _respond(
         raw.append((b"x-cache", x_cache.encode("ascii")))
     response.raw_headers = raw
     return response
+
+
+class _Replayed(Response):
+    """A stored response, replayed: its headers come encoded from the store's parsed entry."""
+
+    def __init__(self, status: int, raw_headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+        self.status_code = status
+        self.body = body
+        self.background = None
+        self.raw_headers = raw_headers
+
+
+def _replay(found: Stored, age: str, *, x_cache: bool, head: bool) -> Response:
+    raw = [*found.raw_headers, (b"age", age.encode("ascii"))]
+    if x_cache:
+        raw.append((b"x-cache", b"HIT"))
+    return _Replayed(found.status, raw, b"" if head else found.body)
 
 
 async def _render(request: Request, result: Any) -> Response:
@@ -243,27 +261,22 @@ def cache_response(
                 if inspect.isawaitable(who):
                     who = await who
             headers = lower_pairs(request.scope.get("headers", ()))
-            key = scope_key(store, request.scope, headers, who)
+            host = ", ".join(header_values(headers, "host"))
+            paths = scope_path(request.scope)
+            key = scope_key(store, request.scope, headers, who, paths, host)
             if key is None:
                 return await call(args, kwargs)
-            host = ", ".join(header_values(headers, "host"))
-            generation_keys = store.generation_keys(host, scope_path(request.scope)[0], chosen_tags)
+            generation_keys = store.generation_keys(host, paths[0], chosen_tags)
             found, generations = await store.lookup(key, generation_keys)
             if_none_match = header_values(headers, "if-none-match")
             hit = "HIT" if x_cache else None
             if found is not None:
-                age = ("age", found.age(store.now()))
+                age = found.age(store.now())
                 if if_none_match and etag_matches(if_none_match, found.etag):
                     return _respond(
-                        304, [*not_modified_headers(found.headers), age], b"", x_cache=hit
+                        304, [*not_modified_headers(found.headers), ("age", age)], b"", x_cache=hit
                     )
-                return _respond(
-                    found.status,
-                    [*found.headers, age],
-                    found.body,
-                    x_cache=hit,
-                    head=request.method == "HEAD",
-                )
+                return _replay(found, age, x_cache=x_cache, head=request.method == "HEAD")
             response = await _render(request, await call(args, kwargs))
             if x_cache:
                 response.headers["x-cache"] = "MISS"

@@ -31,7 +31,7 @@ from ._http import (
     header_values,
     lower_pairs,
     not_modified_headers,
-    pack_entry,
+    stored_headers,
 )
 from ._responses import (
     Generations,
@@ -74,11 +74,12 @@ def scope_key(
     headers: Headers,
     identity: str | None,
     paths: tuple[str, str] | None = None,
+    host: str | None = None,
 ) -> str | None:
     path, raw_path = scope_path(scope) if paths is None else paths
     return store.key(
         scheme=scope.get("scheme", "http"),
-        host=", ".join(header_values(headers, "host")),
+        host=", ".join(header_values(headers, "host")) if host is None else host,
         path=path,
         raw_path=raw_path,
         query=scope.get("query_string", b"").decode("latin-1"),
@@ -158,14 +159,13 @@ class CacheMiddleware:
             return
         headers = lower_pairs(scope.get("headers", ()))
         identity = self._identity(scope) if self._identity is not None else None
-        key = scope_key(self.store, scope, headers, identity, paths)
+        host = ", ".join(header_values(headers, "host"))
+        key = scope_key(self.store, scope, headers, identity, paths, host)
         if key is None:
             await self.app(scope, receive, send)
             return
         if_none_match = header_values(headers, "if-none-match")
-        generation_keys = self.store.generation_keys(
-            ", ".join(header_values(headers, "host")), paths[0]
-        )
+        generation_keys = self.store.generation_keys(host, paths[0])
         found, generations = await self.store.lookup(key, generation_keys)
         if found is not None:
             await self._replay(found, method == "HEAD", if_none_match, send)
@@ -184,8 +184,11 @@ class CacheMiddleware:
         if if_none_match and etag_matches(if_none_match, found.etag):
             await self._send(send, 304, [*not_modified_headers(found.headers), age], b"", "HIT")
             return
-        headers = [*found.headers, ("content-length", str(len(found.body))), age]
-        await self._send(send, found.status, headers, b"" if head else found.body, "HIT")
+        raw = [*found.raw_headers, (b"age", age[1].encode("ascii"))]
+        if self._x_cache:
+            raw.append((b"x-cache", b"HIT"))
+        await send({"type": "http.response.start", "status": found.status, "headers": raw})
+        await send({"type": "http.response.body", "body": b"" if head else found.body})
 
     async def _send(
         self, send: Send, status: int, headers: Headers, body: bytes, outcome: str
@@ -321,9 +324,9 @@ class _Recorder:
         if len(body) > middleware.policy.max_body_bytes:
             await middleware._send(self._send, self._status, self._headers, body, "MISS")
             return
-        entry, etag = pack_entry(self._status, self._headers, body)
+        kept, etag = stored_headers(self._headers, body)
         if self._if_none_match and etag_matches(self._if_none_match, etag):
-            headers = not_modified_headers([(name, value) for name, value in entry["h"]])
+            headers = not_modified_headers(kept)
             await middleware._send(self._send, 304, headers, b"", "MISS")
         else:
             headers = self._headers
