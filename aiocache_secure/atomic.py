@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any, Final
 
 import anyio
@@ -22,6 +22,7 @@ from . import frame
 from .errors import BackendError, ContentionError
 from .facade import CacheCore
 from .policy import Seconds
+from .tags import Pending
 
 __all__ = ["AtomicUpdates"]
 
@@ -38,10 +39,19 @@ class AtomicUpdates(CacheCore):
 
     __slots__ = ()
 
-    async def add(self, key: str, value: Any, ttl: Seconds | None = None) -> bool:
-        """Store ``value`` only if ``key`` has no live entry; returns whether it was stored."""
+    async def add(
+        self, key: str, value: Any, ttl: Seconds | None = None, *, tags: Sequence[str] = ()
+    ) -> bool:
+        """Store ``value`` only if ``key`` has no live entry; returns whether it was stored.
+
+        ``tags`` as for :meth:`~aiocache_secure.cache.Cache.set`; an entry a tag invalidated is
+        not live.
+        """
         raw = self._key(key)
-        data, seconds = self._frame(raw, value, ttl)
+        refs = await self._tag_refs(tags) if tags else b""
+        if refs is None:
+            return False
+        data, seconds = self._frame(raw, value, ttl, refs)
         if self._pending() and not await self._ready():
             return False
         try:
@@ -85,11 +95,11 @@ class AtomicUpdates(CacheCore):
                         self.stats.sets += 1
                         return delta
                     continue
-                (value, expires_ms), token = found
+                (value, expires_ms, refs), token = found
                 if isinstance(value, bool) or not isinstance(value, int):
                     raise TypeError("incr needs the stored value to be an int")
                 new = value + delta
-                data, seconds = self._refresh(raw, new, expires_ms)
+                data, seconds = self._refresh(raw, new, expires_ms, refs)
                 if await self._atomic.compare_and_set(raw, token, data, ttl=seconds):
                     self.stats.sets += 1
                     return new
@@ -111,10 +121,10 @@ class AtomicUpdates(CacheCore):
                     found = await self._versioned(raw)
                     if found is None:
                         return False
-                    (value, _), token = found
+                    (value, _, refs), token = found
                     payload = self._serializer.dumps(value)
                     expires = frame.expiry_ms(None if seconds is None else self._clock() + seconds)
-                    data = frame.pack(expires, raw if self._embed else b"", payload)
+                    data = frame.pack(expires, raw if self._embed else b"", payload, refs)
                     if await self._atomic.compare_and_set(raw, token, data, ttl=seconds):
                         return True
                     await _backoff(attempt)
@@ -148,19 +158,26 @@ class AtomicUpdates(CacheCore):
             if not users[0]:
                 del self._updating[raw]
 
-    async def _versioned(self, raw: bytes) -> tuple[tuple[Any, int], bytes] | None:
-        """``((value, expires_ms), token)`` of a live entry, else None (dead ones discarded)."""
+    async def _versioned(self, raw: bytes) -> tuple[tuple[Any, int, bytes], bytes] | None:
+        """``((value, expires_ms, tag refs), token)`` of a live entry, else None (dead ones
+        discarded)."""
         found = await self._atomic.get_versioned(raw)
         if found is None:
             return None
         data, token = found
         ok, value = self._open_frame(raw, data)
+        refs = b""
+        if value.__class__ is Pending:
+            refs = value.refs
+            ok, value = await self._tags.check(value)
         if not ok:
             await self._discard(raw, value)
             return None
-        return (value, frame.read_expiry(data)), token
+        return (value, frame.read_expiry(data), refs), token
 
-    def _refresh(self, raw: bytes, value: Any, expires_ms: int) -> tuple[bytes, float | None]:
+    def _refresh(
+        self, raw: bytes, value: Any, expires_ms: int, refs: bytes = b""
+    ) -> tuple[bytes, float | None]:
         payload = self._serializer.dumps(value)
         seconds = None if not expires_ms else max(expires_ms / 1000 - self._clock(), 0.001)
-        return frame.pack(expires_ms, raw if self._embed else b"", payload), seconds
+        return frame.pack(expires_ms, raw if self._embed else b"", payload, refs), seconds

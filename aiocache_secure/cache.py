@@ -31,6 +31,7 @@ from .export import export_jsonl
 from .frame import HEAD as _FRAME_HEAD
 from .layers.verified import Verified, VerifiedReads
 from .policy import Seconds
+from .tags import Pending, is_record
 
 __all__ = ["MISSING", "Cache"]
 
@@ -101,13 +102,19 @@ class Cache(AtomicUpdates):
             if ok:
                 self.stats.hits += 1
                 return value
+            if value.__class__ is Pending:
+                ok, value = await self._tags.check(value)
+                if ok:
+                    self.stats.hits += 1
+                    return value
             await self._discard(raw, value)
         self.stats.misses += 1
         return default
 
     async def _get_verified(self, raw: bytes, default: Any, verified: VerifiedReads) -> Any:
         """``get`` of a memoized namespace: a verified entry's frame is decoded at most once
-        (immutable values are handed out again, others decoded afresh from its payload)."""
+        (immutable values are handed out again, others decoded afresh from its payload). A
+        tagged entry's value is never kept: each read decodes it and checks its tags."""
         try:
             entry = await verified.read(raw)
         except BackendError as exc:
@@ -123,6 +130,11 @@ class Cache(AtomicUpdates):
                 self.stats.hits += 1
                 entry.keep(value)
                 return value
+            if value.__class__ is Pending:
+                ok, value = await self._tags.check(value)
+                if ok:
+                    self.stats.hits += 1
+                    return value
             await self._discard(raw, value)
         self.stats.misses += 1
         return default
@@ -199,7 +211,8 @@ class Cache(AtomicUpdates):
             values = await self._decode_many([raws[i] for i, _ in first], frames, MISSING)
             for (index, entry), value in zip(first, values, strict=True):
                 if value is not MISSING:
-                    entry.keep(value)
+                    if not frame.is_tagged(entry.frame):  # tagged: checked on every read
+                        entry.keep(value)
                     out[index] = value
         return out
 
@@ -217,6 +230,7 @@ class Cache(AtomicUpdates):
         now_ms = self._clock() * 1000
         head, header, loads = _FRAME_HEAD.unpack_from, frame.HEADER, self._serializer.loads_fast
         embed, same = self._embed, hmac.compare_digest
+        tagged: list[tuple[int, bytes, Pending]] = []
         try:
             for raw, data in zip(raws, found, strict=True):
                 if data is not None:
@@ -243,8 +257,19 @@ class Cache(AtomicUpdates):
                         hits += 1
                         out.append(value)
                         continue
-                    await self._discard(raw, value)
+                    if value.__class__ is Pending:
+                        tagged.append((len(out), raw, value))
+                    else:
+                        await self._discard(raw, value)
                 out.append(default)
+            if tagged:
+                checked = await self._tags.check_all([pending for _, _, pending in tagged])
+                for (index, raw, _), (ok, value) in zip(tagged, checked, strict=True):
+                    if ok:
+                        out[index] = value
+                        hits += 1
+                    else:
+                        await self._discard(raw, value)
         finally:  # counted once per batch; a strict-mode IntegrityError counts what was read
             self.stats.hits += hits
             self.stats.misses += len(out) - hits
@@ -272,6 +297,11 @@ class Cache(AtomicUpdates):
         except IntegrityError:
             await self._discard(raw, "bad")
             return None
+        if frame.is_tagged(data):
+            ok, value = await self._checked(*self._open_frame(raw, data))
+            if not ok:
+                await self._discard(raw, value)
+                return None
         if not expires_ms:
             return math.inf
         left = expires_ms / 1000 - self._clock()
@@ -282,18 +312,65 @@ class Cache(AtomicUpdates):
 
     # -- writes --------------------------------------------------------------------------------
 
-    async def set(self, key: str, value: Any, ttl: Seconds | None = None) -> None:
-        """Store ``value`` under ``key`` for ``ttl`` seconds (namespace default when None)."""
+    async def set(
+        self, key: str, value: Any, ttl: Seconds | None = None, *, tags: Sequence[str] = ()
+    ) -> None:
+        """Store ``value`` under ``key`` for ``ttl`` seconds (namespace default when None).
+
+        ``tags``: names that :meth:`invalidate_tags` can later turn this entry into a miss by
+        (see docs/tags.md).
+        """
         raw = self._key(key)
-        data, seconds = self._frame(raw, value, ttl)
+        refs = await self._tag_refs(tags) if tags else b""
+        if refs is None:
+            return
+        data, seconds = self._frame(raw, value, ttl, refs)
         await self._set_frame(raw, data, seconds)
 
-    async def _set_payload(self, key: str, payload: bytes, ttl: Seconds | None = None) -> None:
+    async def _get_tagged(self, key: str, tags: tuple[str, ...], default: Any) -> Any:
+        """``get`` of an entry that should carry ``tags`` (checked by the caller: the decorator),
+        with their records read in the same batch as the entry (one round trip where the store
+        batches). An untagged entry found there predates its tags: a miss."""
+        if not tags:
+            return await self.get(key, default)
+        raw = self._key(key)
+        if self._pending() and not await self._ready():
+            return default
+        try:
+            found = await self._tags.read_with(raw, tags)
+        except BackendError as exc:
+            self._backend_failed(exc)
+            found = [None]
+        data = found[0]
+        if data is not None:
+            ok, value = self._open_frame(raw, data)
+            if value.__class__ is Pending:
+                records = found[1:]
+                if value.refs == self._tags.current_refs(tags, records):
+                    self.stats.hits += 1
+                    return value.value
+                # Tagged otherwise (other tags, another order) or stale: the full check.
+                ok, value = await self._tags.check(value, self._tags.known(tags, records))
+                if ok:
+                    self.stats.hits += 1
+                    return value
+                await self._discard(raw, value)
+            elif not ok:
+                await self._discard(raw, value)
+        self.stats.misses += 1
+        return default
+
+    async def _set_payload(
+        self, key: str, payload: bytes, ttl: Seconds | None = None, tags: Sequence[str] = ()
+    ) -> None:
         """:meth:`set` of a value that :meth:`_dumps` serialized."""
         raw = self._key(key)
+        refs = await self._tag_refs(tags) if tags else b""
+        if refs is None:
+            return
         seconds = self.policy.resolve_ttl(ttl)
         expires = frame.expiry_ms(None if seconds is None else self._clock() + seconds)
-        data = frame.pack(expires, raw if self._embed else b"", payload)
+        data = frame.pack(expires, raw if self._embed else b"", payload, refs)
         await self._set_frame(raw, data, seconds)
 
     async def _set_frame(self, raw: bytes, data: bytes, seconds: float | None) -> bool:
@@ -308,11 +385,24 @@ class Cache(AtomicUpdates):
         self.stats.sets += 1
         return True
 
-    async def set_many(self, items: Mapping[str, Any], ttl: Seconds | None = None) -> None:
-        await self._set_frames(self._frames(items, ttl))
+    async def set_many(
+        self, items: Mapping[str, Any], ttl: Seconds | None = None, *, tags: Sequence[str] = ()
+    ) -> None:
+        """Store every ``key: value`` of ``items``; ``tags`` (as for :meth:`set`) tag each."""
+        if not isinstance(items, Mapping):
+            raise TypeError("set_many takes a mapping of str keys to values")
+        refs = b""
+        if tags and items:
+            for name in items:  # every key is checked before the records are read
+                self._key(name)
+            made = await self._tag_refs(tags)
+            if made is None:
+                return
+            refs = made
+        await self._set_frames(self._frames(items, ttl, refs))
 
     def _frames(
-        self, items: Mapping[str, Any], ttl: Seconds | None
+        self, items: Mapping[str, Any], ttl: Seconds | None, refs: bytes = b""
     ) -> tuple[list[tuple[bytes, bytes]], float | None]:
         if not isinstance(items, Mapping):
             raise TypeError("set_many takes a mapping of str keys to values")
@@ -322,7 +412,7 @@ class Cache(AtomicUpdates):
         batch: list[tuple[bytes, bytes]] = []
         for key, value in items.items():
             raw = self._key(key)
-            batch.append((raw, frame.pack(expires, raw if embed else b"", dumps(value))))
+            batch.append((raw, frame.pack(expires, raw if embed else b"", dumps(value), refs)))
         return batch, seconds
 
     async def _set_frames(self, frames: tuple[list[tuple[bytes, bytes]], float | None]) -> bool:
@@ -390,15 +480,21 @@ class Cache(AtomicUpdates):
                 "keys of a namespace with hash_keys=True and encrypt=False cannot be recovered; "
                 "export needs encrypt=True or hash_keys=False"
             )
+        versions: dict[bytes, int | None] = {}  # each tag's record read once per export
         async for stored_key, data in self._stack.scan(b""):
             try:
-                expires_ms, embedded, payload = frame.unpack(data)
+                expires_ms, embedded, refs, payload = frame.unpack_any(data)
                 if expires_ms and expires_ms <= self._clock() * 1000:
                     continue
-                key = (embedded if self._embed else stored_key).decode("utf-8")
+                raw = embedded if self._embed else stored_key
+                if is_record(raw) and not refs:
+                    continue
+                key = raw.decode("utf-8")
                 value = self._serializer.loads(payload)
             except (IntegrityError, SerializationError, UnicodeDecodeError):
                 self._bad_entry()
+                continue
+            if refs and not (await self._tags.check(Pending(value, refs), versions))[0]:
                 continue
             yield key, value
 

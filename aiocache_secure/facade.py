@@ -15,7 +15,7 @@ import hashlib
 import hmac
 import math
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, Final, NoReturn, cast
 
 import anyio
@@ -30,6 +30,7 @@ from .layers.verified import VerifiedReads
 from .policy import Policy
 from .serializers import Serializer
 from .stats import Stats
+from .tags import UNREAD, Pending, TagIndex, check_tags
 
 __all__ = ["CacheCore", "Lifecycle"]
 
@@ -67,6 +68,7 @@ class CacheCore:
         "_serializer",
         "_stack",
         "_strict",
+        "_tags",
         "name",
         "policy",
         "stats",
@@ -106,6 +108,12 @@ class CacheCore:
         self._prepare_fresh: Callable[[], bool] | None = None
         self._prepare_lock = anyio.Lock()
         self._updating: dict[bytes, tuple[anyio.Lock, list[int]]] = {}
+        self._tags = TagIndex(
+            stack.top,
+            storage_key=stack.key_layer.storage_key,
+            embed=self._embed,
+            failed=self._backend_failed,
+        )
 
     def __repr__(self) -> str:
         return f"Cache(namespace={self.name!r}, encrypted={self._encryption is not None})"
@@ -244,19 +252,23 @@ class CacheCore:
             raise IntegrityError
         return None
 
-    def _frame(self, key: bytes, value: Any, ttl: object) -> tuple[bytes, float | None]:
+    def _frame(
+        self, key: bytes, value: Any, ttl: object, refs: bytes = b""
+    ) -> tuple[bytes, float | None]:
         seconds = self.policy.resolve_ttl(ttl)
         payload = self._serializer.dumps(value)
         expires = frame.expiry_ms(None if seconds is None else self._clock() + seconds)
-        return frame.pack(expires, key if self._embed else b"", payload), seconds
+        return frame.pack(expires, key if self._embed else b"", payload, refs), seconds
 
     def _open_frame(self, key: bytes, data: bytes, now_ms: float = -1.0) -> tuple[bool, Any]:
-        """``(True, value)``, or ``(False, reason)`` with reason "expired" or "bad".
+        """``(True, value)``, or ``(False, reason)`` with reason "expired" or "bad", or a
+        :class:`~aiocache_secure.tags.Pending` for a tagged entry: a hit only once
+        :meth:`_checked` says so.
 
         ``now_ms`` lets a batch read the clock once; by default it is read here.
         """
         try:
-            expires_ms, embedded, payload = frame.unpack(data)
+            expires_ms, embedded, refs, payload = frame.unpack_any(data)
         except IntegrityError:
             return False, "bad"
         if expires_ms and expires_ms <= (self._clock() * 1000 if now_ms < 0 else now_ms):
@@ -264,9 +276,49 @@ class CacheCore:
         if self._embed and not hmac.compare_digest(embedded, key):
             return False, "bad"
         try:
-            return True, self._serializer.loads(payload)
+            value = self._serializer.loads(payload)
         except SerializationError:
             return False, "bad"
+        return (False, Pending(value, refs)) if refs else (True, value)
+
+    async def _checked(self, ok: bool, value: Any) -> tuple[bool, Any]:
+        """What :meth:`_open_frame` returned, with a tagged entry's tag check done: every read
+        path passes its outcome through here (or :meth:`TagIndex.check_all`) before a hit."""
+        if value.__class__ is Pending:
+            return await self._tags.check(value)
+        return ok, value
+
+    async def _tag_refs(self, tags: object) -> bytes | None:
+        """The packed references of an entry about to be written with ``tags`` (records created
+        as needed); None when the write must be a no-op (the store failed, under fail_open)."""
+        names = check_tags(tags)
+        if self._pending() and not await self._ready():
+            return None
+        if not names:
+            return b""
+        try:
+            return await self._tags.refs(names)
+        except BackendError as exc:
+            self._backend_failed(exc)
+            return None
+
+    async def invalidate_tags(self, tags: Sequence[str]) -> None:
+        """Turn every entry of this namespace tagged with any of ``tags`` into a miss.
+
+        One batch write of one record per tag, however many entries carry it; seen at once by
+        every process using the store. A store failure raises even under ``fail_open``: an
+        invalidation must never be skipped silently.
+        """
+        names = check_tags(tags)
+        if self._pending():
+            await self._run_prepare()
+        if not names:
+            return
+        try:
+            await self._tags.invalidate(names)
+        except BackendError:
+            self.stats.errors += 1
+            raise
 
     async def _read_frames(self, raws: list[bytes]) -> list[bytes | None]:
         """The stack's frames for a batch of keys; all misses when the store failed and the
@@ -278,6 +330,8 @@ class CacheCore:
             return [None] * len(raws)
 
     async def _discard(self, key: bytes, reason: object) -> None:
+        if reason is UNREAD:  # its tags could not be checked (fail_open): a miss, not a dead entry
+            return
         try:
             await self._stack.delete(key)
         except BackendError as exc:
