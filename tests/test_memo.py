@@ -344,3 +344,25 @@ async def test_a_memoized_batch_with_the_store_down(fail_open: bool) -> None:
                 await ns.get_many(["a", "b"])
         store.down = False
         assert await ns.get_many(["a", "b"]) == [1, 2]
+
+
+async def test_a_tagged_entry_is_checked_on_every_memoized_read(manager: CacheManager) -> None:
+    """The memo may keep a tagged entry's verified envelope, never its decoded value: every read
+    (get, get_many, ttl) runs the tag check, so an invalidation is seen at once."""
+    ns = manager.namespace("tagged")
+    await ns.set("s", "immutable", tags=["t"])
+    await ns.set_many({"a": {"n": 1}, "b": 2}, tags=["t"])
+    for _ in range(3):  # the first reads verify the envelopes, the later ones are memo hits
+        assert await ns.get("s") == "immutable"
+        assert await ns.get_many(["s", "a", "b"]) == ["immutable", {"n": 1}, 2]
+    memo = manager.memo
+    assert memo is not None and len(memo) > 0
+    assert ns.stats.hits == 12
+    await ns.invalidate_tags(["t"])
+    assert await ns.get("s", MISSING) is MISSING
+    assert await ns.get_many(["s", "a", "b"], MISSING) == [MISSING, MISSING, MISSING]
+    assert await ns.ttl("a") is None
+    assert ns.stats.hits == 12
+    await ns.set("s", "again", tags=["t"])
+    assert await ns.get("s") == "again"
+    assert await ns.get("s") == "again"
