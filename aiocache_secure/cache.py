@@ -99,14 +99,11 @@ class Cache(AtomicUpdates):
             data = None
         if data is not None:
             ok, value = self._open_frame(raw, data)
+            if not ok:  # maybe a tagged entry: a hit once its tags check
+                ok, value = await self._checked(ok, value)
             if ok:
                 self.stats.hits += 1
                 return value
-            if value.__class__ is Pending:
-                ok, value = await self._tags.check(value)
-                if ok:
-                    self.stats.hits += 1
-                    return value
             await self._discard(raw, value)
         self.stats.misses += 1
         return default
@@ -127,14 +124,12 @@ class Cache(AtomicUpdates):
                 return entry.value if not offset else self._serializer.loads(entry.frame[offset:])
             ok, value = self._open_frame(raw, entry.frame)
             if ok:
-                self.stats.hits += 1
                 entry.keep(value)
+            else:  # a tagged entry's value is not kept: checked on every read
+                ok, value = await self._checked(ok, value)
+            if ok:
+                self.stats.hits += 1
                 return value
-            if value.__class__ is Pending:
-                ok, value = await self._tags.check(value)
-                if ok:
-                    self.stats.hits += 1
-                    return value
             await self._discard(raw, value)
         self.stats.misses += 1
         return default
