@@ -30,6 +30,7 @@ from .keyring import Keyring
 from .lint import check_config
 from .manager import CacheManager
 from .serializers import export_form
+from .tags import check_tags
 
 __all__ = ["main"]
 
@@ -170,12 +171,7 @@ async def _stats(manager: CacheManager, args: argparse.Namespace) -> int:
 
 
 async def _export(manager: CacheManager, args: argparse.Namespace) -> int:
-    if args.namespace in manager.namespaces or args.backend is None:
-        if args.private:
-            raise ConfigurationError("--private goes with --backend")
-        cache = _namespace(manager, args.namespace)
-    else:
-        cache = manager.namespace(args.namespace, args.backend, private=args.private)
+    cache = _target(manager, args)
     bar = _Bar(f"export {args.namespace}", enabled=not args.json, force=args.progress)
     with _naming(args, args.namespace):
         if args.out is not None:
@@ -205,6 +201,19 @@ async def _erase(manager: CacheManager, args: argparse.Namespace) -> int:
     return 0
 
 
+async def _invalidate_tags(manager: CacheManager, args: argparse.Namespace) -> int:
+    try:
+        tags = check_tags(args.tags)
+    except (TypeError, ValueError) as exc:
+        raise ConfigurationError(f"invalidate-tags: {exc}") from None
+    cache = _target(manager, args)
+    with _naming(args, args.namespace):
+        await cache.invalidate_tags(tags)
+    rows = [{"namespace": args.namespace, "invalidated_tags": len(tags)}]
+    _emit(args, rows, [f"invalidated {len(tags)} tag(s) in {args.namespace}"])
+    return 0
+
+
 async def _rotate(manager: CacheManager, args: argparse.Namespace) -> int:
     rows: list[dict[str, Any]] = []
     for name, cache in manager.namespaces.items():
@@ -225,6 +234,15 @@ async def _rotate(manager: CacheManager, args: argparse.Namespace) -> int:
         ],
     )
     return 0
+
+
+def _target(manager: CacheManager, args: argparse.Namespace) -> Cache:
+    """The namespace a command names: configured, or opened on ``--backend`` (``--private``)."""
+    if args.namespace in manager.namespaces or args.backend is None:
+        if args.private:
+            raise ConfigurationError("--private goes with --backend")
+        return _namespace(manager, args.namespace)
+    return manager.namespace(args.namespace, args.backend, private=args.private)
 
 
 def _namespace(manager: CacheManager, name: str) -> Cache:
@@ -364,6 +382,15 @@ def _parser() -> argparse.ArgumentParser:
     erase.add_argument("namespace")
     erase.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     erase.add_argument("--backend", help="backend URL of a namespace not in the configuration")
+    invalidate = command(
+        "invalidate-tags", "turn every entry of a namespace carrying any of the tags into a miss"
+    )
+    invalidate.add_argument("namespace")
+    invalidate.add_argument("tags", nargs="+", metavar="TAG")
+    invalidate.add_argument("--backend", help="backend URL of a namespace not in the configuration")
+    invalidate.add_argument(
+        "--private", action="store_true", help="with --backend: the namespace is private"
+    )
     rotate = command(
         "rotate-keys", "re-encrypt entries and re-wrap data keys under the keyring's primary key"
     )
@@ -421,7 +448,13 @@ def _run(args: argparse.Namespace) -> int:
         ns.name: str(ns.options.get("backend", config.default_backend)) for ns in config.namespaces
     }
     args.backend_url = getattr(args, "backend", None) or config.default_backend
-    commands = {"stats": _stats, "export": _export, "erase": _erase, "rotate-keys": _rotate}
+    commands = {
+        "stats": _stats,
+        "export": _export,
+        "erase": _erase,
+        "invalidate-tags": _invalidate_tags,
+        "rotate-keys": _rotate,
+    }
     command = commands[args.command]
     return anyio.run(_with_config, config, lambda manager: command(manager, args))
 

@@ -43,8 +43,8 @@ import random
 import sys
 import time
 import typing
-from collections.abc import Awaitable, Callable
-from typing import Any, Concatenate, Final, Generic, ParamSpec, Self, TypeVar, overload
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Concatenate, Final, Generic, ParamSpec, Self, TypeVar, cast, overload
 
 from .cache import MISSING, Cache
 from .callkeys import METHOD_FIRST_PARAMS, CallKey, immutable
@@ -58,6 +58,7 @@ from .errors import (
 from .flight import Flight, spawn
 from .manager import CacheManager, default_manager
 from .policy import MAX_TTL, Seconds, check_ttl, validate_namespace_name
+from .tags import check_tags
 from .typed import check_storable, coerce, dump, needs_coercion
 
 __all__ = ["EARLY_REFRESH", "LEASE_SECONDS", "LEASE_WAIT", "BoundCached", "Cached", "cached"]
@@ -142,6 +143,7 @@ class _Core:
         "_namespace",
         "_owner",
         "_stale_ttl",
+        "_tags",
         "_ttl",
         "first_param",
     )
@@ -158,8 +160,10 @@ class _Core:
         stale_ttl: float | None,
         lock: bool,
         names: dict[str, Any] | None = None,
+        tags: Sequence[str] | Callable[..., Sequence[str]] = (),
     ) -> None:
         self._fn = fn
+        self._tags = tags
         self._key = CallKey(fn, key)
         self._name = getattr(fn, "__qualname__", "?")
         self._namespace = namespace
@@ -217,6 +221,20 @@ class _Core:
         self._cache, self._owner = cache, manager
         return cache
 
+    def _tags_of(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, ...]:
+        """The call's tags: ``tags=`` itself, or what the callable makes of the arguments."""
+        tags = self._tags
+        if not callable(tags):
+            return cast(tuple[str, ...], tags)
+        made = tags(*args, **kwargs)
+        try:
+            return check_tags(made)
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"the tags= function of {self._name}: {exc}") from None
+
+    async def _get(self, cache: Cache, key: str, tags: tuple[str, ...]) -> Any:
+        return await (cache._get_tagged(key, tags, MISSING) if tags else cache.get(key, MISSING))
+
     # -- calls ----------------------------------------------------------------------------------
 
     async def call(self, args: tuple[Any, ...], kwargs: dict[str, Any], skip: int) -> Any:
@@ -228,8 +246,9 @@ class _Core:
             return await self._fn(*args, **kwargs)
         if self._declared is _UNRESOLVED and not self._settle_declared():
             return await self._fn(*args, **kwargs)
+        tags = self._tags_of(args, kwargs) if self._tags else ()
         try:
-            found = await cache.get(key, MISSING)
+            found = await self._get(cache, key, tags)
         except _READ_ERRORS as exc:
             self._read_failed(exc)
             found = MISSING
@@ -269,7 +288,8 @@ class _Core:
         value = await self._fn(*args, **kwargs)
         if self._condition is None or self._condition(value):
             payload, _ = self._serialize(cache, value)
-            await cache._set_payload(key, payload, ttl=self._entry_ttl)
+            tags = self._tags_of(args, kwargs) if self._tags else ()
+            await cache._set_payload(key, payload, ttl=self._entry_ttl, tags=tags)
         else:
             await cache.delete(key)
         return value
@@ -332,7 +352,8 @@ class _Core:
         """The result, and a maker of copies of it when it was serialized on the way."""
         # Between a caller's miss and this task's start, another flight (or process) may have
         # stored the value: look again before computing.
-        found = await self._read_fresh(cache, key)
+        tags = self._tags_of(args, kwargs) if self._tags else ()
+        found = await self._read_fresh(cache, key, tags)
         if found is not MISSING:
             return found, None
         value = await self._fn(*args, **kwargs)
@@ -344,7 +365,7 @@ class _Core:
             self._write_failed(exc)
             return value, _uncopyable
         try:
-            await cache._set_payload(key, payload, ttl=self._entry_ttl)
+            await cache._set_payload(key, payload, ttl=self._entry_ttl, tags=tags)
         except _WRITE_ERRORS as exc:
             self._write_failed(exc)
         return value, copy
@@ -410,9 +431,9 @@ class _Core:
 
     # -- entries --------------------------------------------------------------------------------
 
-    async def _read_fresh(self, cache: Cache, key: str) -> Any:
+    async def _read_fresh(self, cache: Cache, key: str, tags: tuple[str, ...]) -> Any:
         try:
-            found = await cache.get(key, MISSING)
+            found = await self._get(cache, key, tags)
         except _READ_ERRORS as exc:
             self._read_failed(exc)
             return MISSING
@@ -585,6 +606,7 @@ def cached(
     condition: Callable[[Any], bool] | None = None,
     stale_ttl: Seconds | None = None,
     lock: bool = False,
+    tags: Sequence[str] | Callable[..., Sequence[str]] = (),
 ) -> Callable[[Callable[P, Awaitable[R]]], Cached[P, R]]:
     """Cache a coroutine function's results in namespace ``namespace``.
 
@@ -597,6 +619,9 @@ def cached(
     ``stale_ttl``: serve an expired entry for this many more seconds while it is refreshed in the
     background (needs ``ttl``). ``lock``: share a computation across processes through the store's
     distributed lease, when it has one; otherwise only within this process.
+    ``tags``: tag names for every entry (see :meth:`Cache.invalidate_tags`), or a callable taking
+    the call's arguments (as ``key=`` does) and returning them; the entry and its tags' records
+    are read in one batch.
     """
     namespace = validate_namespace_name(namespace)
     if ttl is not None:
@@ -613,6 +638,8 @@ def cached(
         raise TypeError("condition must be a callable taking the result")
     if not isinstance(lock, bool):
         raise TypeError("lock must be True or False")
+    if not callable(tags):
+        tags = check_tags(tags)
 
     def decorate(fn: Callable[P, Awaitable[R]]) -> Cached[P, R]:
         target: Any = fn
@@ -637,6 +664,7 @@ def cached(
             stale_ttl=stale_ttl,
             lock=lock,
             names=names,
+            tags=tags,
         )
         wrapped: Cached[P, R] = Cached(core, target)
         if kind is staticmethod:

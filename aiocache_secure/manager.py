@@ -2,37 +2,31 @@
 
 from __future__ import annotations
 
-import dataclasses
 import hmac
-import json
 import logging
 import math
 import os
 import secrets
-import time
-import weakref
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Final, Self, cast
 
-import anyio
-
-from . import audit
+from . import audit, keyspace
 from .backend import Backend
-from .backends import MemoryBackend, backend_kind, open_backend
-from .breaker import Breaker, GuardedBackend, guard
-from .cache import Cache, Lifecycle
+from .backends import backend_kind
+from .breaker import Breaker, GuardedBackend
+from .cache import Cache
 from .clock import Clock, system_clock
 from .errors import BackendError, ClosedError, ConfigurationError
+from .facade import Lifecycle
 from .keyring import KEY_SIZE, Keyring, hkdf
 from .keys import KeyWrapper
 from .layers import StackSpec, compose
 from .layers.encryption import KeyringKeys, KeySource, StaticKey
-from .layers.keys import KEY_FORMAT, namespace_tag
-from .layers.near import DEFAULT_NEAR_CACHE_BYTES, NearStore
+from .layers.near import DEFAULT_NEAR_CACHE_BYTES
 from .memo import DEFAULT_MEMO_BYTES, Memo
-from .metrics import MeteredCache, MetricsHook
+from .metrics import MeteredCache, MeteredPaddedCache, MetricsHook
+from .padded import PaddedCache
 from .policy import (
     DEFAULT_MAX_VALUE_BYTES,
     Policy,
@@ -40,8 +34,10 @@ from .policy import (
     check_ttl,
     validate_namespace_name,
 )
+from .registry import NamespaceRecord, Registry
 from .serializers import get_serializer
-from .stats import Stats
+from .stats import Stats, add_record, seal_record
+from .stores import Stores, leaves_process
 from .vault import DEFAULT_KEY_CHECK_INTERVAL, KeyLease, Vault
 
 __all__ = ["CacheManager", "default_manager", "get_cache", "set_default_manager"]
@@ -52,25 +48,6 @@ _log: Final = logging.getLogger("aiocache_secure")
 # already raised an ``insecure_config`` event for ``encrypt=False``.
 _PUBLIC_INDEX_KEY: Final = b"aiocache_secure public index key"
 DEFAULT_MAX_PRIVATE_NAMESPACES: Final = 10_000
-_STATS_MAC_SIZE: Final = 32
-
-
-@dataclass(slots=True, weakref_slot=True)
-class _Namespace:
-    cache: Cache
-    store: Backend
-    vault: Vault | None
-    tag: bytes
-    lease: KeyLease | None
-    config: tuple[object, ...]
-    stats_key: bytes | None = dataclasses.field(repr=False)
-    owns_store: bool
-
-    async def renew_key(self) -> None:
-        # The cache's hook holds the record through this method, so an application that holds
-        # a released namespace keeps it findable by name (for erase()).
-        if self.lease is not None:
-            await self.lease.renew()
 
 
 class CacheManager:
@@ -157,35 +134,22 @@ class CacheManager:
         self._strict = strict
         self._clock = clock
         self._lifecycle = Lifecycle()
-        self._shared: dict[str, Backend] = {}
-        # Stores opened for one namespace each (memory, file), by id: released with it.
-        self._owned: dict[int, Backend] = {}
+        self._stores = Stores(
+            breaker=breaker, clock=clock, strict=strict, near_cache_bytes=near_cache_bytes
+        )
         self._index_secret = index_key
-        self._near: dict[int, NearStore] = {}
-        self._near_cache_bytes = near_cache_bytes
         self._key_check_interval = float(key_check_interval)
-        self._max_private = max_private_namespaces
-        self._namespaces: dict[str, _Namespace] = {}
-        # Private namespaces in least-recently-requested order (the open ones only), and those
-        # released (beyond the cap, or erased) that the application still holds.
-        self._private_order: dict[str, None] = {}
-        self._released: weakref.WeakValueDictionary[str, _Namespace] = weakref.WeakValueDictionary()
-        self._breaker = breaker
-        self._guards: dict[int, GuardedBackend] = {}
+        self._registry = Registry(self._stores, max_private_namespaces)
         self._vault_store: Backend | None = None
         self._vault_leaves = False
         self._publisher = secrets.token_hex(8).encode("ascii")
         if key_vault is not None:
-            self._vault_store = self._open_shared(key_vault)
-            self._vault_leaves = (
-                backend_kind(key_vault).leaves_process
-                if isinstance(key_vault, str)
-                else type(key_vault) is not MemoryBackend
-            )
+            self._vault_store = self._stores.open_shared(key_vault)
+            self._vault_leaves = leaves_process(key_vault)
 
     def __repr__(self) -> str:
         return (
-            f"CacheManager(namespaces={len(self._namespaces)}, "
+            f"CacheManager(namespaces={len(self._registry)}, "
             f"keyring={'yes' if self._keyring else 'no'}, closed={self.closed})"
         )
 
@@ -211,7 +175,7 @@ class CacheManager:
         created there by the first process, so storage keys are hashed under a secret."""
         home, leaves = self._vault_store, self._vault_leaves
         if home is None:
-            home, leaves = self._resolve_backend(self._default_backend, Policy(), Stats())
+            home, leaves = self._stores.resolve(self._default_backend, Policy(), Stats())
         if leaves:
             vault = Vault(home, self._current_keyring, self._key_wrapper)
             self._index_secret = await vault.index_key()
@@ -229,22 +193,8 @@ class CacheManager:
         if self._lifecycle.closed:
             return
         self._lifecycle.closed = True
-        nears, self._near = list(self._near.values()), {}
-        for near in nears:
-            with anyio.CancelScope(shield=True):
-                await near.aclose()
-        backends = [*self._owned.values(), *self._shared.values()]
-        if self._vault_store is not None:
-            backends.append(self._vault_store)
-        failures = 0
-        for backend in backends:
-            try:
-                with anyio.CancelScope(shield=True):
-                    await backend.aclose()
-            except BackendError:
-                failures += 1
-        self._owned.clear()
-        self._shared.clear()
+        vault = () if self._vault_store is None else (self._vault_store,)
+        failures = await self._stores.aclose(*vault)
         if self._memo is not None:
             self._memo.clear()
         if failures:
@@ -287,133 +237,15 @@ class CacheManager:
         return hkdf(_PUBLIC_INDEX_KEY, info)
 
     def _tag(self, name: str, *, leaves_process: bool) -> bytes:
-        return namespace_tag(
+        return keyspace.namespace_tag(
             self._index_key(b"acs1/namespace-tag", leaves_process=leaves_process), name
         )
 
-    # -- backends -------------------------------------------------------------------------------
-
-    def _guarded(self, store: Backend) -> Backend:
-        """``store`` behind its circuit breaker: one per store, shared by its namespaces."""
-        if self._breaker is None or isinstance(store, MemoryBackend | GuardedBackend):
-            return store
-        guarded = self._guards.get(id(store))
-        if guarded is None:
-            kind = str(getattr(store, "kind", type(store).__name__))
-            # An injected manager clock drives the breaker too; the system's wall clock does not
-            # (it may jump), time.monotonic does.
-            clock = time.monotonic if self._clock is system_clock else self._clock
-            guarded = self._guards[id(store)] = guard(store, self._breaker, kind=kind, clock=clock)
-        return guarded
-
-    def _near_store(self, store: Backend) -> NearStore:
-        """The near cache of ``store``, with its invalidation channel: one per store."""
-        near = self._near.get(id(store))
-        if near is None:
-            opener = getattr(store, "open_invalidation_channel", None)
-            if opener is None:
-                raise ConfigurationError(
-                    "near_cache needs a Redis store (redis:// or rediss://), which reports "
-                    "changes; memory, file and MongoDB stores have no invalidation channel"
-                )
-            near = NearStore(self._near_cache_bytes)
-            near.attach(opener(near.on_invalidate))
-            self._near[id(store)] = near
-        return near
-
-    def _forget_store(self, store: Backend) -> None:
-        """Stop tracking a store opened for one namespace (or one call), and its circuit."""
-        self._owned.pop(id(store), None)
-        if isinstance(store, GuardedBackend):
-            self._guards.pop(id(store.inner), None)
-
-    def _open_shared(self, backend: str | Backend) -> Backend:
-        if not isinstance(backend, str):
-            if not isinstance(backend, Backend):
-                raise TypeError("a backend is a URL string or a Backend instance")
-            return self._guarded(backend)
-        opened = self._shared.get(backend)
-        if opened is None:
-            opened = open_backend(backend, clock=self._clock, strict=self._strict)
-            self._shared[backend] = opened
-        return self._guarded(opened)
-
-    def _resolve_backend(
-        self, backend: str | Backend, policy: Policy, stats: Stats
-    ) -> tuple[Backend, bool]:
-        """``(store, leaves_process)`` for a namespace."""
-        quotas = policy.max_entries is not None or policy.max_bytes is not None
-        if not isinstance(backend, str):
-            if not isinstance(backend, Backend):
-                raise TypeError("a backend is a URL string or a Backend instance")
-            if quotas:
-                raise ConfigurationError(
-                    "max_entries/max_bytes apply to backends the manager opens from a URL; "
-                    "configure a Backend instance's own limits instead"
-                )
-            return self._guarded(backend), type(backend) is not MemoryBackend
-        kind = backend_kind(backend)
-        if not kind.per_namespace:
-            if quotas:
-                raise ConfigurationError(
-                    f"max_entries/max_bytes are enforced by memory and file backends only; "
-                    f"bound a {kind.scheme}:// store with its own memory policy"
-                )
-            return self._open_shared(backend), kind.leaves_process
-
-        def on_evict(count: int) -> None:
-            stats.evictions += count
-
-        store = open_backend(
-            backend,
-            clock=self._clock,
-            strict=self._strict,
-            max_entries=policy.max_entries,
-            max_bytes=policy.max_bytes,
-            on_evict=on_evict,
-        )
-        guarded = self._guarded(store)  # closing it closes the store
-        self._owned[id(guarded)] = guarded
-        return guarded, kind.leaves_process
-
     # -- namespaces -----------------------------------------------------------------------------
-
-    def _find(self, name: str) -> _Namespace | None:
-        return self._namespaces.get(name) or self._released.get(name)
-
-    def _records(self) -> list[_Namespace]:
-        """Every namespace of this manager still in use: open, or released but still held."""
-        held = [r for n, r in list(self._released.items()) if n not in self._namespaces]
-        return [*self._namespaces.values(), *held]
-
-    def _open_record(self, name: str, record: _Namespace) -> None:
-        self._released.pop(name, None)
-        self._namespaces[name] = record
-        if record.owns_store:
-            self._owned[id(record.store)] = record.store
-        if record.lease is None:
-            return
-        self._private_order.pop(name, None)
-        self._private_order[name] = None
-        while len(self._private_order) > self._max_private:
-            self._release(next(iter(self._private_order)))
-
-    def _release(self, name: str) -> None:
-        """Drop the manager's hold on namespace ``name`` (the application's, if any, stays).
-
-        A store opened for this namespace alone goes with it (on ``memory://``, with its entries):
-        closing it is the application's closing of the manager, which a held namespace sees.
-        """
-        self._private_order.pop(name, None)
-        record = self._namespaces.pop(name, None)
-        if record is not None:
-            if record.owns_store:
-                self._forget_store(record.store)
-            self._released[name] = record
 
     def backend_of(self, name: str) -> Backend:
         """The raw store under namespace ``name`` (for operations tooling and tests)."""
-        record = self._find(name)
+        record = self._registry.find(name)
         if record is None:
             raise KeyError("no namespace of that name in this manager")
         return record.store
@@ -421,7 +253,7 @@ class CacheManager:
     @property
     def namespaces(self) -> Mapping[str, Cache]:
         """The namespaces open in this manager, by name (a snapshot)."""
-        return {record.cache.name: record.cache for record in self._records()}
+        return {record.cache.name: record.cache for record in self._registry.records()}
 
     def namespace(
         self,
@@ -455,51 +287,16 @@ class CacheManager:
         self._check_open()
         name = validate_namespace_name(name)
         chosen = self._default_backend if backend is None else backend
-        if ttl is not None:
-            ttl = check_ttl(ttl)
-        if max_ttl is not None:
-            max_ttl = check_ttl(max_ttl, "max_ttl")
-        config = (
-            chosen if isinstance(chosen, str) else id(chosen),
-            ttl,
-            max_ttl,
-            ttl_jitter,
-            encrypt,
-            hash_keys,
-            max_value_bytes,
-            max_entries,
-            max_bytes,
-            pad_timing,
-            fail_open,
-            private,
-            serializer,
-            strict,
-            memo,
-            near_cache,
-        )
-        existing = self._find(name)
-        if existing is not None:
-            if existing.config != config:
-                raise ConfigurationError(
-                    "a namespace of that name already exists with a different configuration"
-                )
-            if existing.lease is not None:
-                self._open_record(name, existing)
-            return existing.cache
-        if metrics is not None and not isinstance(metrics, MetricsHook):
-            raise TypeError("metrics must implement MetricsHook (a record() method)")
         if encrypt is not None and not isinstance(encrypt, bool):
             raise TypeError("encrypt must be True, False or None")
-        if not isinstance(memo, bool):
-            raise TypeError("memo must be True or False")
         if private and encrypt is False:
             raise ConfigurationError("private namespaces are always encrypted")
-
-        stats = Stats()
-        probe = Policy(
-            ttl=ttl,
-            max_ttl=max_ttl,
+        leaves = leaves_process(chosen)
+        policy = Policy(
+            ttl=None if ttl is None else check_ttl(ttl),
+            max_ttl=None if max_ttl is None else check_ttl(max_ttl, "max_ttl"),
             ttl_jitter=ttl_jitter,
+            encrypt=private or (leaves if encrypt is None else encrypt),
             hash_keys=hash_keys,
             max_value_bytes=max_value_bytes,
             max_entries=max_entries,
@@ -509,14 +306,29 @@ class CacheManager:
             private=private,
             serializer=serializer,
             strict=self._strict if strict is None else strict,
+            memo=memo,
             near_cache=near_cache,
         )
+        config = (chosen if isinstance(chosen, str) else id(chosen), policy)
+        existing = self._registry.find(name)
+        if existing is not None:
+            if existing.config != config:
+                raise ConfigurationError(
+                    "a namespace of that name already exists with a different configuration"
+                )
+            if existing.lease is not None:
+                self._registry.open(name, existing)
+            return existing.cache
+        if metrics is not None and not isinstance(metrics, MetricsHook):
+            raise TypeError("metrics must implement MetricsHook (a record() method)")
+
+        stats = Stats()
         serializer_impl = get_serializer(serializer)
-        store, leaves = self._resolve_backend(chosen, probe, stats)
+        store, _ = self._stores.resolve(chosen, policy, stats)
         if isinstance(store, GuardedBackend):
             stats.breaker = store.circuit.state
             store.circuit.watch(_breaker_watcher(name, stats, metrics))
-        encrypted = private or (leaves if encrypt is None else encrypt)
+        encrypted = policy.encrypt
         needs_keyring = not (private and self._key_wrapper is not None)
         if encrypted and leaves and self._keyring is None and needs_keyring:
             raise ConfigurationError(
@@ -539,7 +351,6 @@ class CacheManager:
                     "are authenticated before they are unpickled"
                 )
             audit.emit("insecure_config", namespace=name, reason="encrypt_false_on_shared_store")
-        policy = Policy(**{**_policy_fields(probe), "encrypt": encrypted})
 
         tag = self._tag(name, leaves_process=leaves)
         stats_key = (
@@ -564,25 +375,19 @@ class CacheManager:
             keys=keys,
             clock=self._clock,
             on_tamper=lambda: setattr(stats, "tampered", stats.tampered + 1),
-            on_limit=lambda: None,
-            memo=self._memo if memo else None,
-            near=self._near_store(store) if near_cache else None,
+            memo=self._memo,
+            near=self._stores.near_of(store) if near_cache else None,
             on_near_hit=lambda count: setattr(stats, "near_hits", stats.near_hits + count),
         )
         stack = compose(store, policy, spec)
-        cache = (Cache if metrics is None else MeteredCache)(
+        cache = _FACADES[metrics is not None, policy.pad_timing](
             name,
-            stack.top,
+            stack,
             policy=policy,
             serializer=serializer_impl,
             clock=self._clock,
             lifecycle=self._lifecycle,
             stats=stats,
-            encryption=stack.encryption,
-            key_prefix=stack.key_layer.prefix,
-            storage_key=stack.key_layer.storage_key,
-            memo=stack.memo,
-            memo_prefix=stack.memo_prefix,
         )
         if metrics is not None:
             cast(MeteredCache, cache).set_metrics(metrics)
@@ -599,11 +404,11 @@ class CacheManager:
                 interval=self._key_check_interval,
                 on_change=self._key_replaced(cache, tag),
             )
-        owns_store = self._owned.get(id(store)) is store
-        record = _Namespace(cache, store, vault, tag, lease, config, stats_key, owns_store)
+        owns_store = self._stores.owned.get(id(store)) is store
+        record = NamespaceRecord(cache, store, vault, tag, lease, config, stats_key, owns_store)
         if lease is not None:
             cache.set_prepare(record.renew_key, fresh=lease.fresh)
-        self._open_record(name, record)
+        self._registry.open(name, record)
         return cache
 
     def _key_replaced(self, cache: Cache, tag: bytes) -> Callable[[], None]:
@@ -612,7 +417,7 @@ class CacheManager:
 
         def drop() -> None:
             if memo is not None:
-                memo.discard_prefix(KEY_FORMAT + tag)
+                memo.discard_prefix(keyspace.namespace_prefix(tag))
             cache.forget_padding_sample()
 
         return drop
@@ -626,7 +431,7 @@ class CacheManager:
         """
         self._check_open()
         name = validate_namespace_name(name)
-        record = self._find(name)
+        record = self._registry.find(name)
         if record is not None:
             store, tag, vault = record.store, record.tag, record.vault
             if record.lease is not None:
@@ -635,26 +440,26 @@ class CacheManager:
             chosen = self._default_backend if backend is None else backend
             if isinstance(chosen, str) and backend_kind(chosen).scheme == "memory":
                 return False
-            store, leaves = self._resolve_backend(chosen, Policy(), Stats())
-            self._forget_store(store)  # opened for this call only; holds no descriptors
+            store, leaves = self._stores.resolve(chosen, Policy(), Stats())
+            self._stores.forget(store)  # opened for this call only; holds no descriptors
             tag = self._tag(name, leaves_process=leaves)
             vault = Vault(self._vault_store or store, self._current_keyring, self._key_wrapper)
         if self._memo is not None:
-            self._memo.discard_prefix(KEY_FORMAT + tag)
-        near = self._near.get(id(store))
+            self._memo.discard_prefix(keyspace.namespace_prefix(tag))
+        near = self._stores.near.get(id(store))
         if near is not None:
-            near.drop_prefix(KEY_FORMAT + tag)
+            near.drop_prefix(keyspace.namespace_prefix(tag))
         destroyed = await vault.destroy(tag) if vault is not None else False
         if record is not None and record.lease is not None:
             # Loads that began before the record was gone must not install its key.
             record.lease.revoke()
-        removed = await store.delete_prefix(KEY_FORMAT + tag + b":")
-        removed += await store.delete_prefix(KEY_FORMAT + tag + b"=")
-        await store.delete_prefix(stats_prefix(tag))
+        removed = await store.delete_prefix(keyspace.hashed_prefix(tag))
+        removed += await store.delete_prefix(keyspace.prefixed_prefix(tag))
+        await store.delete_prefix(keyspace.stats_prefix(tag))
         if record is not None:
             record.cache.forget_padding_sample()
             if record.lease is not None:
-                self._release(name)
+                self._registry.release(name)
         if destroyed or removed:
             audit.emit(
                 "namespace_erased",
@@ -682,26 +487,19 @@ class CacheManager:
         ttl = check_ttl(ttl)
         written = 0
         now = self._clock()
-        for record in self._records():
+        for record in self._registry.records():
             if record.stats_key is None:
                 continue
-            body = {
-                **record.cache.stats.as_dict(),
-                "published_at": now,
-                "expires_at": now + ttl,
-            }
-            record_key = stats_prefix(record.tag) + self._publisher
-            text = json.dumps(body, separators=(",", ":")).encode("ascii")
-            await record.store.set(
-                record_key, text + _stats_mac(record.stats_key, record_key, text), ttl=ttl
-            )
+            record_key = keyspace.stats_prefix(record.tag) + self._publisher
+            sealed = seal_record(record.stats_key, record_key, record.cache.stats, now, ttl)
+            await record.store.set(record_key, sealed, ttl=ttl)
             written += 1
         return written
 
     async def read_stats(self, name: str) -> dict[str, int]:
         """The counters of namespace ``name`` summed over every process that published them."""
         self._check_open()
-        record = self._find(name)
+        record = self._registry.find(name)
         if record is None:
             raise KeyError("no namespace of that name in this manager")
         totals: dict[str, int] = {}
@@ -709,14 +507,9 @@ class CacheManager:
             return totals
         now = self._clock()
         rejected = 0
-        async for record_key, raw in record.store.scan(stats_prefix(record.tag)):
-            body = _open_stats(record.stats_key, record_key, raw, now)
-            if body is None:
+        async for record_key, raw in record.store.scan(keyspace.stats_prefix(record.tag)):
+            if not add_record(totals, record.stats_key, record_key, raw, now):
                 rejected += 1
-                continue
-            for field, value in body.items():
-                if field in Stats.__dataclass_fields__ and type(value) is int and value >= 0:
-                    totals[field] = totals.get(field, 0) + value
         if rejected:
             record.cache.stats.tampered += rejected
             audit.emit("tamper_detected", namespace=name, reason="stats_record", count=rejected)
@@ -741,12 +534,21 @@ class CacheManager:
             self._keyring = keyring
             self._index_secret = None  # the adopted keyring carries the same index key
         count = 0
-        for record in self._records():
+        for record in self._registry.records():
             if record.vault is not None and await record.vault.rewrap(
                 record.cache.name, record.tag
             ):
                 count += 1
         return count
+
+
+# The facade's class by (metered, padded): the unpadded, unmetered hot path asks about neither.
+_FACADES: Final[dict[tuple[bool, bool], type[Cache]]] = {
+    (False, False): Cache,
+    (False, True): PaddedCache,
+    (True, False): MeteredCache,
+    (True, True): MeteredPaddedCache,
+}
 
 
 def _breaker_watcher(name: str, stats: Stats, metrics: MetricsHook | None) -> Callable[[str], None]:
@@ -756,38 +558,6 @@ def _breaker_watcher(name: str, stats: Stats, metrics: MetricsHook | None) -> Ca
             metrics.record("breaker", name, state, 0.0)
 
     return changed
-
-
-def stats_prefix(tag: bytes) -> bytes:
-    return KEY_FORMAT + tag + b"!stats:"
-
-
-def _stats_mac(key: bytes, record_key: bytes, text: bytes) -> bytes:
-    message = len(record_key).to_bytes(4, "big") + record_key + text
-    return hmac.digest(key, message, "sha256")
-
-
-def _open_stats(key: bytes, record_key: bytes, raw: bytes, now: float) -> dict[str, Any] | None:
-    """A published stats record's counters, or None when it is not authentic or has expired."""
-    text, mac = raw[:-_STATS_MAC_SIZE], raw[-_STATS_MAC_SIZE:]
-    if len(raw) <= _STATS_MAC_SIZE or not hmac.compare_digest(
-        mac, _stats_mac(key, record_key, text)
-    ):
-        return None
-    try:
-        body = json.loads(text)
-    except ValueError:
-        return None
-    if not isinstance(body, dict):
-        return None
-    expires = body.get("expires_at")
-    if not isinstance(expires, int | float) or isinstance(expires, bool) or not now < expires:
-        return None
-    return body
-
-
-def _policy_fields(policy: Policy) -> dict[str, Any]:
-    return {name: getattr(policy, name) for name in Policy.__dataclass_fields__}
 
 
 _default: CacheManager | None = None

@@ -1,23 +1,25 @@
-"""The verified-read memo: a manager-wide, byte-bounded memo of three pure computations.
+"""The verified-read memo: a manager-wide, byte-bounded store of two pure computations' results.
 
-* ``HashedKeys``: cache key → storage key (a keyed PRF, ~0.45 µs per key);
-* ``Encryption``: (storage key, envelope bytes, key epoch) → opened frame (AES-GCM verification
-  and decryption, ~0.6 µs for 100 bytes and ~2 µs for 10 KB);
-* the facade (``Cache``): (key, frame object) → decoded value (frame checks and deserialization,
-  ~0.3 µs for a short JSON string). The encryption layer returns one object per verified
-  envelope, so the same object means the same verified bytes; immutable values are handed out
-  again as the same object, anything mutable is decoded afresh on every hit. A ``get_many``
-  whose every key is memoized fetches the memoized storage keys straight from the store and
-  compares each envelope with the verified one (see ``Cache._get_many_memoized``).
+Two owners keep entries in it, each under its own prefix (:mod:`aiocache_secure.keyspace`):
 
-All are deterministic functions of their inputs, so a memo hit returns exactly what recomputing
-would. An envelope hit requires the envelope fetched from the store *now* to be byte-for-byte the
-one that was authenticated before, under the same key epoch (a key source bumps its epoch whenever
-the keys it can open with change: a new keyring, a private namespace's key loaded or forgotten).
-Anything else (a tampered, replaced or truncated entry) misses the memo and is verified in full.
-Expiry is not memoized: it is checked against the clock on every read. Every read still goes to
-the store: the memo saves CPU, never a round trip, and never serves an entry the store no longer
-holds.
+* :class:`~aiocache_secure.layers.keys.HashedKeys` (:class:`KeyEntry`): cache key → storage key
+  (a keyed PRF, ~0.45 µs per key);
+* :class:`~aiocache_secure.layers.verified.VerifiedReads`
+  (:class:`~aiocache_secure.layers.verified.Verified`): cache key → the envelope last read from
+  the store, the key epoch it was authenticated under, the frame it opened to and the value the
+  facade decoded from that frame (AES-GCM verification and decryption, ~0.6 µs for 100 bytes and
+  ~2 µs for 10 KB, plus frame checks and deserialization, ~0.3 µs for a short JSON string).
+  Immutable values are handed out again as the same object; anything mutable is decoded afresh
+  from the verified frame on every hit.
+
+Both are deterministic functions of their inputs, so a memo hit returns exactly what recomputing
+would. A verified entry serves a read only when the envelope fetched from the store *now* is
+byte-for-byte the one that was authenticated before, under the same key epoch (a key source bumps
+its epoch whenever the keys it can open with change: a new keyring, a private namespace's key
+loaded or forgotten). Anything else (a tampered, replaced or truncated entry) misses the memo and
+is verified in full. Expiry is not memoized: it is checked against the clock on every read. Every
+read still goes to the store: the memo saves CPU, never a round trip, and never serves an entry
+the store no longer holds.
 
 What it costs: plaintext frames and values of recently read entries stay in process memory, up to
 ``limit`` bytes for the whole manager (``CacheManager(memo_bytes=...)``; 0 turns it off), and
@@ -25,16 +27,18 @@ entries are dropped on ``delete``, ``set``, ``clear``, ``erase``, a new keyring 
 Namespaces with timing padding never use it (a memo hit is faster than a first read), and
 ``namespace(..., memo=False)`` keeps a namespace out of it.
 
-Entries are tuples whose first item is their accounted size; eviction is first-in first-out,
+Entries are slotted dataclasses with a ``size`` field, their accounted bytes (field reads cost
+what tuple indexing costs; a NamedTuple's cost about twice that). Eviction is first-in first-out,
 which costs nothing on a hit. Entries over :data:`MAX_ENTRY_BYTES` are not kept.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Final
+from dataclasses import dataclass
+from typing import Any, Final, Protocol
 
-__all__ = ["DEFAULT_MEMO_BYTES", "ENTRY_OVERHEAD", "MAX_ENTRY_BYTES", "Memo"]
+__all__ = ["DEFAULT_MEMO_BYTES", "ENTRY_OVERHEAD", "MAX_ENTRY_BYTES", "KeyEntry", "Memo"]
 
 DEFAULT_MEMO_BYTES: Final = 8 * 2**20
 # Larger entries are never kept: their decryption is a small part of their read (AES-GCM runs at
@@ -42,8 +46,23 @@ DEFAULT_MEMO_BYTES: Final = 8 * 2**20
 # churned by any working set of a few thousand values (measured: 10 KB values at concurrency 50
 # read 30% slower through a thrashing 8 MiB memo than with none).
 MAX_ENTRY_BYTES: Final = 8192
-# Dict slot, tuple and bytes object headers of one entry, roughly, on 64-bit CPython.
+# Dict slot, object and bytes headers of one entry, roughly, on 64-bit CPython.
 ENTRY_OVERHEAD: Final = 200
+
+
+class Entry(Protocol):
+    """What the memo needs of an entry: its accounted size in bytes."""
+
+    @property
+    def size(self) -> int: ...
+
+
+@dataclass(slots=True, eq=False)
+class KeyEntry:
+    """A memoized storage key (kept by :class:`~aiocache_secure.layers.keys.HashedKeys`)."""
+
+    size: int
+    storage_key: bytes
 
 
 class Memo:
@@ -57,11 +76,12 @@ class Memo:
         self.limit = limit
         # Nor more than 1/16 of the memo, so that a few entries cannot flush it.
         self._largest = min(limit // 16, MAX_ENTRY_BYTES)
-        self._entries: dict[bytes, tuple[Any, ...]] = {}
+        self._entries: dict[bytes, Any] = {}
         self._size = 0
         # The entry under a key, or None: the dict's own get, bound once (hits run per key of a
         # batch, and a Python-level method call would double their cost). clear() keeps the dict.
-        self.get: Callable[[bytes], tuple[Any, ...] | None] = self._entries.get
+        # Typed Any: each owner reads its own entries under its own prefix.
+        self.get: Callable[[bytes], Any] = self._entries.get
 
     def __repr__(self) -> str:
         return f"Memo(entries={len(self._entries)}, bytes={self._size}, limit={self.limit})"
@@ -73,23 +93,23 @@ class Memo:
     def nbytes(self) -> int:
         return self._size
 
-    def put(self, key: bytes, entry: tuple[Any, ...]) -> None:
-        size: int = entry[0]
+    def put(self, key: bytes, entry: Entry) -> None:
+        size = entry.size
         entries = self._entries
         old = entries.pop(key, None)
         if old is not None:
-            self._size -= old[0]
+            self._size -= old.size
         if size > self._largest:
             return
         entries[key] = entry
         self._size += size
         while self._size > self.limit:
-            self._size -= entries.pop(next(iter(entries)))[0]
+            self._size -= entries.pop(next(iter(entries))).size
 
     def discard(self, key: bytes) -> None:
         old = self._entries.pop(key, None)
         if old is not None:
-            self._size -= old[0]
+            self._size -= old.size
 
     def discard_prefix(self, prefix: bytes) -> None:
         for key in [key for key in self._entries if key.startswith(prefix)]:

@@ -92,6 +92,8 @@ class Policy:
     private: bool = False
     serializer: str = "json"
     strict: bool = False
+    # Whether the namespace may use its manager's verified-read memo (aiocache_secure.memo).
+    memo: bool = True
     near_cache: bool = False
 
     def __post_init__(self) -> None:
@@ -113,6 +115,7 @@ class Policy:
             "fail_open",
             "private",
             "strict",
+            "memo",
             "near_cache",
         ):
             if not isinstance(getattr(self, flag), bool):

@@ -38,8 +38,8 @@ from .clock import Clock
 from .errors import IntegrityError
 from .keyring import KEY_SIZE, Keyring
 from .keys import KeyWrapper
+from .keyspace import INDEX_RECORD, vault_record
 from .layers.encryption import StaticKey
-from .layers.keys import KEY_FORMAT
 
 __all__ = ["DEFAULT_KEY_CHECK_INTERVAL", "KeyLease", "Vault"]
 
@@ -49,8 +49,6 @@ _VERSION: Final = 1
 _KMS_VERSION: Final = 2
 _RECORD: Final = struct.Struct(">B4s4s12s")
 _RECORD_SIZE: Final = _RECORD.size + KEY_SIZE + 16
-# Outside every namespace (a namespace tag is 32 hex characters, never "!").
-INDEX_RECORD: Final = KEY_FORMAT + b"!index"
 _INDEX_CONTEXT_NAME: Final = "acs1/index-key"
 
 
@@ -76,7 +74,7 @@ class Vault:
 
     @staticmethod
     def record_key(tag: bytes) -> bytes:
-        return KEY_FORMAT + tag + b"!vault"
+        return vault_record(tag)
 
     async def _wrap(
         self, name: str, record_key: bytes, data_key_id: bytes, data_key: bytes

@@ -247,6 +247,20 @@ async def test_same_name_different_config(manager: CacheManager) -> None:
         manager.namespace("n", ttl=20)
 
 
+@pytest.mark.parametrize(
+    "change",
+    [{"memo": False}, {"pad_timing": True}, {"serializer": "msgpack"}, {"backend": "memory://x"}],
+)
+async def test_same_name_compares_every_option(
+    manager: CacheManager, change: dict[str, Any]
+) -> None:
+    first = manager.namespace("n", ttl=10, strict=False)
+    # What an option resolves to is what counts: the manager's strict, the default encryption.
+    assert manager.namespace("n", ttl=10.0, strict=None, encrypt=None) is first
+    with pytest.raises(ConfigurationError, match="different configuration"):
+        manager.namespace("n", **{"ttl": 10, **change})
+
+
 async def test_closed_manager_everywhere() -> None:
     mgr = CacheManager()
     ns = mgr.namespace("n")

@@ -43,6 +43,7 @@ def test_help_on_every_command() -> None:
         "stats",
         "export",
         "erase",
+        "invalidate-tags",
         "rotate-keys",
         "gen-key",
         "bench",
@@ -210,6 +211,56 @@ def test_operations_on_a_file_backend(tmp_path: Path) -> None:
     for result in (stats, exported, rotated, erased):
         assert KEY_TEXT not in json.dumps(result) if isinstance(result, list) else True
     assert KEY_TEXT not in exported.stdout + exported.stderr
+
+
+def file_config(tmp_path: Path, namespaces: str) -> tuple[Path, Path]:
+    """A configuration with a key file and a file backend under ``tmp_path``: (config, cache)."""
+    key_file = write(tmp_path / "keys", KEY_TEXT)
+    key_file.chmod(0o600)
+    cache = tmp_path / "cache"
+    text = f'[keys]\nfile = "{key_file}"\n[manager]\ndefault_backend = "file://{cache}"\n'
+    return write(tmp_path / "c.toml", text + namespaces), cache
+
+
+def test_invalidate_tags(tmp_path: Path) -> None:
+    config, cache = file_config(tmp_path, "[namespaces.users]\nmax_value_bytes = 1000\n")
+    script = (
+        "import sys, anyio\nfrom aiocache_secure.config import load_config\n"
+        "async def main(step):\n"
+        f"    cfg = load_config({str(config)!r})\n"
+        "    async with cfg.manager() as m:\n"
+        "        users = m.namespace('users', max_value_bytes=1000)\n"
+        "        if step == 'seed':\n"
+        "            await users.set('p42', 1, tags=['user:42'])\n"
+        "            await users.set('p7', 2, tags=['user:7'])\n"
+        "            await m.namespace('side:1', private=True).set('s', 3, tags=['user:42'])\n"
+        "        else:\n"
+        "            side = m.namespace('side:1', private=True)\n"
+        "            print(await users.get('p42'), await users.get('p7'), await side.get('s'))\n"
+        "anyio.run(main, sys.argv[1])\n"
+    )
+    subprocess.run([sys.executable, "-c", script, "seed"], check=True, timeout=60)
+    base = ("--config", str(config))
+    done = cli(*base, "--json", "invalidate-tags", "users", "user:42", "user:9")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == [{"namespace": "users", "invalidated_tags": 2}]
+    side = cli(
+        *base, "invalidate-tags", "side:1", "user:42", "--backend", f"file://{cache}", "--private"
+    )
+    assert side.returncode == 0, side.stderr
+    assert "invalidated 1 tag(s)" in side.stdout
+    read = subprocess.run(
+        [sys.executable, "-c", script, "read"], capture_output=True, text=True, timeout=60
+    )
+    assert read.stdout.split() == ["None", "2", "None"]
+    for bad in (("users", ""), ("users", "x" * 300), ("nope", "t")):
+        failed = cli(*base, "invalidate-tags", *bad)
+        assert failed.returncode == 2
+        assert failed.stderr.startswith("error: ") and failed.stderr.count("\n") == 1
+        assert "x" * 300 not in failed.stderr and "Traceback" not in failed.stderr
+    assert cli(*base, "invalidate-tags", "users").returncode == 2  # TAG... is required
+    private_only = cli(*base, "invalidate-tags", "users", "t", "--private")
+    assert private_only.returncode == 2 and "--backend" in private_only.stderr
 
 
 def test_demo_runs(tmp_path: Path) -> None:

@@ -10,7 +10,13 @@ import pytest
 
 from aiocache_secure import MISSING, BackendUnavailable, CacheManager, Keyring, ManualClock
 from aiocache_secure.backends.memory import MemoryBackend
-from aiocache_secure.memo import DEFAULT_MEMO_BYTES, ENTRY_OVERHEAD, MAX_ENTRY_BYTES, Memo
+from aiocache_secure.memo import (
+    DEFAULT_MEMO_BYTES,
+    ENTRY_OVERHEAD,
+    MAX_ENTRY_BYTES,
+    KeyEntry,
+    Memo,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -25,21 +31,24 @@ async def manager(tmp_path: Path) -> AsyncIterator[CacheManager]:
 
 def test_memo_bounds_its_bytes_and_skips_large_entries() -> None:
     memo = Memo(16 * 1000)
-    for n in range(1000):
-        memo.put(b"k%d" % n, (100, n))
+    entries = [KeyEntry(100, b"%d" % n) for n in range(1000)]
+    for n, entry in enumerate(entries):
+        memo.put(b"k%d" % n, entry)
     assert memo.nbytes <= memo.limit
     assert len(memo) == 160
-    assert memo.get(b"k999") == (100, 999)
+    assert memo.get(b"k999") is entries[999]
     assert memo.get(b"k0") is None  # first in, first out
-    memo.put(b"big", (1001, "x"))  # over limit/16: not kept, and not flushing the rest
+    memo.put(b"big", KeyEntry(1001, b"x"))  # over limit/16: not kept, and not flushing the rest
     assert memo.get(b"big") is None
     assert len(memo) == 160
     roomy = Memo(1 << 30)
-    roomy.put(b"large", (MAX_ENTRY_BYTES + 1, "x"))  # a large value is never kept
-    roomy.put(b"fits", (MAX_ENTRY_BYTES, "x"))
-    assert roomy.get(b"large") is None and roomy.get(b"fits") == (MAX_ENTRY_BYTES, "x")
-    memo.put(b"k999", (50, "replaced"))
-    assert memo.get(b"k999") == (50, "replaced")
+    fits = KeyEntry(MAX_ENTRY_BYTES, b"x")
+    roomy.put(b"large", KeyEntry(MAX_ENTRY_BYTES + 1, b"x"))  # a large value is never kept
+    roomy.put(b"fits", fits)
+    assert roomy.get(b"large") is None and roomy.get(b"fits") is fits
+    replaced = KeyEntry(50, b"replaced")
+    memo.put(b"k999", replaced)
+    assert memo.get(b"k999") is replaced
     assert memo.nbytes == 159 * 100 + 50
     memo.discard_prefix(b"k99")
     assert memo.get(b"k999") is None and memo.get(b"k990") is None
@@ -49,7 +58,7 @@ def test_memo_bounds_its_bytes_and_skips_large_entries() -> None:
 
 def test_memo_repr_shows_counts_only() -> None:
     memo = Memo(1 << 20)
-    memo.put(b"canary-key", (ENTRY_OVERHEAD, b"canary-value"))
+    memo.put(b"canary-key", KeyEntry(ENTRY_OVERHEAD, b"canary-value"))
     assert "canary" not in repr(memo)
     assert repr(memo) == f"Memo(entries=1, bytes={ENTRY_OVERHEAD}, limit={1 << 20})"
 
@@ -85,7 +94,7 @@ async def test_hits_come_from_the_memo_and_match_fresh_reads(manager: CacheManag
     memo = manager.memo
     assert memo is not None
     size = len(memo)
-    assert size == 150  # per key: its storage key, its opened envelope and its decoded value
+    assert size == 100  # per key: its storage key, and its verified entry (frame and value)
     again = await ns.get_many([f"k{n}" for n in range(50)])
     assert again == first == [{"n": n} for n in range(50)]
     assert again[0] is not first[0]  # values are decoded afresh: callers may mutate them
@@ -101,17 +110,17 @@ async def test_writes_and_deletes_drop_entries(manager: CacheManager) -> None:
     assert await ns.get("a") == 1
     with_entry = len(memo)
     await ns.set("a", 2)
-    assert len(memo) == with_entry - 2  # the opened envelope and value went, the storage key stayed
+    assert len(memo) == with_entry - 1  # the verified entry went, the storage key stayed
     assert await ns.get("a") == 2
     await ns.delete("a")
-    assert len(memo) == with_entry - 2
+    assert len(memo) == with_entry - 1
     assert await ns.add("a", 3)
     assert await ns.get("a") == 3
     assert await ns.incr("a") == 4
-    assert len(memo) == with_entry - 2
+    assert len(memo) == with_entry - 1
     assert await ns.get("a") == 4
     assert await ns.expire("a", 60)
-    assert len(memo) == with_entry - 2
+    assert len(memo) == with_entry - 1
     await ns.delete("a")
     assert await ns.get("a") is None
     await ns.set_many({"b": 1, "c": 2})
@@ -163,9 +172,9 @@ async def test_erase_purges_a_private_namespace(manager: CacheManager) -> None:
     assert await public.get("motd") == "hello"
     memo = manager.memo
     assert memo is not None
-    assert len(memo) == 6
+    assert len(memo) == 4
     assert await manager.erase("user:42")
-    assert len(memo) == 3  # the public namespace keeps its entries
+    assert len(memo) == 2  # the public namespace keeps its entries
     assert await private.get("card") is None
     assert await public.get("motd") == "hello"
 
@@ -271,7 +280,7 @@ class CountingStore(MemoryBackend):
         return await super().get_many(keys)
 
 
-async def test_a_memoized_batch_is_one_store_read_and_a_changed_entry_a_second() -> None:
+async def test_a_memoized_batch_is_one_store_read_even_with_a_changed_entry() -> None:
     keyring, store = Keyring.generate(), CountingStore()
     async with (
         CacheManager(keyring=keyring) as reader,
@@ -290,7 +299,7 @@ async def test_a_memoized_batch_is_one_store_read_and_a_changed_entry_a_second()
         values = await ns.get_many(keys, MISSING)
         assert values[7] == "changed" and values[8] is MISSING
         assert values[:7] == [{"n": k} for k in keys[:7]]
-        assert store.batches == [20, 1]  # k7 went through the layers again; k8 is simply gone
+        assert store.batches == [20]  # k7 was opened from that same read; k8 is simply gone
         store.batches.clear()
         assert await ns.get_many(["k7", "new"]) == ["changed", None]  # "new" is not memoized
         assert store.batches == [2]
@@ -335,3 +344,25 @@ async def test_a_memoized_batch_with_the_store_down(fail_open: bool) -> None:
                 await ns.get_many(["a", "b"])
         store.down = False
         assert await ns.get_many(["a", "b"]) == [1, 2]
+
+
+async def test_a_tagged_entry_is_checked_on_every_memoized_read(manager: CacheManager) -> None:
+    """The memo may keep a tagged entry's verified envelope, never its decoded value: every read
+    (get, get_many, ttl) runs the tag check, so an invalidation is seen at once."""
+    ns = manager.namespace("tagged")
+    await ns.set("s", "immutable", tags=["t"])
+    await ns.set_many({"a": {"n": 1}, "b": 2}, tags=["t"])
+    for _ in range(3):  # the first reads verify the envelopes, the later ones are memo hits
+        assert await ns.get("s") == "immutable"
+        assert await ns.get_many(["s", "a", "b"]) == ["immutable", {"n": 1}, 2]
+    memo = manager.memo
+    assert memo is not None and len(memo) > 0
+    assert ns.stats.hits == 12
+    await ns.invalidate_tags(["t"])
+    assert await ns.get("s", MISSING) is MISSING
+    assert await ns.get_many(["s", "a", "b"], MISSING) == [MISSING, MISSING, MISSING]
+    assert await ns.ttl("a") is None
+    assert ns.stats.hits == 12
+    await ns.set("s", "again", tags=["t"])
+    assert await ns.get("s") == "again"
+    assert await ns.get("s") == "again"

@@ -263,7 +263,7 @@ async def test_memory_is_bounded(redis_url: str) -> None:
         await _warm(cache, "k0")
         for _ in range(2):
             assert await cache.get_many([f"k{i}" for i in range(400)]) == ["x" * 500] * 400
-        near = next(iter(manager._near.values()))
+        near = next(iter(manager._stores.near.values()))
         assert near.nbytes <= 64 * 1024 and 0 < len(near) < 400
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from aiocache_secure import MISSING, Cache, CacheManager, Keyring
-from aiocache_secure import cache as cache_module
+from aiocache_secure import padded as padded_module
 from aiocache_secure.layers.encryption import PaddedEncryption
 from aiocache_secure.layers.padding import TimingPadding
 
@@ -137,7 +137,7 @@ async def test_the_deadline_does_not_depend_on_the_probed_entry(
 ) -> None:
     # Padding's clock is the cost model: what a read costs is the work the hooks counted.
     monkeypatch.setattr(
-        cache_module, "TimingPadding", functools.partial(TimingPadding, timer=work.timer)
+        padded_module, "TimingPadding", functools.partial(TimingPadding, timer=work.timer)
     )
     async with CacheManager(keyring=Keyring.generate()) as mgr:
         await _deadlines_of(mgr.namespace("padded", pad_timing=True, encrypt=encrypt), work)

@@ -1,12 +1,13 @@
 """Stateful model test: the cache against a dict with TTLs, over every backend and two stacks.
 
 Operations: set / set_many / get / get_many / delete / clear / advance clock / export / tamper /
-erase, compared step by step with a plain dict model. Runs ``max_examples=200`` in CI; more by
+erase / invalidate_tags (sets carry tags), compared step by step with a plain dict model. Runs ``max_examples=200`` in CI; more by
 hand with ``ACS_STATEFUL_EXAMPLES=2000``.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any
 
@@ -29,6 +30,7 @@ VALUES = (
     st.none() | st.integers(-5, 5) | st.text(max_size=5) | st.lists(st.integers(0, 3), max_size=3)
 )
 TTLS = st.none() | st.integers(1, 100)
+TAGS = st.lists(st.sampled_from(["t1", "t2", "user:42"]), max_size=2, unique=True)
 EXAMPLES = int(os.environ.get("ACS_STATEFUL_EXAMPLES", "200"))
 
 STACKS = {
@@ -94,7 +96,7 @@ def make_machine(
             )
             self.ns = self.manager.namespace("model", **options)
             self.private = self.manager.namespace("model:private", private=True)
-            self.model: dict[str, tuple[Any, float]] = {}
+            self.model: dict[str, tuple[Any, float, frozenset[str]]] = {}
             self.private_model: dict[str, Any] = {}
 
         def teardown(self) -> None:
@@ -104,7 +106,7 @@ def make_machine(
 
         def live(self) -> dict[str, Any]:
             now = self.clock()
-            return {k: v for k, (v, exp) in self.model.items() if exp > now}
+            return {k: v for k, (v, exp, _) in self.model.items() if exp > now}
 
         def check(self, key: str, got: Any) -> None:
             """``got`` is what the model holds, or (bounded namespaces) an evicted miss."""
@@ -118,16 +120,31 @@ def make_machine(
         def start(self) -> None:
             assert portal.call(self.ns.clear) == 0
 
-        @rule(key=KEYS, value=VALUES, ttl=TTLS)
-        def set(self, key: str, value: Any, ttl: int | None) -> None:
-            portal.call(self.ns.set, key, value, ttl)
-            self.model[key] = (value, self.clock() + ttl if ttl else float("inf"))
+        @rule(key=KEYS, value=VALUES, ttl=TTLS, tags=TAGS)
+        def set(self, key: str, value: Any, ttl: int | None, tags: list[str]) -> None:
+            portal.call(functools.partial(self.ns.set, key, value, ttl, tags=tags))
+            expires = self.clock() + ttl if ttl else float("inf")
+            self.model[key] = (value, expires, frozenset(tags))
 
-        @rule(items=st.dictionaries(KEYS, VALUES, max_size=4), ttl=TTLS)
-        def set_many(self, items: dict[str, Any], ttl: int | None) -> None:
-            portal.call(self.ns.set_many, items, ttl)
+        @rule(items=st.dictionaries(KEYS, VALUES, max_size=4), ttl=TTLS, tags=TAGS)
+        def set_many(self, items: dict[str, Any], ttl: int | None, tags: list[str]) -> None:
+            portal.call(functools.partial(self.ns.set_many, items, ttl, tags=tags))
             for key, value in items.items():
-                self.model[key] = (value, self.clock() + ttl if ttl else float("inf"))
+                expires = self.clock() + ttl if ttl else float("inf")
+                self.model[key] = (value, expires, frozenset(tags))
+
+        @rule(tags=TAGS)
+        def invalidate_tags(self, tags: list[str]) -> None:
+            portal.call(self.ns.invalidate_tags, tags)
+            for key, (_, _, carried) in list(self.model.items()):
+                if carried & set(tags):
+                    del self.model[key]
+
+        @rule(key=KEYS)
+        def exists(self, key: str) -> None:
+            found = portal.call(self.ns.exists, key)
+            self.check(key, portal.call(self.ns.get, key, MISSING))
+            assert found == (key in self.live()) or (bounded and not found)
 
         @rule(key=KEYS)
         def get(self, key: str) -> None:
@@ -183,17 +200,19 @@ def make_machine(
 
             if portal.call(corrupt):
                 # Which key was hit is unknown to the model (keys may be hashed): every stored
-                # key is re-read; exactly the corrupted one is now a miss.
+                # key is re-read; exactly the corrupted one is now a miss, or, if it was a tag's
+                # record, the entries carrying that tag.
                 live = self.live()
-                lost = 0
+                lost: list[frozenset[str]] = []
                 for k in list(self.model):
                     got = portal.call(self.ns.get, k, MISSING)
                     if got is MISSING:
-                        lost += k in live
+                        if k in live:
+                            lost.append(self.model[k][2])
                         self.model.pop(k)
                     else:
                         assert got == live[k]
-                assert lost <= 1 or bounded
+                assert len(lost) <= 1 or bounded or frozenset.intersection(*lost)
 
         @rule(key=KEYS, value=VALUES)
         def private_set(self, key: str, value: Any) -> None:

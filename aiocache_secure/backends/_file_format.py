@@ -15,11 +15,11 @@ import struct
 import zlib
 from typing import Final
 
+from ..keyspace import FORMAT, NAMESPACED, PREFIX_LEN, TAG_LEN
+
 MAGIC: Final = b"ACF1"
 FIELDS: Final = struct.Struct(">4sQIQ")
 HEAD: Final = struct.Struct(">4sQIQI")
-PREFIX_LEN: Final = 37
-PREFIXED: Final = re.compile(rb"acs1[0-9a-f]{32}")
 GROUP_NAME: Final = re.compile(r"[0-9a-f]{32}\.[0-9a-f]{2}")
 SHARD_NAME: Final = re.compile(r"[0-9a-f]{2}")
 OTHER: Final = "_"
@@ -38,13 +38,14 @@ NOT_THERE: Final = frozenset({errno.ENOENT, errno.ENOTDIR, errno.ELOOP})
 
 def group_of(key: bytes) -> tuple[str, int]:
     """``(group directory, length of the key prefix it stands for)``."""
-    if len(key) >= PREFIX_LEN and PREFIXED.match(key):
-        return f"{key[4:36].decode('ascii')}.{key[36]:02x}", PREFIX_LEN
+    if len(key) >= PREFIX_LEN and NAMESPACED.match(key):
+        tag = key[len(FORMAT) : PREFIX_LEN - 1].decode("ascii")
+        return f"{tag}.{key[PREFIX_LEN - 1]:02x}", PREFIX_LEN
     return OTHER, 0
 
 
 def group_prefix(group: str) -> bytes:
-    return b"acs1" + group[:32].encode("ascii") + bytes.fromhex(group[33:])
+    return FORMAT + group[:TAG_LEN].encode("ascii") + bytes.fromhex(group[TAG_LEN + 1 :])
 
 
 def locate(key: bytes) -> tuple[str, str, str]:

@@ -69,13 +69,13 @@ from urllib.parse import unquote, urlsplit
 
 from ..clock import Clock, system_clock
 from ..errors import BackendUnavailable, ClosedError, ConfigurationError
+from ..keyspace import PREFIX_LEN
 from ._file_dir import Dirs, open_directory, remove_if_same
 from ._file_format import (
     HEAD,
     NOT_THERE,
     O_READ,
     OTHER,
-    PREFIX_LEN,
     encode_head,
     expired,
     group_of,

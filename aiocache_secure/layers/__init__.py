@@ -3,8 +3,11 @@
 A namespace's stack, outermost first::
 
     SizeLimit      serialized value ≤ max_value_bytes, else ValueTooLarge, before any I/O
+    VerifiedReads  the verified-read memo: envelopes already authenticated are not opened again
+                   (encrypted, unpadded namespaces with the memo on; see layers/verified.py)
     HashedKeys     storage key = "acs1" + namespace tag + ":" + PRF(namespace key, key)
      or PrefixedKeys  storage key = "acs1" + namespace tag + "=" + key      (hash_keys=False)
+                   (every spelling of a key: aiocache_secure/keyspace.py)
     Encryption     AES-256-GCM envelope; AAD binds version, key id, namespace, storage key, expiry
     backend        memory │ file │ redis (+cluster) │ mongo
 
@@ -24,15 +27,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .. import keyspace
 from ..backend import Backend
 from ..clock import Clock
 from ..memo import Memo
 from ..policy import Policy
 from .base import Layer
 from .encryption import Encryption, KeySource, PaddedEncryption
-from .keys import KEY_FORMAT, HashedKeys, PrefixedKeys
+from .keys import HashedKeys, PrefixedKeys
 from .limits import SizeLimit
 from .near import NearCache, NearStore
+from .verified import VerifiedReads
 
 __all__ = ["Layer", "Stack", "StackSpec", "compose"]
 
@@ -48,7 +53,6 @@ class StackSpec:
     keys: KeySource | None
     clock: Clock
     on_tamper: Callable[[], None]
-    on_limit: Callable[[], None]
     memo: Memo | None = None
     # The store's near cache (near_cache=True), and what counts its hits.
     near: NearStore | None = None
@@ -57,27 +61,33 @@ class StackSpec:
 
 @dataclass(frozen=True, slots=True)
 class Stack:
+    """A composed stack, and the layers of it that the facade calls besides ``top``."""
+
     top: Backend
     encryption: Encryption | None
     key_layer: HashedKeys | PrefixedKeys
-    # The facade's share of the verified-read memo (decoded values of memoized frames), under
-    # keys starting with ``memo_prefix``; None unless the stack encrypts through the memo.
-    memo: Memo | None = None
-    memo_prefix: bytes = b""
+    verified: VerifiedReads | None = None
 
 
 def compose(backend: Backend, policy: Policy, spec: StackSpec) -> Stack:
     # A memo hit is faster than a first read: padded namespaces never use one.
-    memo = None if policy.pad_timing else spec.memo
+    memo = spec.memo if policy.memo and not policy.pad_timing else None
     layers: list[tuple[type[Layer], dict[str, Any]]] = []
     if policy.max_value_bytes is not None:
         layers.append(
             (
                 SizeLimit,
+                {"max_value_bytes": policy.max_value_bytes, "namespace": spec.namespace},
+            )
+        )
+    if memo is not None and spec.keys is not None:
+        layers.append(
+            (
+                VerifiedReads,
                 {
-                    "max_value_bytes": policy.max_value_bytes,
-                    "namespace": spec.namespace,
-                    "on_exceeded": spec.on_limit,
+                    "memo": memo,
+                    "memo_prefix": keyspace.verified_memo_prefix(spec.tag),
+                    "clock": spec.clock,
                 },
             )
         )
@@ -96,7 +106,6 @@ def compose(backend: Backend, policy: Policy, spec: StackSpec) -> Stack:
                     "clock": spec.clock,
                     "strict": policy.strict,
                     "on_tamper": spec.on_tamper,
-                    "memo": memo,
                 },
             )
         )
@@ -106,7 +115,11 @@ def compose(backend: Backend, policy: Policy, spec: StackSpec) -> Stack:
         layers.append(
             (
                 NearCache,
-                {"near": spec.near, "prefix": KEY_FORMAT + spec.tag, "on_hit": spec.on_near_hit},
+                {
+                    "near": spec.near,
+                    "prefix": keyspace.namespace_prefix(spec.tag),
+                    "on_hit": spec.on_near_hit,
+                },
             )
         )
 
@@ -118,14 +131,8 @@ def compose(backend: Backend, policy: Policy, spec: StackSpec) -> Stack:
 
     encryption = next((layer for layer in built if isinstance(layer, Encryption)), None)
     key_layer = next(layer for layer in built if isinstance(layer, HashedKeys | PrefixedKeys))
-    return Stack(
-        top=backend,
-        encryption=encryption,
-        key_layer=key_layer,
-        memo=memo if encryption is not None else None,
-        # "$" where storage keys have ":" or "=" and HashedKeys' memo keys "#".
-        memo_prefix=KEY_FORMAT + spec.tag + b"$",
-    )
+    verified = next((layer for layer in built if isinstance(layer, VerifiedReads)), None)
+    return Stack(top=backend, encryption=encryption, key_layer=key_layer, verified=verified)
 
 
 def layer_names(stack: Backend) -> Sequence[str]:

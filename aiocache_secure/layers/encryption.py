@@ -44,7 +44,6 @@ from ..clock import Clock
 from ..errors import IntegrityError
 from ..frame import BATCH_YIELD_BYTES
 from ..keyring import Keyring
-from ..memo import ENTRY_OVERHEAD, Memo
 from .base import Layer
 
 __all__ = [
@@ -175,7 +174,6 @@ class Encryption(Layer):
         "_clock",
         "_counts",
         "_keys",
-        "_memo",
         "_namespace",
         "_ns_id",
         "_aad_ns",
@@ -193,11 +191,9 @@ class Encryption(Layer):
         clock: Clock,
         strict: bool,
         on_tamper: Callable[[], None],
-        memo: Memo | None = None,
     ) -> None:
         super().__init__(inner)
         self._keys = keys
-        self._memo = memo
         self._namespace = namespace
         self._ns_id = namespace_id
         self._clock = clock
@@ -254,33 +250,16 @@ class Encryption(Layer):
             return None, "auth_failed"
         if frame[:8] != expires:
             return None, "malformed"
-        if expires_ms and (reason := self._lapsed(expires_ms)):
+        if expires_ms and (reason := self.lapsed(expires_ms)):
             return None, reason
         return frame, ""
 
-    def _lapsed(self, expires_ms: int) -> str:
+    def lapsed(self, expires_ms: int) -> str:
         """ "expired" or "replayed" (long past its expiry) if ``expires_ms`` has passed, else ""."""
         late = self._clock() * 1000 - expires_ms
         if late < 0:
             return ""
         return "replayed" if late > REPLAY_GRACE_MS else "expired"
-
-    def _open_memo(
-        self, memo: Memo, storage_key: bytes, envelope: bytes, epoch: int
-    ) -> tuple[bytes | None, str]:
-        """:meth:`open`, through the verified-read memo (see :mod:`aiocache_secure.memo`)."""
-        hit = memo.get(storage_key)
-        if hit is not None and hit[1] == epoch and hit[2] == envelope:
-            if hit[3] and (reason := self._lapsed(hit[3])):
-                memo.discard(storage_key)
-                return None, reason
-            return hit[4], ""
-        frame, reason = self.open(storage_key, envelope)
-        if frame is not None:
-            size = len(storage_key) + len(envelope) + len(frame) + ENTRY_OVERHEAD
-            expires_ms = _EXPIRY.unpack_from(frame)[0]
-            memo.put(storage_key, (size, epoch, envelope, expires_ms, frame))
-        return frame, reason
 
     def rehearsal(self, storage_key: bytes, frame: bytes) -> Callable[[], tuple[bytes | None, str]]:
         """:meth:`open` of a same-shaped envelope under a throwaway key: the work of a hit, for
@@ -300,8 +279,9 @@ class Encryption(Layer):
         envelope = twin.seal(storage_key, frame)
         return lambda: twin.open(storage_key, envelope)
 
-    async def _reject(self, storage_key: bytes, reason: str) -> None:
-        self._forget(storage_key)
+    async def reject(self, storage_key: bytes, reason: str) -> None:
+        """Delete an entry that failed :meth:`open` for ``reason``; count and audit it unless it
+        merely expired, and raise ``IntegrityError`` in strict mode."""
         try:
             await self.inner.delete(storage_key)
         finally:
@@ -316,7 +296,7 @@ class Encryption(Layer):
             return None
         frame, reason = self.open(storage_key, envelope)
         if frame is None:
-            await self._reject(storage_key, reason)
+            await self.reject(storage_key, reason)
         return frame
 
     def replay(self) -> None:
@@ -326,45 +306,22 @@ class Encryption(Layer):
         """Drop what :meth:`replay` would repeat."""
 
     async def get(self, key: bytes) -> bytes | None:
-        envelope = await self.inner.get(key)
-        memo = self._memo
-        if memo is None or envelope is None:
-            return await self._opened(key, envelope)
-        frame, reason = self._open_memo(memo, key, envelope, self._keys.epoch)
-        if frame is None:
-            await self._reject(key, reason)
-        return frame
+        return await self._opened(key, await self.inner.get(key))
 
     async def get_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
         envelopes = await self.inner.get_many(keys)
-        memo = self._memo
-        epoch = 0 if memo is None else self._keys.epoch
-        found = None if memo is None else memo.get
         frames: list[bytes | None] = []
         work = 0
         for key, envelope in zip(keys, envelopes, strict=True):
             frame: bytes | None = None
             if envelope is not None:
-                if found is not None:
-                    # The common case of _open_memo() inlined: a hit on an entry without expiry.
-                    hit = found(key)
-                    if hit is not None and not hit[3] and hit[1] == epoch and hit[2] == envelope:
-                        frames.append(hit[4])
-                        continue
                 work += len(envelope)
                 if work > BATCH_YIELD_BYTES:
                     work = 0
                     await anyio.lowlevel.checkpoint()
-                    if memo is not None:  # the keys may have changed meanwhile
-                        epoch = self._keys.epoch
-                if memo is None:
-                    frame, reason = self.open(key, envelope)
-                else:
-                    frame, reason = self._open_memo(memo, key, envelope, epoch)
+                frame, reason = self.open(key, envelope)
                 if frame is None:
-                    await self._reject(key, reason)
-                    if memo is not None:  # the keys may have changed during the await
-                        epoch = self._keys.epoch
+                    await self.reject(key, reason)
             frames.append(frame)
         return frames
 
@@ -373,38 +330,13 @@ class Encryption(Layer):
         """The key source's epoch (see :class:`KeySource`)."""
         return self._keys.epoch
 
-    def verified(self, storage_key: bytes, frame: bytes) -> tuple[int, bytes] | None:
-        """``(epoch, envelope)`` if the memo holds this very ``frame`` object for ``storage_key``:
-        the envelope that was authenticated to produce it, and the key epoch it was under."""
-        hit = None if self._memo is None else self._memo.get(storage_key)
-        if hit is None or hit[4] is not frame:
-            return None
-        return hit[1], hit[2]
-
-    def _forget(self, key: bytes) -> None:
-        if self._memo is not None:
-            self._memo.discard(key)
-
     async def set(self, key: bytes, value: bytes, *, ttl: float | None) -> None:
-        self._forget(key)
         await self.inner.set(key, self.seal(key, value), ttl=ttl)
 
     async def set_many(self, items: Sequence[tuple[bytes, bytes]], *, ttl: float | None) -> None:
-        for key, _ in items:
-            self._forget(key)
         await self.inner.set_many([(k, self.seal(k, v)) for k, v in items], ttl=ttl)
 
-    async def delete(self, key: bytes) -> bool:
-        self._forget(key)
-        return await self.inner.delete(key)
-
-    async def delete_prefix(self, prefix: bytes) -> int:
-        if self._memo is not None:
-            self._memo.discard_prefix(prefix)
-        return await self.inner.delete_prefix(prefix)
-
     async def add(self, key: bytes, value: bytes, *, ttl: float | None) -> bool:
-        self._forget(key)
         return await super().add(key, self.seal(key, value), ttl=ttl)
 
     async def get_versioned(self, key: bytes) -> tuple[bytes, bytes] | None:
@@ -417,7 +349,6 @@ class Encryption(Layer):
     async def compare_and_set(
         self, key: bytes, token: bytes, value: bytes, *, ttl: float | None
     ) -> bool:
-        self._forget(key)
         return await super().compare_and_set(key, token, self.seal(key, value), ttl=ttl)
 
     async def scan(self, prefix: bytes) -> AsyncIterator[tuple[bytes, bytes]]:

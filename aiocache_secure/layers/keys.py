@@ -1,12 +1,8 @@
-"""Key mapping: cache key → storage key, with the namespace built in.
+"""Key mapping: cache key → storage key, with the namespace built in (spellings: ``keyspace``).
 
 ``hashed``:   ``acs1`` + tag + ``:`` + hex(BLAKE2b-192 keyed with the namespace key, over the key)
 ``prefixed``: ``acs1`` + tag + ``=`` + the key itself (``hash_keys=False``)
 
-The tag is 32 hex characters derived from the namespace name with a keyed PRF, so a name such as
-``user:alice@example.com`` never reaches the store, and two namespaces cannot share a prefix
-except by a 128-bit collision. Everything before the key is fixed-width, so no choice of key or
-namespace name can forge another namespace's prefix: isolation does not hang on a separator.
 The PRF is keyed BLAKE2b (RFC 7693 keyed mode, a PRF like HMAC-SHA256 at a third of the cost),
 fixed in code for format ``acs1``, never chosen by stored data.
 """
@@ -15,22 +11,13 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import AsyncIterator, Sequence
-from typing import Final
 
+from .. import keyspace
 from ..backend import Backend
-from ..memo import ENTRY_OVERHEAD, Memo
+from ..memo import ENTRY_OVERHEAD, KeyEntry, Memo
 from .base import Layer
 
-__all__ = ["KEY_FORMAT", "HashedKeys", "PrefixedKeys", "namespace_tag"]
-
-KEY_FORMAT: Final = b"acs1"
-
-
-def namespace_tag(tag_key: bytes, name: str) -> bytes:
-    digest = hashlib.blake2b(
-        name.encode("utf-8"), key=tag_key, digest_size=16, person=b"acs1-namespace"
-    )
-    return digest.hexdigest().encode("ascii")
+__all__ = ["HashedKeys", "PrefixedKeys"]
 
 
 class HashedKeys(Layer):
@@ -40,13 +27,11 @@ class HashedKeys(Layer):
         self, inner: Backend, *, tag: bytes, prf_key: bytes, memo: Memo | None = None
     ) -> None:
         super().__init__(inner)
-        self.prefix = KEY_FORMAT + tag + b":"
+        self.prefix = keyspace.hashed_prefix(tag)
         # Copying a keyed state is cheaper than keying a new one on every call.
         self._prf = hashlib.blake2b(key=prf_key, digest_size=24)
         self._memo = memo
-        # "#" where storage keys have ":" or "=": memo keys never collide with storage keys,
-        # which the same memo holds opened envelopes under.
-        self._memo_prefix = KEY_FORMAT + tag + b"#"
+        self._memo_prefix = keyspace.key_memo_prefix(tag)
 
     def storage_key(self, key: bytes) -> bytes:
         memo = self._memo
@@ -54,7 +39,7 @@ class HashedKeys(Layer):
             return self._derive(key)
         memo_key = self._memo_prefix + key
         found = memo.get(memo_key)
-        return self._derive(key, memo_key) if found is None else found[1]
+        return self._derive(key, memo_key) if found is None else found.storage_key
 
     def _derive(self, key: bytes, memo_key: bytes = b"") -> bytes:
         """The PRF itself; remembered under ``memo_key`` when one is given."""
@@ -62,9 +47,8 @@ class HashedKeys(Layer):
         prf.update(key)
         storage_key = self.prefix + prf.hexdigest().encode("ascii")
         if memo_key and self._memo is not None:
-            self._memo.put(
-                memo_key, (len(memo_key) + len(storage_key) + ENTRY_OVERHEAD, storage_key)
-            )
+            size = len(memo_key) + len(storage_key) + ENTRY_OVERHEAD
+            self._memo.put(memo_key, KeyEntry(size, storage_key))
         return storage_key
 
     async def get(self, key: bytes) -> bytes | None:
@@ -80,7 +64,7 @@ class HashedKeys(Layer):
         for key in keys:
             memo_key = memo_prefix + key
             hit = found(memo_key)
-            storage_keys.append(self._derive(key, memo_key) if hit is None else hit[1])
+            storage_keys.append(self._derive(key, memo_key) if hit is None else hit.storage_key)
         return await self.inner.get_many(storage_keys)
 
     async def set(self, key: bytes, value: bytes, *, ttl: float | None) -> None:
@@ -122,7 +106,7 @@ class PrefixedKeys(Layer):
 
     def __init__(self, inner: Backend, *, tag: bytes) -> None:
         super().__init__(inner)
-        self.prefix = KEY_FORMAT + tag + b"="
+        self.prefix = keyspace.prefixed_prefix(tag)
 
     def storage_key(self, key: bytes) -> bytes:
         return self.prefix + key

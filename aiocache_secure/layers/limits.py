@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from .. import audit
 from ..backend import Backend
@@ -16,24 +16,15 @@ __all__ = ["SizeLimit"]
 class SizeLimit(Layer):
     """Counts the serialized value (the frame's payload and embedded key), not the envelope."""
 
-    __slots__ = ("_limit", "_namespace", "_on_exceeded")
+    __slots__ = ("_limit", "_namespace")
 
-    def __init__(
-        self,
-        inner: Backend,
-        *,
-        max_value_bytes: int,
-        namespace: str,
-        on_exceeded: Callable[[], None],
-    ) -> None:
+    def __init__(self, inner: Backend, *, max_value_bytes: int, namespace: str) -> None:
         super().__init__(inner)
         self._limit = max_value_bytes + HEADER
         self._namespace = namespace
-        self._on_exceeded = on_exceeded
 
     def _check(self, value: bytes) -> None:
         if len(value) > self._limit:
-            self._on_exceeded()
             audit.emit("limit_exceeded", namespace=self._namespace, limit="max_value_bytes")
             raise ValueTooLarge(
                 f"value is {len(value) - HEADER} bytes; this namespace allows at most "

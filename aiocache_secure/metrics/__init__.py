@@ -11,13 +11,14 @@ Outcomes: ``hit``, ``miss``, ``ok``, ``error``, ``tampered``. Never a key or a v
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from ..cache import Cache
+from ..padded import PaddedCache
 from ..policy import Seconds
 
-__all__ = ["MeteredCache", "MetricsHook"]
+__all__ = ["MeteredCache", "MeteredPaddedCache", "MetricsHook"]
 
 T = TypeVar("T")
 
@@ -82,17 +83,32 @@ class MeteredCache(Cache):
             "get_many", lambda: super(MeteredCache, self).get_many(keys, default), reads=True
         )
 
-    async def set(self, key: str, value: Any, ttl: Seconds | None = None) -> None:
-        await self._measure("set", lambda: super(MeteredCache, self).set(key, value, ttl))
-
-    async def _set_payload(self, key: str, payload: bytes, ttl: Seconds | None = None) -> None:
-        # @cached's write (see Cache._set_payload) is a set like any other.
+    async def set(
+        self, key: str, value: Any, ttl: Seconds | None = None, *, tags: Sequence[str] = ()
+    ) -> None:
         await self._measure(
-            "set", lambda: super(MeteredCache, self)._set_payload(key, payload, ttl)
+            "set", lambda: super(MeteredCache, self).set(key, value, ttl, tags=tags)
         )
 
-    async def set_many(self, items: Mapping[str, Any], ttl: Seconds | None = None) -> None:
-        await self._measure("set_many", lambda: super(MeteredCache, self).set_many(items, ttl))
+    async def _set_payload(
+        self, key: str, payload: bytes, ttl: Seconds | None = None, tags: Sequence[str] = ()
+    ) -> None:
+        # @cached's write (see Cache._set_payload) is a set like any other.
+        await self._measure(
+            "set", lambda: super(MeteredCache, self)._set_payload(key, payload, ttl, tags)
+        )
+
+    async def set_many(
+        self, items: Mapping[str, Any], ttl: Seconds | None = None, *, tags: Sequence[str] = ()
+    ) -> None:
+        await self._measure(
+            "set_many", lambda: super(MeteredCache, self).set_many(items, ttl, tags=tags)
+        )
+
+    async def invalidate_tags(self, tags: Sequence[str]) -> None:
+        await self._measure(
+            "invalidate_tags", lambda: super(MeteredCache, self).invalidate_tags(tags)
+        )
 
     async def delete(self, key: str) -> bool:
         return await self._measure("delete", lambda: super(MeteredCache, self).delete(key))
@@ -105,11 +121,22 @@ class MeteredCache(Cache):
     async def clear(self) -> int:
         return await self._measure("clear", lambda: super(MeteredCache, self).clear())
 
-    async def add(self, key: str, value: Any, ttl: Seconds | None = None) -> bool:
-        return await self._measure("add", lambda: super(MeteredCache, self).add(key, value, ttl))
+    async def add(
+        self, key: str, value: Any, ttl: Seconds | None = None, *, tags: Sequence[str] = ()
+    ) -> bool:
+        return await self._measure(
+            "add", lambda: super(MeteredCache, self).add(key, value, ttl, tags=tags)
+        )
 
     async def incr(self, key: str, delta: int = 1, ttl: Seconds | None = None) -> int:
         return await self._measure("incr", lambda: super(MeteredCache, self).incr(key, delta, ttl))
 
     async def expire(self, key: str, ttl: Seconds | None) -> bool:
         return await self._measure("expire", lambda: super(MeteredCache, self).expire(key, ttl))
+
+
+class MeteredPaddedCache(MeteredCache, PaddedCache):
+    """A :class:`~aiocache_secure.padded.PaddedCache` that reports to a hook (each measured
+    operation includes its padding: what a caller waits is what is recorded)."""
+
+    __slots__ = ()
