@@ -29,13 +29,27 @@ try:  # hiredis packs commands in C, four times faster than redis-py's Python pa
 except ImportError:  # pragma: no cover - hiredis comes with the redis extra
     _pack = None  # type: ignore[assignment]
 
-__all__ = ["Wire"]
+__all__ = ["MAX_CONNECTING", "Wire"]
 
 Command = tuple[Any, ...]
 
+MAX_CONNECTING = 4
+"""Connections opened at once. A burst of callers finding no idle connection waits for one of
+these (or one freed) instead of starting a handshake each: fifty TLS handshakes at once cost
+more than the deadline on a slow CPU, and far more than the few connections the burst needs."""
+
 
 class Wire:
-    __slots__ = ("_all", "_closed", "_idle", "_limit", "_make", "_timeout", "_waiters")
+    __slots__ = (
+        "_all",
+        "_closed",
+        "_connecting",
+        "_idle",
+        "_limit",
+        "_make",
+        "_timeout",
+        "_waiters",
+    )
 
     def __init__(
         self, make: Callable[[], AbstractConnection], *, limit: int, timeout: float
@@ -46,6 +60,7 @@ class Wire:
         self._idle: list[AbstractConnection] = []
         self._all: set[AbstractConnection] = set()
         self._waiters: deque[asyncio.Future[None]] = deque()
+        self._connecting = 0
         self._closed = False
 
     async def run(self, commands: Sequence[Command]) -> list[Any]:
@@ -54,7 +69,12 @@ class Wire:
             conn = self._idle.pop() if self._idle else await self._acquire()
             try:
                 if not conn.is_connected:
-                    await conn.connect()  # type: ignore[no-untyped-call]
+                    self._connecting += 1
+                    try:
+                        await conn.connect()  # type: ignore[no-untyped-call]
+                    finally:
+                        self._connecting -= 1
+                        self._wake_one()
                 packed: bytes | list[bytes]
                 if _pack is not None:
                     packed = b"".join(map(_pack, commands))
@@ -78,11 +98,17 @@ class Wire:
                 self._release(conn)
 
     async def _acquire(self) -> AbstractConnection:
-        while len(self._all) >= self._limit:
+        while len(self._all) >= self._limit or (
+            self._connecting >= MAX_CONNECTING and self._all
+        ):
             waiter = asyncio.get_running_loop().create_future()
             self._waiters.append(waiter)
             try:
                 await waiter
+            except BaseException:
+                if waiter.done() and not waiter.cancelled():
+                    self._wake_one()  # woken, then cancelled: pass the turn on
+                raise
             finally:
                 waiter.cancel()
             if self._idle:
@@ -96,6 +122,9 @@ class Wire:
             self._idle.append(conn)
         else:
             self._all.discard(conn)
+        self._wake_one()
+
+    def _wake_one(self) -> None:
         while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():
