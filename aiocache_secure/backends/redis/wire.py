@@ -98,9 +98,7 @@ class Wire:
                 self._release(conn)
 
     async def _acquire(self) -> AbstractConnection:
-        while len(self._all) >= self._limit or (
-            self._connecting >= MAX_CONNECTING and self._all
-        ):
+        while len(self._all) >= self._limit or (self._connecting >= MAX_CONNECTING and self._all):
             waiter = asyncio.get_running_loop().create_future()
             self._waiters.append(waiter)
             try:
