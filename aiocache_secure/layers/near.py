@@ -34,7 +34,8 @@ live in the verified-read memo, as without a near cache.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Protocol
 
 from ..backend import Backend
@@ -267,31 +268,31 @@ class NearCache(Layer):
             out[index] = value
         return out
 
-    async def set(self, key: bytes, value: bytes, *, ttl: float | None) -> None:
-        near = self._near
-        near.drop(key)
+    @contextlib.contextmanager
+    def _writing(self, keys: Iterable[bytes]) -> Iterator[None]:
+        """Around a write: its keys are dropped before it is sent and again once it has returned
+        or failed, so no read racing it can leave the old envelope in (see the module doc)."""
+        drop = self._near.drop
+        keys = list(keys)
+        for key in keys:
+            drop(key)
         try:
-            await self.inner.set(key, value, ttl=ttl)
+            yield
         finally:
-            near.drop(key)
+            for key in keys:
+                drop(key)
+
+    async def set(self, key: bytes, value: bytes, *, ttl: float | None) -> None:
+        with self._writing((key,)):
+            await self.inner.set(key, value, ttl=ttl)
 
     async def set_many(self, items: Sequence[tuple[bytes, bytes]], *, ttl: float | None) -> None:
-        near = self._near
-        for key, _ in items:
-            near.drop(key)
-        try:
+        with self._writing(key for key, _ in items):
             await self.inner.set_many(items, ttl=ttl)
-        finally:
-            for key, _ in items:
-                near.drop(key)
 
     async def delete(self, key: bytes) -> bool:
-        near = self._near
-        near.drop(key)
-        try:
+        with self._writing((key,)):
             return await self.inner.delete(key)
-        finally:
-            near.drop(key)
 
     async def delete_prefix(self, prefix: bytes) -> int:
         near = self._near
@@ -302,19 +303,11 @@ class NearCache(Layer):
             near.drop_prefix(prefix)
 
     async def add(self, key: bytes, value: bytes, *, ttl: float | None) -> bool:
-        near = self._near
-        near.drop(key)
-        try:
+        with self._writing((key,)):
             return await super().add(key, value, ttl=ttl)
-        finally:
-            near.drop(key)
 
     async def compare_and_set(
         self, key: bytes, token: bytes, value: bytes, *, ttl: float | None
     ) -> bool:
-        near = self._near
-        near.drop(key)
-        try:
+        with self._writing((key,)):
             return await super().compare_and_set(key, token, value, ttl=ttl)
-        finally:
-            near.drop(key)

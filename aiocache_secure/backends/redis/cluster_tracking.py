@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable
 
 from ...errors import BackendUnavailable
 from .resp3 import ErrorReply, ProtocolError, pack, read_frame
-from .tracking import LOGGER, InvalidationChannel
+from .tracking import LOGGER, InvalidationChannel, add_prefix_to, check_seconds
 
 __all__ = ["ClusterChannel", "primaries_of"]
 
@@ -99,12 +99,6 @@ class ClusterChannel:
     ) -> None:
         if not callable(on_invalidate):
             raise TypeError("on_invalidate must be callable")
-        if (
-            isinstance(topology_interval, bool)
-            or not isinstance(topology_interval, int | float)
-            or not topology_interval > 0
-        ):
-            raise ValueError("topology_interval must be a positive number of seconds")
         self._on_invalidate = on_invalidate
         self._seeds = list(seeds)
         if not self._seeds:
@@ -117,9 +111,9 @@ class ClusterChannel:
             "health_interval": health_interval,
             "health_timeout": health_timeout,
         }
-        # Validates the remaining options once, here.
-        InvalidationChannel(on_invalidate, **self._options)  # type: ignore[arg-type]
-        self._topology_interval = float(topology_interval)
+        for name in ("connect_timeout", "health_interval", "health_timeout"):
+            check_seconds(name, self._options[name])
+        self._topology_interval = check_seconds("topology_interval", topology_interval)
         self._children: dict[tuple[str, int], InvalidationChannel] = {}
         self._base_epoch = 0
         self._prefixes: list[bytes] = []
@@ -152,14 +146,7 @@ class ClusterChannel:
 
     async def add_prefix(self, prefix: bytes) -> None:
         """As :meth:`InvalidationChannel.add_prefix`, on every primary."""
-        if not isinstance(prefix, bytes) or not prefix:
-            raise TypeError("prefix must be non-empty bytes")
-        if self._closed:
-            raise BackendUnavailable("the invalidation channel is closed")
-        if prefix not in self._prefixes:
-            if any(p.startswith(prefix) or prefix.startswith(p) for p in self._prefixes):
-                raise ValueError("tracked prefixes must not overlap")
-            self._prefixes.append(prefix)
+        add_prefix_to(self._prefixes, prefix, closed=self._closed)
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._watch())
         timeout = float(self._options["connect_timeout"])  # type: ignore[arg-type]

@@ -38,11 +38,33 @@ from typing import Final
 from ...errors import BackendUnavailable
 from .resp3 import ErrorReply, ProtocolError, Push, pack, read_frame
 
-__all__ = ["InvalidationChannel"]
+__all__ = ["InvalidationChannel", "add_prefix_to", "check_seconds"]
 
 LOGGER = logging.getLogger("aiocache_secure.redis.tracking")
 
 _BACKOFF_MAX: Final = 2.0
+
+
+def check_seconds(name: str, value: object) -> float:
+    """``value`` as seconds, or ``ValueError`` unless it is a positive number."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ValueError(f"{name} must be a positive number of seconds")
+    return float(value)
+
+
+def add_prefix_to(prefixes: list[bytes], prefix: object, *, closed: bool) -> bool:
+    """Append ``prefix`` to ``prefixes`` unless already there (True when it is new), refusing
+    what Redis refuses: a prefix that overlaps another (one a prefix of the other)."""
+    if not isinstance(prefix, bytes) or not prefix:
+        raise TypeError("prefix must be non-empty bytes")
+    if closed:
+        raise BackendUnavailable("the invalidation channel is closed")
+    if prefix in prefixes:
+        return False
+    if any(p.startswith(prefix) or prefix.startswith(p) for p in prefixes):
+        raise ValueError("tracked prefixes must not overlap")
+    prefixes.append(prefix)
+    return True
 
 
 class InvalidationChannel:
@@ -87,20 +109,13 @@ class InvalidationChannel:
     ) -> None:
         if not callable(on_invalidate):
             raise TypeError("on_invalidate must be callable")
-        for name, value in (
-            ("connect_timeout", connect_timeout),
-            ("health_interval", health_interval),
-            ("health_timeout", health_timeout),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-                raise ValueError(f"{name} must be a positive number of seconds")
+        self._connect_timeout = check_seconds("connect_timeout", connect_timeout)
+        self._health_interval = check_seconds("health_interval", health_interval)
+        self._health_timeout = check_seconds("health_timeout", health_timeout)
         self._on_invalidate = on_invalidate
         self._host, self._port, self._path = host, port, path
         self._ssl = ssl_context
         self._username, self._password = username, password
-        self._connect_timeout = float(connect_timeout)
-        self._health_interval = float(health_interval)
-        self._health_timeout = float(health_timeout)
         self._prefixes: list[bytes] = []
         # This connection's prefixes the server confirmed, and the batches sent but not yet
         # confirmed (one "+OK" each, in order).
@@ -134,14 +149,7 @@ class InvalidationChannel:
         raises :class:`BackendUnavailable` after ``connect_timeout``. Redis refuses prefixes
         that overlap (one a prefix of another): so does this method, with ``ValueError``.
         """
-        if not isinstance(prefix, bytes) or not prefix:
-            raise TypeError("prefix must be non-empty bytes")
-        if self._closed:
-            raise BackendUnavailable("the invalidation channel is closed")
-        if prefix not in self._prefixes:
-            if any(p.startswith(prefix) or prefix.startswith(p) for p in self._prefixes):
-                raise ValueError("tracked prefixes must not overlap")
-            self._prefixes.append(prefix)
+        if add_prefix_to(self._prefixes, prefix, closed=self._closed):
             self._send_untracked()
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run())
