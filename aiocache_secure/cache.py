@@ -113,7 +113,7 @@ class Cache(AtomicUpdates):
     async def _get_verified(self, raw: bytes, default: Any, verified: VerifiedReads) -> Any:
         """``get`` of a memoized namespace: a verified entry's frame is decoded at most once
         (immutable values are handed out again, others decoded afresh from its payload). A
-        tagged entry's value is never kept: each read decodes it and checks its tags."""
+        tagged entry is a hit only once its tags check, on every read."""
         try:
             entry = await verified.read(raw)
         except BackendError as exc:
@@ -124,11 +124,22 @@ class Cache(AtomicUpdates):
             if offset >= 0:
                 self.stats.hits += 1
                 return entry.value if not offset else self._serializer.loads(entry.frame[offset:])
+            if entry.refs:  # tagged, decoded before
+                ok, reason = await self._tags.confirm(entry.refs)
+                if ok:
+                    self.stats.hits += 1
+                    return entry.tagged_value(self._serializer.loads)
+                await self._discard(raw, reason)
+                self.stats.misses += 1
+                return default
             ok, value = self._open_frame(raw, entry.frame)
             if ok:
                 entry.keep(value)
-            else:  # a tagged entry's value is not kept: checked on every read
-                ok, value = await self._checked(ok, value)
+            elif value.__class__ is Pending:
+                refs = value.refs
+                ok, value = await self._tags.check(value)
+                if ok:
+                    entry.keep(value, refs)
             if ok:
                 self.stats.hits += 1
                 return value
@@ -339,6 +350,8 @@ class Cache(AtomicUpdates):
         raw = self._key(key)
         if self._pending() and not await self._ready():
             return default
+        if self._verified is not None:
+            return await self._get_tagged_verified(raw, tags, default, self._verified)
         try:
             found = await self._tags.read_with(raw, tags)
         except BackendError as exc:
@@ -362,6 +375,42 @@ class Cache(AtomicUpdates):
                 await self._discard(raw, value)
         self.stats.misses += 1
         return default
+
+    async def _get_tagged_verified(
+        self, raw: bytes, tags: tuple[str, ...], default: Any, verified: VerifiedReads
+    ) -> Any:
+        """:meth:`_get_tagged` of a memoized namespace: the entry and its records in one batch,
+        the entry's value decoded at most once (as :meth:`_get_verified` does)."""
+        try:
+            entries = await verified.read_many([raw, *self._tags.record_keys(tags)])
+        except BackendError as exc:
+            self._backend_failed(exc)
+            entries = [None]
+        entry = entries[0]
+        if entry is None:
+            self.stats.misses += 1
+            return default
+        records = [None if record is None else record.frame for record in entries[1:]]
+        refs, value = entry.refs, MISSING
+        if not refs:  # not decoded yet (or untagged: it predates its tags, a miss)
+            ok, opened = self._open_frame(raw, entry.frame)
+            if opened.__class__ is not Pending:
+                if not ok:
+                    await self._discard(raw, opened)
+                self.stats.misses += 1
+                return default
+            refs, value = opened.refs, opened.value
+            entry.keep(value, refs)
+        if refs == self._tags.current_refs(tags, records):
+            ok, reason = True, ""
+        else:  # tagged otherwise (other tags, another order) or stale: the full check
+            ok, reason = await self._tags.confirm(refs)
+        if not ok:
+            await self._discard(raw, reason)
+            self.stats.misses += 1
+            return default
+        self.stats.hits += 1
+        return value if value is not MISSING else entry.tagged_value(self._serializer.loads)
 
     async def _set_payload(
         self, key: str, payload: bytes, ttl: Seconds | None = None, tags: Sequence[str] = ()

@@ -477,5 +477,3 @@ class Core:
         if now - self._logged.get(kind, -_BURST_SECONDS) >= _BURST_SECONDS:
             self._logged[kind] = now
             _log.warning(message, self._name, kind.__name__)
-
-

@@ -117,7 +117,17 @@ class TagIndex:
     unless the namespace fails open.
     """
 
-    __slots__ = ("_current", "_embed", "_failed", "_ids", "_keys", "_stack", "_storage_key")
+    __slots__ = (
+        "_confirmed",
+        "_current",
+        "_embed",
+        "_failed",
+        "_ids",
+        "_keys",
+        "_ref_keys",
+        "_stack",
+        "_storage_key",
+    )
 
     def __init__(
         self,
@@ -136,6 +146,9 @@ class TagIndex:
         # Per tag list: the record frames last read and the references they make (versions are
         # random numbers, no cached data): a hit whose records did not change skips parsing them.
         self._current: dict[tuple[str, ...], tuple[list[bytes | None], bytes]] = {}
+        # Per reference list: its records' keys, and the record frames that last confirmed it.
+        self._ref_keys: dict[bytes, list[bytes]] = {}
+        self._confirmed: dict[bytes, list[bytes | None]] = {}
 
     def __repr__(self) -> str:
         return "TagIndex(...)"
@@ -207,6 +220,32 @@ class TagIndex:
         refs = b"".join(parts)
         self._current[names] = (records, refs)
         return refs
+
+    async def confirm(self, refs: bytes) -> tuple[bool, str]:
+        """Whether an entry that carries ``refs`` is still current: ``(True, "")``, else
+        ``(False, reason)`` (:data:`STALE` or :data:`UNREAD`). One batch read of its records;
+        when they are the very frames that confirmed ``refs`` last time, nothing is parsed."""
+        keys = self._ref_keys.get(refs)
+        if keys is None:
+            if len(self._ref_keys) >= _MAX_IDS:
+                self._ref_keys.clear()
+                self._confirmed.clear()
+            keys = self._ref_keys[refs] = [RECORD + tag_id for tag_id, _ in _unpack_refs(refs)]
+        try:
+            records = await self._stack.get_many(keys)
+        except BackendError as exc:
+            self._failed(exc)
+            return False, UNREAD
+        if self._confirmed.get(refs) == records:
+            return True, ""
+        stale = 0
+        version = self._version
+        for key, data, (_, wanted) in zip(keys, records, _unpack_refs(refs), strict=True):
+            stale |= version(key, data) != wanted
+        if stale:
+            return False, STALE
+        self._confirmed[refs] = records
+        return True, ""
 
     def known(self, names: tuple[str, ...], records: list[bytes | None]) -> dict[bytes, int | None]:
         """The versions of ``names``' records from the frames :meth:`read_with` read."""

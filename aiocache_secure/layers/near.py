@@ -155,6 +155,11 @@ class NearStore:
         finally:
             self._starting.pop(prefix, None)
 
+    def held(self, prefix: bytes) -> dict[bytes, bytes] | None:
+        """The envelopes kept, least recently used first, if entries under ``prefix`` may be
+        served now (see :meth:`NearCache.held`)."""
+        return self._entries if self.serving(prefix) else None
+
     def lookup(self, key: bytes) -> bytes | None:
         entries = self._entries
         value = entries.pop(key, None)
@@ -228,6 +233,16 @@ class NearCache(Layer):
         self._near = near
         self._prefix = prefix
         self._on_hit = on_hit
+
+    def held(self) -> dict[bytes, bytes] | None:
+        """The envelopes kept (storage key → envelope, least recently used first) while they may
+        be served, else None. For :class:`~.verified.VerifiedReads`, which serves a memo entry
+        whose envelope is the one kept here without calling this layer; it moves what it serves
+        to the end, and counts it with :meth:`served`."""
+        return self._near.held(self._prefix)
+
+    def served(self, count: int) -> None:
+        self._on_hit(count)
 
     async def get(self, key: bytes) -> bytes | None:
         near, prefix = self._near, self._prefix

@@ -13,16 +13,20 @@ one comparison per key, and is exactly what reading through the layers would ret
 
 The facade calls :meth:`VerifiedReads.read` / :meth:`VerifiedReads.read_many` and decodes each
 entry's frame at most once (:meth:`Verified.keep`). Writes, deletes and clears through this layer
-drop the entries they touch. A near cache (entries served from process memory without the round
-trip, kept coherent by the store's invalidations) belongs here too: it would answer
-:meth:`read_many` for the keys it holds.
+drop the entries they touch.
+
+With a near cache (:class:`~.near.NearCache`, the store's envelopes kept in process memory and
+kept coherent by the store's invalidations) below the encryption layer, a key whose entry holds
+the very envelope the near cache holds now is served from this one lookup with no call into the
+layers below at all: one memo lookup, one near-cache lookup and one comparison per key. Every
+other key is read as above, through the near cache (which answers or fills).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import anyio.lowlevel
 
@@ -33,6 +37,7 @@ from ..memo import ENTRY_OVERHEAD, Memo
 from .base import Layer
 from .encryption import Encryption
 from .keys import HashedKeys, PrefixedKeys
+from .near import NearCache
 
 __all__ = ["SHAREABLE", "Verified", "VerifiedReads"]
 
@@ -45,9 +50,11 @@ _UNDECODED: Final = -1
 class Verified:
     """One key's verified read.
 
-    ``offset`` says what the facade has made of ``frame``: ``-1`` nothing yet, ``0`` ``value``
-    is the decoded value (immutable, handed out as is), otherwise the payload starts at
+    ``offset`` says what the facade has made of an untagged ``frame``: ``-1`` nothing yet, ``0``
+    ``value`` is the decoded value (immutable, handed out as is), otherwise the payload starts at
     ``frame[offset:]`` and is decoded afresh on each hit (callers may mutate what they get).
+    A tagged frame's ``offset`` stays ``-1``, so that no path serves it without its tag check:
+    once decoded, ``refs`` holds its tag references and ``tagged`` what ``offset`` would.
     ``expires_ms`` is the authenticated expiry (0: never), the frame's own.
     """
 
@@ -59,18 +66,30 @@ class Verified:
     expires_ms: int
     value: Any = None
     offset: int = _UNDECODED
+    refs: bytes = b""
+    tagged: int = _UNDECODED
 
-    def keep(self, value: Any) -> None:
+    def keep(self, value: Any, refs: bytes = b"") -> None:
         """Remember ``value``, decoded from :attr:`frame` (immutable values only; the others
-        are decoded afresh from the payload)."""
+        are decoded afresh from the payload); ``refs``: the frame's tag references, if any."""
         if type(value) in SHAREABLE:
-            self.value, self.offset = value, 0
+            self.value, offset = value, 0
         else:
-            self.offset = frames.HEADER + frames.HEAD.unpack_from(self.frame)[1]
+            offset = frames.HEADER + (frames.HEAD.unpack_from(self.frame)[1] & ~frames.TAGGED)
+            offset += len(refs)
+        if refs:
+            self.refs, self.tagged = refs, offset
+        else:
+            self.offset = offset
+
+    def tagged_value(self, loads: Callable[[bytes], Any]) -> Any:
+        """The value of a tagged entry kept by :meth:`keep` (decoded by ``loads`` unless it is
+        immutable); only once its tags have been checked."""
+        return self.value if not self.tagged else loads(self.frame[self.tagged :])
 
 
 class VerifiedReads(Layer):
-    __slots__ = ("_clock", "_encryption", "_keys", "_memo", "_prefix", "_store")
+    __slots__ = ("_clock", "_encryption", "_keys", "_memo", "_near", "_prefix", "_store")
 
     def __init__(self, inner: Backend, *, memo: Memo, memo_prefix: bytes, clock: Clock) -> None:
         super().__init__(inner)
@@ -81,6 +100,7 @@ class VerifiedReads(Layer):
         self._keys = inner
         self._encryption = inner.inner
         self._store = inner.inner.inner
+        self._near = self._store if isinstance(self._store, NearCache) else None
         self._memo = memo
         self._prefix = memo_prefix
         self._clock = clock
@@ -109,6 +129,8 @@ class VerifiedReads(Layer):
         """The verified entry under ``key``, or None (absent, expired or rejected)."""
         memo_key = self._prefix + key
         entry: Verified | None = self._memo.get(memo_key)
+        if entry is not None and self._near is not None and self._near_hit(entry):
+            return entry
         storage_key = self._keys.storage_key(key) if entry is None else entry.storage_key
         envelope = await self._store.get(storage_key)
         if envelope is None:
@@ -126,8 +148,62 @@ class VerifiedReads(Layer):
             return None
         return opened
 
+    def _near_hit(self, entry: Verified) -> bool:
+        """Whether the near cache holds ``entry``'s very envelope: then it is served with no
+        store read at all (the near cache's own rules say when it may serve; see layers/near.py)."""
+        near = cast(NearCache, self._near)
+        held = near.held()
+        if held is None:
+            return False
+        envelope = held.pop(entry.storage_key, None)
+        if envelope is None:
+            return False
+        held[entry.storage_key] = envelope  # most recently used last
+        if (
+            envelope == entry.envelope
+            and entry.epoch == self._encryption.epoch
+            and not (entry.expires_ms and entry.expires_ms <= self._clock() * 1000)
+        ):
+            near.served(1)
+            return True
+        return False
+
     async def read_many(self, keys: Sequence[bytes]) -> list[Verified | None]:
-        """:meth:`read` of every key, in order, with one round trip to the store."""
+        """:meth:`read` of every key, in order, with one round trip to the store (none for the
+        keys the near cache serves)."""
+        near = self._near
+        held = None if near is None else near.held()
+        if held is None:
+            return await self._read_many(keys)
+        recall, prefix, pop = self._memo.get, self._prefix, held.pop
+        epoch, now_ms = self._encryption.epoch, self._clock() * 1000
+        out: list[Verified | None] = []
+        rest: list[int] = []
+        for key in keys:
+            entry = recall(prefix + key)
+            if entry is not None:
+                storage_key = entry.storage_key
+                envelope = pop(storage_key, None)
+                if envelope is not None:
+                    held[storage_key] = envelope  # most recently used last
+                    if (
+                        envelope == entry.envelope
+                        and entry.epoch == epoch
+                        and not (entry.expires_ms and entry.expires_ms <= now_ms)
+                    ):
+                        out.append(entry)
+                        continue
+            rest.append(len(out))
+            out.append(None)
+        if len(rest) < len(out):
+            cast(NearCache, near).served(len(out) - len(rest))
+        if rest:
+            found = await self._read_many([keys[index] for index in rest])
+            for index, entry in zip(rest, found, strict=True):
+                out[index] = entry
+        return out
+
+    async def _read_many(self, keys: Sequence[bytes]) -> list[Verified | None]:
         recall, prefix, derive = self._memo.get, self._prefix, self._keys.storage_key
         memo_keys = [prefix + key for key in keys]
         entries: list[Verified | None] = [recall(memo_key) for memo_key in memo_keys]
