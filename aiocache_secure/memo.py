@@ -34,6 +34,7 @@ which costs nothing on a hit. Entries over :data:`MAX_ENTRY_BYTES` are not kept.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
@@ -76,7 +77,9 @@ class Memo:
         self.limit = limit
         # Nor more than 1/16 of the memo, so that a few entries cannot flush it.
         self._largest = min(limit // 16, MAX_ENTRY_BYTES)
-        self._entries: dict[bytes, Any] = {}
+        # Ordered: evicting the oldest is O(1) (a plain dict's first key, after many pops from
+        # its front, takes a scan past every dead slot: ~20 µs per insert at 30,000 entries).
+        self._entries: OrderedDict[bytes, Any] = OrderedDict()
         self._size = 0
         # The entry under a key, or None: the dict's own get, bound once (hits run per key of a
         # batch, and a Python-level method call would double their cost). clear() keeps the dict.
@@ -104,7 +107,7 @@ class Memo:
         entries[key] = entry
         self._size += size
         while self._size > self.limit:
-            self._size -= entries.pop(next(iter(entries))).size
+            self._size -= entries.popitem(last=False)[1].size
 
     def discard(self, key: bytes) -> None:
         old = self._entries.pop(key, None)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import weakref
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from .backend import Backend
@@ -49,7 +50,7 @@ class Registry:
         self._open: dict[str, NamespaceRecord] = {}
         # Private namespaces in least-recently-requested order (the open ones only), and those
         # released (beyond the cap, or erased) that the application still holds.
-        self._private_order: dict[str, None] = {}
+        self._private_order: OrderedDict[str, None] = OrderedDict()  # O(1) oldest-first release
         self._released: weakref.WeakValueDictionary[str, NamespaceRecord] = (
             weakref.WeakValueDictionary()
         )
@@ -75,7 +76,7 @@ class Registry:
         self._private_order.pop(name, None)
         self._private_order[name] = None
         while len(self._private_order) > self._max_private:
-            self.release(next(iter(self._private_order)))
+            self.release(next(iter(self._private_order)))  # an OrderedDict: O(1)
 
     def release(self, name: str) -> None:
         """Drop the manager's hold on namespace ``name`` (the application's, if any, stays).

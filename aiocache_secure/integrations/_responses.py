@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from typing import Final
 from urllib.parse import unquote, urljoin, urlsplit
@@ -145,7 +146,7 @@ class ResponseStore:
         self._secret = credential_secret(cache)
         self._gen_ttl = generation_ttl(cache, policy.ttl)
         self._log = BurstLog(what)
-        self._parsed: dict[str, tuple[str, Stored]] = {}
+        self._parsed: OrderedDict[str, tuple[str, Stored]] = OrderedDict()  # O(1) eviction
         self._parsed_size = 0
         self._flights: dict[tuple[str, ...], _Flight] = {}
         self._share_reads = not cache.store_in_process
@@ -248,8 +249,7 @@ class ResponseStore:
             return found
         self._parsed_size += len(entry)
         while self._parsed_size > PARSED_BUDGET:
-            oldest = next(iter(parsed))
-            self._parsed_size -= len(parsed.pop(oldest)[0])
+            self._parsed_size -= len(parsed.popitem(last=False)[1][0])
         parsed[key] = (entry, found)
         return found
 

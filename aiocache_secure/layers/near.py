@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Protocol
 
@@ -78,7 +79,7 @@ class NearStore:
             raise ValueError("near_cache_bytes must be a positive int")
         self.limit = limit
         self._channel: Channel | None = None
-        self._entries: dict[bytes, bytes] = {}
+        self._entries: OrderedDict[bytes, bytes] = OrderedDict()  # least recently used first
         self._size = 0
         # Reports counted as they arrive; a fill started at tick t is refused if its key was
         # reported (or everything flushed) at a later tick. Only keys with reads in flight are
@@ -155,16 +156,15 @@ class NearStore:
         finally:
             self._starting.pop(prefix, None)
 
-    def held(self, prefix: bytes) -> dict[bytes, bytes] | None:
+    def held(self, prefix: bytes) -> OrderedDict[bytes, bytes] | None:
         """The envelopes kept, least recently used first, if entries under ``prefix`` may be
         served now (see :meth:`NearCache.held`)."""
         return self._entries if self.serving(prefix) else None
 
     def lookup(self, key: bytes) -> bytes | None:
-        entries = self._entries
-        value = entries.pop(key, None)
+        value = self._entries.get(key)
         if value is not None:
-            entries[key] = value  # most recently used last
+            self._entries.move_to_end(key)
         return value
 
     def begin(self, key: bytes) -> tuple[int, int]:
@@ -207,8 +207,8 @@ class NearStore:
         entries[key] = value
         self._size += size
         while self._size > self.limit:
-            oldest = next(iter(entries))
-            self._size -= len(oldest) + len(entries.pop(oldest)) + ENTRY_OVERHEAD
+            oldest, dropped = entries.popitem(last=False)
+            self._size -= len(oldest) + len(dropped) + ENTRY_OVERHEAD
 
     async def aclose(self) -> None:
         for task in list(self._starting.values()):
@@ -234,7 +234,7 @@ class NearCache(Layer):
         self._prefix = prefix
         self._on_hit = on_hit
 
-    def held(self) -> dict[bytes, bytes] | None:
+    def held(self) -> OrderedDict[bytes, bytes] | None:
         """The envelopes kept (storage key → envelope, least recently used first) while they may
         be served, else None. For :class:`~.verified.VerifiedReads`, which serves a memo entry
         whose envelope is the one kept here without calling this layer; it moves what it serves

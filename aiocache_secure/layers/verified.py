@@ -155,10 +155,10 @@ class VerifiedReads(Layer):
         held = near.held()
         if held is None:
             return False
-        envelope = held.pop(entry.storage_key, None)
+        envelope = held.get(entry.storage_key)
         if envelope is None:
             return False
-        held[entry.storage_key] = envelope  # most recently used last
+        held.move_to_end(entry.storage_key)
         if (
             envelope == entry.envelope
             and entry.epoch == self._encryption.epoch
@@ -175,7 +175,7 @@ class VerifiedReads(Layer):
         held = None if near is None else near.held()
         if held is None:
             return await self._read_many(keys)
-        recall, prefix, pop = self._memo.get, self._prefix, held.pop
+        recall, prefix, look, used = self._memo.get, self._prefix, held.get, held.move_to_end
         epoch, now_ms = self._encryption.epoch, self._clock() * 1000
         out: list[Verified | None] = []
         rest: list[int] = []
@@ -183,9 +183,9 @@ class VerifiedReads(Layer):
             entry = recall(prefix + key)
             if entry is not None:
                 storage_key = entry.storage_key
-                envelope = pop(storage_key, None)
+                envelope = look(storage_key)
                 if envelope is not None:
-                    held[storage_key] = envelope  # most recently used last
+                    used(storage_key)
                     if (
                         envelope == entry.envelope
                         and entry.epoch == epoch
