@@ -42,12 +42,12 @@ import anyio.lowlevel
 from . import audit
 from .backend import AtomicBackend, Backend
 from .errors import (
-    BackendError,
     BackendTimeout,
     BackendUnavailable,
     ConfigurationError,
     UnsupportedOperation,
 )
+from .leases import hold_lease
 
 __all__ = ["CLOSED", "HALF_OPEN", "OFF", "OPEN", "Breaker", "Circuit", "GuardedBackend", "guard"]
 
@@ -195,6 +195,31 @@ async def _admit(circuit: Circuit) -> bool:
         raise
 
 
+class _Verdict:
+    """``async with _Verdict(circuit):`` around one call to the store: admitted on entry, and
+    on exit a success, a failure or no verdict, from how the block ended (a plain call and a
+    streamed scan are judged the same way)."""
+
+    __slots__ = ("_circuit", "_probe")
+
+    def __init__(self, circuit: Circuit) -> None:
+        self._circuit = circuit
+        self._probe = False
+
+    async def __aenter__(self) -> None:
+        self._probe = await _admit(self._circuit)
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object
+    ) -> None:
+        if exc_type is None:
+            self._circuit.succeeded(self._probe)
+        elif issubclass(exc_type, _FAILURES):
+            self._circuit.failed(self._probe)
+        else:
+            self._circuit.abandoned(self._probe)
+
+
 class GuardedBackend:
     """A store behind its :class:`Circuit`: the Backend (and AtomicBackend) protocol, guarded.
 
@@ -217,18 +242,8 @@ class GuardedBackend:
         return getattr(self.inner, name)
 
     async def _run(self, call: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T:
-        circuit = self.circuit
-        probe = await _admit(circuit)
-        try:
-            result = await call(*args, **kwargs)
-        except _FAILURES:
-            circuit.failed(probe)
-            raise
-        except BaseException:
-            circuit.abandoned(probe)
-            raise
-        circuit.succeeded(probe)
-        return result
+        async with _Verdict(self.circuit):
+            return await call(*args, **kwargs)
 
     async def get(self, key: bytes) -> bytes | None:
         return await self._run(self.inner.get, key)
@@ -249,18 +264,9 @@ class GuardedBackend:
         return await self._run(self.inner.delete_prefix, prefix)
 
     async def scan(self, prefix: bytes) -> AsyncIterator[tuple[bytes, bytes]]:
-        circuit = self.circuit
-        probe = await _admit(circuit)
-        try:
+        async with _Verdict(self.circuit):
             async for item in self.inner.scan(prefix):
                 yield item
-        except _FAILURES:
-            circuit.failed(probe)
-            raise
-        except BaseException:
-            circuit.abandoned(probe)
-            raise
-        circuit.succeeded(probe)
 
     async def add(self, key: bytes, value: bytes, *, ttl: float | None) -> bool:
         return await self._run(_atomic(self.inner).add, key, value, ttl=ttl)
@@ -289,15 +295,10 @@ class GuardedLeases(GuardedBackend):
     async def release_lease(self, key: bytes, token: bytes) -> bool:
         return bool(await self._run(self.inner.release_lease, key, token))  # type: ignore[attr-defined]
 
-    @contextlib.asynccontextmanager
-    async def lease(self, key: bytes, ttl: float, wait: float = 0.0) -> AsyncIterator[bool]:
-        token = await self.acquire_lease(key, ttl, wait=wait)
-        try:
-            yield token is not None
-        finally:
-            if token is not None:
-                with contextlib.suppress(BackendError):
-                    await self.release_lease(key, token)
+    def lease(
+        self, key: bytes, ttl: float, wait: float = 0.0
+    ) -> contextlib.AbstractAsyncContextManager[bool]:
+        return hold_lease(self, key, ttl, wait)
 
 
 def guard(

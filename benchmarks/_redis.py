@@ -14,6 +14,20 @@ import time
 from collections.abc import Iterator
 
 
+def standalone_command(binary: str, port: int, directory: str, *, logfile: str) -> list[str]:
+    """A redis-server on ``127.0.0.1:port`` that persists nothing (no RDB, no AOF); the test
+    suite's servers start from it too (``tests/servers.py``): benchmarks run what tests test."""
+    return [
+        binary,
+        "--port", str(port),
+        "--bind", "127.0.0.1",
+        "--save", "",
+        "--appendonly", "no",
+        "--dir", directory,
+        "--logfile", logfile,
+    ]  # fmt: skip
+
+
 class RedisProcess:
     """A private redis-server on a free loopback port that can be paused, killed and restarted."""
 
@@ -24,21 +38,7 @@ class RedisProcess:
         binary = shutil.which("redis-server")
         if binary is None:
             raise SystemExit("redis-server not installed (scripts/test.sh installs it)")
-        self.command = [
-            binary,
-            "--port",
-            str(self.port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            directory,
-            "--logfile",
-            "",
-        ]
+        self.command = standalone_command(binary, self.port, directory, logfile="")
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property

@@ -14,7 +14,12 @@ from typing import Any
 
 import pytest
 
-pytest_plugins: list[str] = ["tests.plugins.file", "tests.plugins.redis", "tests.plugins.mongo"]
+pytest_plugins: list[str] = [
+    "tests.plugins.file",
+    "tests.plugins.redis",
+    "tests.plugins.mongo",
+    "tests.plugins.processes",
+]
 
 BACKENDS = [
     "memory", "file", "redis", "redis-cluster", "redis-tls", "redis-sentinel", "mongo",

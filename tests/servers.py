@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from benchmarks._redis import standalone_command
+
 
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -62,19 +64,7 @@ def redis_server(
     tmp.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen(
         [
-            redis_binary(),
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(tmp),
-            "--logfile",
-            str(tmp / "redis.log"),
+            *standalone_command(redis_binary(), port, str(tmp), logfile=str(tmp / "redis.log")),
             "--protected-mode",
             "yes",
             *extra,

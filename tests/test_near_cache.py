@@ -5,6 +5,7 @@ a killed invalidation connection or a server restart never leaves an old value s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 import textwrap
 import time
@@ -30,14 +31,21 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-@pytest.fixture
-async def pair(redis_url: str) -> AsyncIterator[tuple[Cache, Cache]]:
+@contextlib.asynccontextmanager
+async def _two_managers(url: str) -> AsyncIterator[tuple[Cache, Cache]]:
+    """The near-cached namespace "hot" on ``url``, in two managers sharing one keyring."""
     keyring = Keyring.generate()
     async with CacheManager(keyring=keyring) as one, CacheManager(keyring=keyring) as two:
         yield (
-            one.namespace("hot", backend=redis_url, near_cache=True),
-            two.namespace("hot", backend=redis_url, near_cache=True),
+            one.namespace("hot", backend=url, near_cache=True),
+            two.namespace("hot", backend=url, near_cache=True),
         )
+
+
+@pytest.fixture
+async def pair(redis_url: str) -> AsyncIterator[tuple[Cache, Cache]]:
+    async with _two_managers(redis_url) as caches:
+        yield caches
 
 
 async def _warm(cache: Cache, key: str) -> object:
@@ -386,12 +394,8 @@ async def test_report_delay(pair: tuple[Cache, Cache]) -> None:
 
 @pytest.fixture
 async def cluster_pair(redis_cluster_url: str) -> AsyncIterator[tuple[Cache, Cache]]:
-    keyring = Keyring.generate()
-    async with CacheManager(keyring=keyring) as one, CacheManager(keyring=keyring) as two:
-        yield (
-            one.namespace("hot", backend=redis_cluster_url, near_cache=True),
-            two.namespace("hot", backend=redis_cluster_url, near_cache=True),
-        )
+    async with _two_managers(redis_cluster_url) as caches:
+        yield caches
 
 
 async def test_cluster_changes_are_seen_on_every_primary(

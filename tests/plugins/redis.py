@@ -86,57 +86,8 @@ def redis_url(redis_server: str) -> Iterator[str]:
 def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[int]]:
     """Three cluster-enabled redis-servers joined into one cluster (no replicas)."""
     base = tmp_path_factory.mktemp("redis-cluster")
-    procs: list[subprocess.Popen[bytes]] = []
-    ports: list[int] = []
-    try:
-        for index in range(3):
-            port = cluster_port()
-            node_dir = base / f"node{index}"
-            node_dir.mkdir()
-            proc = subprocess.Popen(
-                [
-                    servers.redis_binary(),
-                    "--port", str(port),
-                    "--bind", "127.0.0.1",
-                    "--cluster-enabled", "yes",
-                    "--cluster-config-file", str(node_dir / "nodes.conf"),
-                    "--cluster-node-timeout", "2000",
-                    "--save", "",
-                    "--appendonly", "no",
-                    "--dir", str(node_dir),
-                    "--logfile", str(node_dir / "redis.log"),
-                ],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )  # fmt: skip
-            procs.append(proc)
-            ports.append(port)
-            servers.wait_for_port(port, proc=proc)
-        subprocess.run(
-            [
-                "redis-cli", "--cluster", "create",
-                *(f"127.0.0.1:{port}" for port in ports),
-                "--cluster-replicas", "0", "--cluster-yes",
-            ],
-            check=True,
-            capture_output=True,
-            timeout=60,
-        )  # fmt: skip
-        deadline = time.monotonic() + 30
-        while True:
-            states = []
-            for port in ports:
-                with redis.Redis(port=port) as node:
-                    states.append(node.execute_command("CLUSTER INFO"))
-            if all(b"cluster_state:ok" in _raw(s) for s in states):
-                break
-            if time.monotonic() > deadline:
-                raise RuntimeError("the test cluster did not reach cluster_state:ok")
-            time.sleep(0.1)
-        yield ports
-    finally:
-        for proc in procs:
-            servers.stop(proc)
+    with _cluster(base, primaries=3, replicas=0, node_timeout_ms=2000) as procs:
+        yield list(procs)
 
 
 def _raw(info: object) -> bytes:
@@ -161,9 +112,31 @@ def cluster_with_replicas(
 ) -> Iterator[dict[int, subprocess.Popen[bytes]]]:
     """A cluster of ``primaries`` primaries, each with one replica, for tests that fail a primary
     over: its processes by port."""
+    with _cluster(
+        base,
+        primaries=primaries,
+        replicas=1,
+        node_timeout_ms=1000,
+        extra=("--cluster-replica-validity-factor", "0"),
+    ) as procs:
+        yield procs
+
+
+@contextlib.contextmanager
+def _cluster(
+    base: Path,
+    *,
+    primaries: int,
+    replicas: int,
+    node_timeout_ms: int,
+    extra: tuple[str, ...] = (),
+) -> Iterator[dict[int, subprocess.Popen[bytes]]]:
+    """``primaries`` primaries with ``replicas`` replicas each, joined by ``redis-cli --cluster
+    create``, returned once every node reports the whole cluster up (replicas in sync): the
+    processes by port, stopped on exit."""
     with contextlib.ExitStack() as stack:
         procs: dict[int, subprocess.Popen[bytes]] = {}
-        for index in range(2 * primaries):
+        for index in range(primaries * (1 + replicas)):
             port = cluster_port()
             node = base / f"node{index}"
             _, procs[port] = stack.enter_context(
@@ -171,8 +144,8 @@ def cluster_with_replicas(
                     node,
                     "--cluster-enabled", "yes",
                     "--cluster-config-file", str(node / "nodes.conf"),
-                    "--cluster-node-timeout", "1000",
-                    "--cluster-replica-validity-factor", "0",
+                    "--cluster-node-timeout", str(node_timeout_ms),
+                    *extra,
                     port=port,
                 )
             )  # fmt: skip
@@ -181,7 +154,7 @@ def cluster_with_replicas(
             [
                 "redis-cli", "--cluster", "create",
                 *(f"127.0.0.1:{port}" for port in ports),
-                "--cluster-replicas", "1", "--cluster-yes",
+                "--cluster-replicas", str(replicas), "--cluster-yes",
             ],
             check=True,
             capture_output=True,

@@ -91,7 +91,8 @@ from typing import Any
 from redis.asyncio import Redis, RedisCluster
 
 from ...clock import Clock
-from ...errors import BackendError, ClosedError, ConfigurationError
+from ...errors import ClosedError, ConfigurationError
+from ...leases import hold_lease
 from . import lease as _lease
 from .batcher import GET, SET, Batcher, gather_ops
 from .cluster_tracking import ClusterChannel
@@ -332,17 +333,11 @@ class RedisBackend:
         """Release the lease ``key`` if ``token`` still owns it (compare-and-delete)."""
         return await _lease.release(self._bind().engine, key, token)
 
-    @contextlib.asynccontextmanager
-    async def lease(self, key: bytes, ttl: float, wait: float = 0.0) -> AsyncIterator[bool]:
+    def lease(
+        self, key: bytes, ttl: float, wait: float = 0.0
+    ) -> contextlib.AbstractAsyncContextManager[bool]:
         """``async with backend.lease(key, ttl, wait) as held``: released on exit if held."""
-        token = await self.acquire_lease(key, ttl, wait=wait)
-        try:
-            yield token is not None
-        finally:
-            if token is not None:
-                # An unreleased lease expires after ttl; failing the caller here helps nobody.
-                with contextlib.suppress(BackendError):
-                    await self.release_lease(key, token)
+        return hold_lease(self, key, ttl, wait)
 
     # -- atomic updates (AtomicBackend) -----------------------------------------------------------
 

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable
 
 from ...errors import BackendUnavailable
 from .resp3 import ErrorReply, ProtocolError, pack, read_frame
-from .tracking import LOGGER, InvalidationChannel, add_prefix_to, check_seconds
+from .tracking import LOGGER, InvalidationChannel, add_prefix_to, check_seconds, stop_task
 
 __all__ = ["ClusterChannel", "primaries_of"]
 
@@ -221,10 +221,7 @@ class ClusterChannel:
     async def aclose(self) -> None:
         self._closed = True
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await stop_task(task)
         for pending in list(self._tracking):
             pending.cancel()
         children, self._children = list(self._children.values()), {}

@@ -38,7 +38,7 @@ from typing import Final
 from ...errors import BackendUnavailable
 from .resp3 import ErrorReply, ProtocolError, Push, pack, read_frame
 
-__all__ = ["InvalidationChannel", "add_prefix_to", "check_seconds"]
+__all__ = ["InvalidationChannel", "add_prefix_to", "check_seconds", "stop_task"]
 
 LOGGER = logging.getLogger("aiocache_secure.redis.tracking")
 
@@ -65,6 +65,14 @@ def add_prefix_to(prefixes: list[bytes], prefix: object, *, closed: bool) -> boo
         raise ValueError("tracked prefixes must not overlap")
     prefixes.append(prefix)
     return True
+
+
+async def stop_task(task: asyncio.Task[None] | None) -> None:
+    """Cancel a channel's background task (if it was started) and wait until it has ended."""
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 class InvalidationChannel:
@@ -308,8 +316,5 @@ class InvalidationChannel:
         """Stop listening; the channel is not ready again."""
         self._closed = True
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await stop_task(task)
         self._down()
