@@ -195,29 +195,13 @@ async def _admit(circuit: Circuit) -> bool:
         raise
 
 
-class _Verdict:
-    """``async with _Verdict(circuit):`` around one call to the store: admitted on entry, and
-    on exit a success, a failure or no verdict, from how the block ended (a plain call and a
-    streamed scan are judged the same way)."""
-
-    __slots__ = ("_circuit", "_probe")
-
-    def __init__(self, circuit: Circuit) -> None:
-        self._circuit = circuit
-        self._probe = False
-
-    async def __aenter__(self) -> None:
-        self._probe = await _admit(self._circuit)
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object
-    ) -> None:
-        if exc_type is None:
-            self._circuit.succeeded(self._probe)
-        elif issubclass(exc_type, _FAILURES):
-            self._circuit.failed(self._probe)
-        else:
-            self._circuit.abandoned(self._probe)
+def _judge(circuit: Circuit, probe: bool, exc: BaseException) -> None:
+    """The verdict on a call to the store that raised ``exc``: a failure of the store, or none
+    (cancelled, or an error that says nothing about the store's health)."""
+    if isinstance(exc, _FAILURES):
+        circuit.failed(probe)
+    else:
+        circuit.abandoned(probe)
 
 
 class GuardedBackend:
@@ -242,8 +226,15 @@ class GuardedBackend:
         return getattr(self.inner, name)
 
     async def _run(self, call: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T:
-        async with _Verdict(self.circuit):
-            return await call(*args, **kwargs)
+        circuit = self.circuit
+        probe = await _admit(circuit)
+        try:
+            result = await call(*args, **kwargs)
+        except BaseException as exc:
+            _judge(circuit, probe, exc)
+            raise
+        circuit.succeeded(probe)  # inline, not a context manager: this runs on every call
+        return result
 
     async def get(self, key: bytes) -> bytes | None:
         return await self._run(self.inner.get, key)
@@ -264,9 +255,15 @@ class GuardedBackend:
         return await self._run(self.inner.delete_prefix, prefix)
 
     async def scan(self, prefix: bytes) -> AsyncIterator[tuple[bytes, bytes]]:
-        async with _Verdict(self.circuit):
+        circuit = self.circuit
+        probe = await _admit(circuit)
+        try:
             async for item in self.inner.scan(prefix):
                 yield item
+        except BaseException as exc:  # a scan closed early (GeneratorExit) is no verdict
+            _judge(circuit, probe, exc)
+            raise
+        circuit.succeeded(probe)
 
     async def add(self, key: bytes, value: bytes, *, ttl: float | None) -> bool:
         return await self._run(_atomic(self.inner).add, key, value, ttl=ttl)
