@@ -177,10 +177,9 @@ class VerifiedReads(Layer):
             return await self._read_many(keys)
         recall, prefix, look, used = self._memo.get, self._prefix, held.get, held.move_to_end
         epoch, now_ms = self._encryption.epoch, self._clock() * 1000
-        out: list[Verified | None] = []
+        out: list[Verified | None] = [recall(prefix + key) for key in keys]
         rest: list[int] = []
-        for key in keys:
-            entry = recall(prefix + key)
+        for index, entry in enumerate(out):
             if entry is not None:
                 storage_key = entry.storage_key
                 envelope = look(storage_key)
@@ -191,10 +190,8 @@ class VerifiedReads(Layer):
                         and entry.epoch == epoch
                         and not (entry.expires_ms and entry.expires_ms <= now_ms)
                     ):
-                        out.append(entry)
                         continue
-            rest.append(len(out))
-            out.append(None)
+            rest.append(index)
         if len(rest) < len(out):
             cast(NearCache, near).served(len(out) - len(rest))
         if rest:
