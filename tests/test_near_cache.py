@@ -108,6 +108,27 @@ async def test_changes_in_one_manager_are_seen_in_the_other(pair: tuple[Cache, C
     assert await reader.get("n") == 2
 
 
+async def test_tag_invalidation_in_one_manager_is_seen_in_the_other(
+    pair: tuple[Cache, Cache],
+) -> None:
+    writer, reader = pair
+    await writer.set("p", {"plan": "pro"}, tags=["user:1"])
+    await writer.set("q", "other", tags=["user:2"])
+    assert await _warm(reader, "p") == {"plan": "pro"}
+    assert await reader._get_tagged("p", ("user:1",), None) == {"plan": "pro"}  # @cached's read
+    assert await reader.get_many(["p", "q"]) == [{"plan": "pro"}, "other"]
+    hits = reader.stats.near_hits
+    assert await reader.get("p") == {"plan": "pro"}
+    assert reader.stats.near_hits > hits  # the entry and its record come from memory
+    await writer.invalidate_tags(["user:1"])
+    await asyncio.sleep(BOUND)
+    assert await reader.get("p") is None
+    assert await reader._get_tagged("p", ("user:1",), None) is None
+    assert await reader.get_many(["p", "q"]) == [None, "other"]
+    await writer.set("p", {"plan": "free"}, tags=["user:1"])
+    assert await _warm(reader, "p") == {"plan": "free"}
+
+
 async def test_expiry(pair: tuple[Cache, Cache]) -> None:
     writer, reader = pair
     await writer.set("short", "v", ttl=0.3)
