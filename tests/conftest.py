@@ -50,12 +50,22 @@ def deselect(
         items[:] = keep
 
 
+def _not_applicable(item: pytest.Item, params: dict[str, Any]) -> bool:
+    """``@pytest.mark.not_for(reason, name=(values...))``: the parametrizations a test does not
+    apply to are not run at all (a skip would look like a backend that was not tested)."""
+    marker = item.get_closest_marker("not_for")
+    return marker is not None and any(
+        params.get(name) in values for name, values in marker.kwargs.items()
+    )
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     deselect(
         config,
         items,
-        lambda _, params: (
-            params.get("anyio_backend") == "trio" and params.get("backend_name") in ASYNCIO_ONLY
+        lambda item, params: (
+            (params.get("anyio_backend") == "trio" and params.get("backend_name") in ASYNCIO_ONLY)
+            or _not_applicable(item, params)
         ),
     )
 

@@ -64,12 +64,11 @@ async def test_invalidate_turns_every_tagged_entry_into_a_miss(ns: Cache) -> Non
     ]
 
 
+@pytest.mark.not_for("a memory store is private to its namespace object", backend_name=("memory",))
 async def test_invalidation_is_seen_at_once_by_another_manager(
     manager: CacheManager, ns: Cache, backend_name: str, backend_url: Any, stack_name: str
 ) -> None:
     """Another manager on the same store and keys: another process's view, sharing no memo."""
-    if backend_name == "memory":
-        pytest.skip("a memory store is private to its namespace object")
     await ns.set("k", "v", tags=["x"])
     assert await ns.get("k") == "v"  # warm this namespace's memo
     backend = backend_url() if callable(backend_url) else backend_url
@@ -114,11 +113,10 @@ async def test_tagged_entries_expire(ns: Cache, clock: ManualClock) -> None:
     assert await ns.get_many(["k"], MISSING) == [MISSING]
 
 
+@pytest.mark.not_for("hashed unencrypted namespaces cannot be exported", stack_name=("hashed",))
 async def test_export_skips_invalidated_entries_and_tag_records(
     make_ns: Callable[..., Cache], stack_name: str
 ) -> None:
-    if stack_name == "hashed":
-        pytest.skip("hashed unencrypted namespaces cannot be exported at all")
     ns = make_ns("tagged-export")
     await ns.set("keep", 1, tags=["a"])
     await ns.set("drop", 2, tags=["b"])
