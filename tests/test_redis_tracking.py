@@ -18,13 +18,14 @@ import redis.asyncio
 from aiocache_secure import BackendUnavailable
 from aiocache_secure.backends.redis.cluster_tracking import ClusterChannel, primaries_of
 from aiocache_secure.backends.redis.resp3 import ProtocolError, read_frame
-from aiocache_secure.backends.redis.tracking import InvalidationChannel
+from aiocache_secure.backends.redis.tracking import ChannelOptions, InvalidationChannel
 
 from . import servers
 from .plugins.redis import TLS_PASSWORD, TLS_USER, TlsServer
 
 pytestmark = pytest.mark.anyio
 PREFIX = b"acs1trk:"
+FAST_HEALTH = ChannelOptions(health_interval=0.2, health_timeout=0.3)
 
 
 @pytest.fixture
@@ -72,9 +73,7 @@ async def client(redis_url: str) -> AsyncIterator[redis.asyncio.Redis]:
 async def channel(redis_url: str) -> AsyncIterator[tuple[InvalidationChannel, Reports]]:
     reports = Reports()
     host, port = _address(redis_url)
-    chan = InvalidationChannel(
-        reports, host=host, port=port, health_interval=0.2, health_timeout=0.3
-    )
+    chan = InvalidationChannel(reports, host=host, port=port, options=FAST_HEALTH)
     await chan.add_prefix(PREFIX)
     yield chan, reports
     await chan.aclose()
@@ -142,7 +141,7 @@ async def test_server_restart(tmp_path: Path) -> None:
     reports = Reports()
     port = servers.free_port()
     with servers.redis_server(tmp_path / "a", port=port):
-        chan = InvalidationChannel(reports, port=port, health_interval=0.2, health_timeout=0.3)
+        chan = InvalidationChannel(reports, port=port, options=FAST_HEALTH)
         try:
             await chan.add_prefix(PREFIX)
             assert chan.ready
@@ -189,9 +188,7 @@ async def test_tls_with_an_acl_user(redis_tls_server: TlsServer) -> None:
     chan = InvalidationChannel(
         reports,
         port=redis_tls_server.port,
-        ssl_context=context,
-        username=TLS_USER,
-        password=TLS_PASSWORD,
+        options=ChannelOptions(ssl_context=context, username=TLS_USER, password=TLS_PASSWORD),
     )
     try:
         await chan.add_prefix(PREFIX)
@@ -212,10 +209,9 @@ async def test_wrong_password_is_unavailable_not_a_hang(
     chan = InvalidationChannel(
         Reports(),
         port=redis_tls_server.port,
-        ssl_context=context,
-        username=TLS_USER,
-        password="wrong-secret-Qx",
-        connect_timeout=0.5,
+        options=ChannelOptions(
+            ssl_context=context, username=TLS_USER, password="wrong-secret-Qx", connect_timeout=0.5
+        ),
     )
     caplog.set_level(logging.DEBUG, logger="aiocache_secure")
     try:
@@ -229,7 +225,9 @@ async def test_wrong_password_is_unavailable_not_a_hang(
 
 
 async def test_unreachable_server() -> None:
-    chan = InvalidationChannel(Reports(), port=servers.free_port(), connect_timeout=0.3)
+    chan = InvalidationChannel(
+        Reports(), port=servers.free_port(), options=ChannelOptions(connect_timeout=0.3)
+    )
     try:
         with pytest.raises(BackendUnavailable):
             await chan.add_prefix(PREFIX)
@@ -240,19 +238,21 @@ async def test_unreachable_server() -> None:
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "error"),
-    [
-        ({"on_invalidate": None}, TypeError),
-        ({"connect_timeout": 0}, ValueError),
-        ({"health_interval": -1}, ValueError),
-        ({"health_timeout": True}, ValueError),
-    ],
+    "kwargs",
+    [{"connect_timeout": 0}, {"health_interval": -1}, {"health_timeout": True}],
 )
-def test_bad_options(kwargs: dict[str, object], error: type[Exception]) -> None:
-    options: dict[str, object] = {"on_invalidate": Reports()}
-    options.update(kwargs)
-    with pytest.raises(error):
-        InvalidationChannel(**options)  # type: ignore[arg-type]
+def test_bad_options(kwargs: dict[str, object]) -> None:
+    with pytest.raises(ValueError, match="positive number of seconds"):
+        ChannelOptions(**kwargs)  # type: ignore[arg-type]
+
+
+def test_bad_channel_arguments() -> None:
+    with pytest.raises(TypeError):
+        InvalidationChannel(None)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        InvalidationChannel(Reports(), options={"connect_timeout": 1})  # type: ignore[arg-type]
+    options = ChannelOptions(username="cache-user", password="s3cret-Qx")
+    assert "s3cret" not in repr(options) and "cache-user" not in repr(options)
 
 
 async def test_bad_prefixes() -> None:
@@ -315,7 +315,7 @@ def test_cluster_slotsprimaries_of() -> None:
     [
         ({"seeds": []}, ValueError),
         ({"topology_interval": 0}, ValueError),
-        ({"health_interval": -1}, ValueError),
+        ({"options": {"health_interval": 1}}, TypeError),
         ({"on_invalidate": 3}, TypeError),
     ],
 )
@@ -328,7 +328,9 @@ def test_cluster_channel_bad_options(kwargs: dict[str, object], error: type[Exce
 
 async def test_cluster_channel_with_no_node_answering() -> None:
     chan = ClusterChannel(
-        Reports(), seeds=[("127.0.0.1", servers.free_port())], connect_timeout=0.3
+        Reports(),
+        seeds=[("127.0.0.1", servers.free_port())],
+        options=ChannelOptions(connect_timeout=0.3),
     )
     try:
         with pytest.raises(BackendUnavailable):

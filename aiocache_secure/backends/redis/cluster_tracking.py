@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ssl
 from collections.abc import Callable, Iterable
 
 from ...errors import BackendUnavailable
 from .resp3 import ErrorReply, ProtocolError, pack, read_frame
-from .tracking import LOGGER, InvalidationChannel, add_prefix_to, check_seconds, stop_task
+from .tracking import (
+    LOGGER,
+    ChannelOptions,
+    InvalidationChannel,
+    add_prefix_to,
+    check_arguments,
+    check_seconds,
+    stop_task,
+)
 
 __all__ = ["ClusterChannel", "primaries_of"]
 
@@ -18,18 +25,16 @@ async def _one_command(
     host: str,
     port: int,
     *parts: bytes,
-    ssl_context: ssl.SSLContext | None,
-    username: str | None,
-    password: str | None,
-    within: float,
+    options: ChannelOptions,
 ) -> object:
     """One command on a short-lived RESP3 connection (topology discovery)."""
-    async with asyncio.timeout(within):
-        reader, writer = await asyncio.open_connection(host, port, ssl=ssl_context)
+    async with asyncio.timeout(options.connect_timeout):
+        reader, writer = await asyncio.open_connection(host, port, ssl=options.ssl_context)
         try:
             hello = [b"HELLO", b"3"]
-            if password is not None:
-                hello += [b"AUTH", (username or "default").encode(), password.encode()]
+            if options.password is not None:
+                user = (options.username or "default").encode()
+                hello += [b"AUTH", user, options.password.encode()]
             writer.write(pack(*hello) + pack(*parts))
             await writer.drain()
             if isinstance(await read_frame(reader), ErrorReply):
@@ -89,30 +94,15 @@ class ClusterChannel:
         on_invalidate: Callable[[list[bytes] | None], None],
         *,
         seeds: Iterable[tuple[str, int]],
-        ssl_context: ssl.SSLContext | None = None,
-        username: str | None = None,
-        password: str | None = None,
-        connect_timeout: float = 5.0,
-        health_interval: float = 1.0,
-        health_timeout: float = 1.0,
+        options: ChannelOptions = ChannelOptions(),  # noqa: B008 - frozen
         topology_interval: float = 1.0,
     ) -> None:
-        if not callable(on_invalidate):
-            raise TypeError("on_invalidate must be callable")
+        check_arguments(on_invalidate, options)
         self._on_invalidate = on_invalidate
         self._seeds = list(seeds)
         if not self._seeds:
             raise ValueError("a cluster channel needs at least one node to ask")
-        self._options = {
-            "ssl_context": ssl_context,
-            "username": username,
-            "password": password,
-            "connect_timeout": connect_timeout,
-            "health_interval": health_interval,
-            "health_timeout": health_timeout,
-        }
-        for name in ("connect_timeout", "health_interval", "health_timeout"):
-            check_seconds(name, self._options[name])
+        self._options = options
         self._topology_interval = check_seconds("topology_interval", topology_interval)
         self._children: dict[tuple[str, int], InvalidationChannel] = {}
         self._base_epoch = 0
@@ -135,10 +125,8 @@ class ClusterChannel:
 
     @property
     def health_bound(self) -> float:
-        health = float(self._options["health_interval"]) + float(  # type: ignore[arg-type]
-            self._options["health_timeout"]  # type: ignore[arg-type]
-        )
-        return max(health, self._topology_interval)
+        options = self._options
+        return max(options.health_interval + options.health_timeout, self._topology_interval)
 
     def tracks(self, prefix: bytes) -> bool:
         children = self._children
@@ -149,9 +137,8 @@ class ClusterChannel:
         add_prefix_to(self._prefixes, prefix, closed=self._closed)
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._watch())
-        timeout = float(self._options["connect_timeout"])  # type: ignore[arg-type]
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(self._options.connect_timeout):
                 await self._ready_event.wait()
                 children = list(self._children.values())
                 await asyncio.gather(*(child.add_prefix(prefix) for child in children))
@@ -159,7 +146,6 @@ class ClusterChannel:
             raise BackendUnavailable("the invalidation channel is not connected") from None
 
     async def _discover(self) -> set[tuple[str, int]]:
-        timeout = float(self._options["connect_timeout"])  # type: ignore[arg-type]
         for host, port in [*self._children, *self._seeds]:
             try:
                 reply = await _one_command(
@@ -167,10 +153,7 @@ class ClusterChannel:
                     port,
                     b"CLUSTER",
                     b"SLOTS",
-                    ssl_context=self._options["ssl_context"],  # type: ignore[arg-type]
-                    username=self._options["username"],  # type: ignore[arg-type]
-                    password=self._options["password"],  # type: ignore[arg-type]
-                    within=timeout,
+                    options=self._options,
                 )
                 return primaries_of(reply)
             except Exception as exc:  # noqa: PERF203 - ask the next node
@@ -201,7 +184,7 @@ class ClusterChannel:
                 self._on_invalidate,
                 host=host,
                 port=port,
-                **self._options,  # type: ignore[arg-type]
+                options=self._options,
             )
             for host, port in primaries
         }

@@ -24,7 +24,7 @@ from .._transport import insecure_transport, plaintext_to_remote
 from .cluster_tracking import ClusterChannel
 from .engines import ClusterEngine, Engine, StandaloneEngine
 from .sentinel import sentinel_wire
-from .tracking import InvalidationChannel
+from .tracking import ChannelOptions, InvalidationChannel
 from .url import RedisAddress
 from .wire import Wire
 
@@ -204,22 +204,13 @@ def open_channel(
         if not verify:
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
-    if where.cluster:
-        return ClusterChannel(
-            on_invalidate,
-            seeds=where.nodes,
-            ssl_context=context,
-            username=where.username,
-            password=where.password,
-            connect_timeout=where.connect_timeout,
-        )
-    host, port = where.nodes[0]
-    return InvalidationChannel(
-        on_invalidate,
-        host=host,
-        port=port,
+    options = ChannelOptions(
         ssl_context=context,
         username=where.username,
         password=where.password,
         connect_timeout=where.connect_timeout,
     )
+    if where.cluster:
+        return ClusterChannel(on_invalidate, seeds=where.nodes, options=options)
+    host, port = where.nodes[0]
+    return InvalidationChannel(on_invalidate, host=host, port=port, options=options)

@@ -33,12 +33,20 @@ import contextlib
 import logging
 import ssl
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Final
 
 from ...errors import BackendUnavailable
 from .resp3 import ErrorReply, ProtocolError, Push, pack, read_frame
 
-__all__ = ["InvalidationChannel", "add_prefix_to", "check_seconds", "stop_task"]
+__all__ = [
+    "ChannelOptions",
+    "InvalidationChannel",
+    "add_prefix_to",
+    "check_arguments",
+    "check_seconds",
+    "stop_task",
+]
 
 LOGGER = logging.getLogger("aiocache_secure.redis.tracking")
 
@@ -50,6 +58,31 @@ def check_seconds(name: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
         raise ValueError(f"{name} must be a positive number of seconds")
     return float(value)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChannelOptions:
+    """How an invalidation channel connects and watches its connection (every node's, on a
+    cluster): TLS, the ACL user, and its deadlines in seconds."""
+
+    ssl_context: ssl.SSLContext | None = None
+    username: str | None = field(default=None, repr=False)
+    password: str | None = field(default=None, repr=False)
+    connect_timeout: float = 5.0
+    health_interval: float = 1.0
+    health_timeout: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name in ("connect_timeout", "health_interval", "health_timeout"):
+            check_seconds(name, getattr(self, name))
+
+
+def check_arguments(on_invalidate: object, options: object) -> None:
+    """TypeError unless a channel's report callback and options are what they must be."""
+    if not callable(on_invalidate):
+        raise TypeError("on_invalidate must be callable")
+    if not isinstance(options, ChannelOptions):
+        raise TypeError("options must be ChannelOptions")
 
 
 def add_prefix_to(prefixes: list[bytes], prefix: object, *, closed: bool) -> bool:
@@ -81,21 +114,16 @@ class InvalidationChannel:
     __slots__ = (
         "_changed",
         "_closed",
-        "_connect_timeout",
-        "_health_interval",
-        "_health_timeout",
         "_host",
         "_on_invalidate",
-        "_password",
+        "_options",
         "_path",
         "_pong",
         "_port",
         "_prefixes",
         "_sent",
-        "_ssl",
         "_task",
         "_tracked",
-        "_username",
         "_writer",
         "epoch",
         "ready",
@@ -108,22 +136,12 @@ class InvalidationChannel:
         host: str = "127.0.0.1",
         port: int = 6379,
         path: str | None = None,
-        ssl_context: ssl.SSLContext | None = None,
-        username: str | None = None,
-        password: str | None = None,
-        connect_timeout: float = 5.0,
-        health_interval: float = 1.0,
-        health_timeout: float = 1.0,
+        options: ChannelOptions = ChannelOptions(),  # noqa: B008 - frozen
     ) -> None:
-        if not callable(on_invalidate):
-            raise TypeError("on_invalidate must be callable")
-        self._connect_timeout = check_seconds("connect_timeout", connect_timeout)
-        self._health_interval = check_seconds("health_interval", health_interval)
-        self._health_timeout = check_seconds("health_timeout", health_timeout)
+        check_arguments(on_invalidate, options)
+        self._options = options
         self._on_invalidate = on_invalidate
         self._host, self._port, self._path = host, port, path
-        self._ssl = ssl_context
-        self._username, self._password = username, password
         self._prefixes: list[bytes] = []
         # This connection's prefixes the server confirmed, and the batches sent but not yet
         # confirmed (one "+OK" each, in order).
@@ -144,7 +162,7 @@ class InvalidationChannel:
     @property
     def health_bound(self) -> float:
         """The longest a lost report can go unnoticed on a silent connection, in seconds."""
-        return self._health_interval + self._health_timeout
+        return self._options.health_interval + self._options.health_timeout
 
     def tracks(self, prefix: bytes) -> bool:
         """True while the channel is up and the server has confirmed tracking ``prefix``."""
@@ -162,7 +180,7 @@ class InvalidationChannel:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run())
         try:
-            async with asyncio.timeout(self._connect_timeout):
+            async with asyncio.timeout(self._options.connect_timeout):
                 while not self.tracks(prefix):
                     await self._changed.wait()
         except TimeoutError:
@@ -238,18 +256,20 @@ class InvalidationChannel:
                         await writer.wait_closed()
 
     async def _exchange(self) -> None:
-        async with asyncio.timeout(self._connect_timeout):
+        async with asyncio.timeout(self._options.connect_timeout):
             if self._path is not None:
-                reader, writer = await asyncio.open_unix_connection(self._path, ssl=self._ssl)
+                reader, writer = await asyncio.open_unix_connection(
+                    self._path, ssl=self._options.ssl_context
+                )
             else:
                 reader, writer = await asyncio.open_connection(
-                    self._host, self._port, ssl=self._ssl
+                    self._host, self._port, ssl=self._options.ssl_context
                 )
             self._writer = writer
             hello = [b"HELLO", b"3"]
-            if self._password is not None:
-                user = (self._username or "default").encode()
-                hello += [b"AUTH", user, self._password.encode()]
+            if self._options.password is not None:
+                user = (self._options.username or "default").encode()
+                hello += [b"AUTH", user, self._options.password.encode()]
             tracked = list(self._prefixes)
             track = [b"CLIENT", b"TRACKING", b"ON", b"BCAST"]
             for prefix in tracked:
@@ -301,11 +321,11 @@ class InvalidationChannel:
     async def _ping(self, writer: asyncio.StreamWriter) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            await asyncio.sleep(self._health_interval)
+            await asyncio.sleep(self._options.health_interval)
             pong = self._pong = loop.create_future()
             writer.write(pack(b"PING"))
             try:
-                async with asyncio.timeout(self._health_timeout):
+                async with asyncio.timeout(self._options.health_timeout):
                     await pong
             except TimeoutError:
                 LOGGER.warning("redis invalidation channel silent; dropping it")
