@@ -364,27 +364,12 @@ class Cache(AtomicUpdates):
             found = [None]
         data = found[0]
         if data is not None:
-            records = found[1:]
-            # The common case inline: a live tagged entry whose tags are as it was written.
-            try:
-                expires_ms, embedded, refs, payload = frame.unpack_tagged(data)
-            except IntegrityError:
-                refs = b""
-            if (
-                refs
-                and refs == self._tags.current_refs(tags, records)
-                and not (expires_ms and expires_ms <= self._clock() * 1000)
-                and (not self._embed or hmac.compare_digest(embedded, raw))
-            ):
-                try:
-                    value = self._serializer.loads(payload)
-                except SerializationError:
-                    pass
-                else:
-                    self.stats.hits += 1
-                    return value
             ok, value = self._open_frame(raw, data)
             if value.__class__ is Pending:
+                records = found[1:]
+                if value.refs == self._tags.current_refs(tags, records):
+                    self.stats.hits += 1
+                    return value.value
                 # Tagged otherwise (other tags, another order) or stale: the full check.
                 ok, value = await self._tags.check(value, self._tags.known(tags, records))
                 if ok:
