@@ -210,7 +210,14 @@ CHILD = textwrap.dedent(
             print("ready", await cache.get("k"), flush=True)
             loop = asyncio.get_running_loop()
             while (line := await loop.run_in_executor(None, sys.stdin.readline)).strip():
-                print(await cache.get("k"), flush=True)
+                value = await cache.get("k")
+                print(value, flush=True)
+                hits = cache.stats.near_hits
+                for _ in range(100):  # held in memory again before the next change
+                    if value is None or cache.stats.near_hits > hits:
+                        break
+                    await cache.get("k")
+                    await asyncio.sleep(0.01)
 
     asyncio.run(main())
     """
@@ -239,12 +246,30 @@ async def test_two_processes(store: str, request: pytest.FixtureRequest) -> None
         try:
             async with asyncio.timeout(60):
                 assert (await child.stdout.readline()).split() == [b"ready", b"0"]
+
+                async def child_reads() -> bytes:
+                    child.stdin.write(b"read\n")
+                    await child.stdin.drain()
+                    return (await child.stdout.readline()).strip()
+
                 for value in range(1, 21):
                     await cache.set("k", value)
                     await asyncio.sleep(BOUND)
-                    child.stdin.write(b"read\n")
-                    await child.stdin.drain()
-                    assert (await child.stdout.readline()).strip() == str(value).encode()
+                    assert await child_reads() == str(value).encode()
+                await cache.delete("k")
+                await asyncio.sleep(BOUND)
+                assert await child_reads() == b"None"
+                await cache.set("k", "short", ttl=0.3)
+                await asyncio.sleep(BOUND)
+                assert await child_reads() == b"short"
+                await asyncio.sleep(0.35)
+                assert await child_reads() == b"None"
+                await cache.set("k", 99)
+                await asyncio.sleep(BOUND)
+                assert await child_reads() == b"99"
+                await cache.clear()
+                await asyncio.sleep(BOUND)
+                assert await child_reads() == b"None"
                 child.stdin.write(b"\n")
                 await child.stdin.drain()
                 assert await child.wait() == 0
