@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import httpx
 import pytest
 from aiohttp import web
-from fastapi import Depends, FastAPI, Header, HTTPException, Request
+from fastapi import Cookie, Depends, FastAPI, Header, HTTPException, Request
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel
 from starlette.applications import Starlette
@@ -236,6 +236,82 @@ async def test_credentialed_requests_bypass_without_identity_and_say_so(
             response = await client.get("/text", headers={"Cookie": f"access_token={token}"})
             assert "age" not in response.headers
     assert hits["text"] == 3
+
+
+class TenantHeaders(BaseModel):
+    x_region: str = "eu"
+
+
+def tenant_of(x_org: Annotated[str, Header()] = "") -> str:
+    return x_org
+
+
+async def test_headers_and_cookies_a_route_declares_are_keyed_over_uvicorn(
+    manager: CacheManager, hits: Counter[str]
+) -> None:
+    """A response that depends on a declared header (in the endpoint, a dependency, a header
+    model or under an alias) is never served to a request sending another value of it; a
+    declared cookie is never public on that route."""
+    cache = manager.namespace("pages")
+    app = FastAPI()
+
+    @app.get("/direct")
+    @cache_response(cache=cache, public_cookies=["theme"])
+    async def direct(x_tenant: Annotated[str, Header()] = "") -> dict[str, str]:
+        hits["direct"] += 1
+        return {"seen": x_tenant}
+
+    @app.get("/nested")
+    @cache_response(cache=cache)
+    async def nested(org: Annotated[str, Depends(tenant_of)]) -> dict[str, str]:
+        hits["nested"] += 1
+        return {"seen": org}
+
+    @app.get("/model")
+    @cache_response(cache=cache)
+    async def model(headers: Annotated[TenantHeaders, Header()]) -> dict[str, str]:
+        hits["model"] += 1
+        return {"seen": headers.x_region}
+
+    @app.get("/alias")
+    @cache_response(cache=cache)
+    async def alias(shard: Annotated[str, Header(alias="X-Shard")] = "") -> dict[str, str]:
+        hits["alias"] += 1
+        return {"seen": shard}
+
+    @app.get("/cookie")
+    @cache_response(cache=cache, public_cookies=["theme"])
+    async def cookie(theme: Annotated[str, Cookie()] = "") -> dict[str, str]:
+        hits["cookie"] += 1
+        return {"seen": theme}
+
+    cases = [
+        ("/direct", "X-Tenant"),
+        ("/nested", "X-Org"),
+        ("/model", "X-Region"),
+        ("/alias", "X-Shard"),
+    ]
+    async with uvicorn_client(app) as client:
+        for path, header in cases:
+            seen = [
+                (await client.get(path, headers={header: value})).json()["seen"]
+                for value in ("a", "b", "a", "b")
+            ]
+            assert seen == ["a", "b", "a", "b"], path
+            assert hits[path.strip("/")] == 2, path  # each value is still cached
+        ignored = [
+            await client.get("/direct", headers={"X-Tenant": "a", "Cookie": f"theme={t}"})
+            for t in ("dark", "light")
+        ]
+        themes = [
+            (await client.get("/cookie", headers={"Cookie": f"theme={t}"})).json()["seen"]
+            for t in ("dark", "light", "dark")
+        ]
+    # a public cookie the route does not declare still leaves the entry shared
+    assert [r.json()["seen"] for r in ignored] == ["a", "a"] and hits["direct"] == 2
+    assert "age" in ignored[1].headers
+    assert themes == ["dark", "light", "dark"]  # declared: a credential here, not cached
+    assert hits["cookie"] == 3
 
 
 async def test_starlette_endpoint(manager: CacheManager, hits: Counter[str]) -> None:

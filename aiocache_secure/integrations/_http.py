@@ -215,6 +215,11 @@ class HttpPolicy:
         if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
             raise ValueError("max_body_bytes must be a positive int")
 
+    @property
+    def credential_names(self) -> frozenset[str]:
+        """The request headers that carry credentials (besides ``Cookie``)."""
+        return self._credential_headers
+
     # -- requests -------------------------------------------------------------------------------
 
     def credentials(self, headers: Headers) -> bytes | None:

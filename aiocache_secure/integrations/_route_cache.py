@@ -17,10 +17,17 @@ route would (its ``response_model``, ``response_class`` and ``status_code``, thr
 own serializer). A hit builds a ``Response`` from the stored bytes without calling the endpoint.
 The rules (credentials, ``Cache-Control``, ``Vary``, cookies, ETags, generations) are the
 middleware's: :mod:`._http` and :mod:`._responses`.
+
+On a FastAPI route the key also covers every request header the route declares, in the
+endpoint or in any of its dependencies (``x_tenant: str = Header()``): a response that depends
+on such a header is never served to a request that sends another value. A declared cookie is
+never a public one on that route (it is a credential, keyed by identity). What a dependency
+reads from ``request.headers`` directly is not declared: name it in ``vary_headers``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import typing
@@ -134,6 +141,68 @@ async def _render(request: Request, result: Any) -> Response:
     return response
 
 
+def _param_names(field: Any, *, header: bool) -> set[str]:
+    """Every request name a FastAPI parameter field may be read under (a header or cookie
+    model contributes each of its fields); headers in lower case, with FastAPI's
+    underscore-to-hyphen conversion added."""
+    infos: list[tuple[str, Any]] = [
+        (getattr(field, "name", ""), getattr(field, "field_info", None))
+    ]
+    annotation = getattr(infos[0][1], "annotation", None)
+    if isinstance(annotation, type):
+        model_fields = getattr(annotation, "model_fields", None)
+        if isinstance(model_fields, dict):
+            infos.extend(model_fields.items())
+    names: set[str] = set()
+    for name, info in infos:
+        for candidate in (
+            name,
+            getattr(info, "alias", None),
+            getattr(info, "validation_alias", None),
+        ):
+            if isinstance(candidate, str) and candidate:
+                names.add(candidate)
+    if header:
+        names = {name.lower() for name in names} | {
+            name.lower().replace("_", "-") for name in names
+        }
+    return names
+
+
+def declared_reads(route: object) -> tuple[frozenset[str], frozenset[str]]:
+    """The request headers and cookies a FastAPI route declares as parameters, in its endpoint
+    and in every dependency below it (nothing for a plain Starlette route)."""
+    headers: set[str] = set()
+    cookies: set[str] = set()
+    pending = [getattr(route, "dependant", None)]
+    seen: set[int] = set()
+    while pending:
+        dependant = pending.pop()
+        if dependant is None or id(dependant) in seen:
+            continue
+        seen.add(id(dependant))
+        for field in getattr(dependant, "header_params", ()):
+            headers |= _param_names(field, header=True)
+        for field in getattr(dependant, "cookie_params", ()):
+            cookies |= _param_names(field, header=False)
+        pending.extend(getattr(dependant, "dependencies", ()))
+    return frozenset(headers), frozenset(cookies)
+
+
+def route_policy(policy: HttpPolicy, route: object) -> HttpPolicy:
+    """``policy`` for one route: its declared headers join the key (credential headers and
+    ``Cookie`` are keyed by identity already), its declared cookies are never public."""
+    headers, cookies = declared_reads(route)
+    credentials = policy.credential_names
+    vary = headers - credentials - {"cookie"} - set(policy.vary_headers)
+    public = tuple(name for name in policy.public_cookies if name not in cookies)
+    if not vary and public == policy.public_cookies:
+        return policy
+    return dataclasses.replace(
+        policy, vary_headers=(*policy.vary_headers, *sorted(vary)), public_cookies=public
+    )
+
+
 def _signature(endpoint: Callable[..., Any], identity: object) -> tuple[inspect.Signature, str]:
     """The signature FastAPI sees, and the name of its ``Request`` parameter."""
     signature = inspect.signature(endpoint)
@@ -216,6 +285,23 @@ def cache_response(
     )
     store = ResponseStore(cache, policy, what="cache_response", warn_uncached=identity is None)
     x_cache = x_cache_header
+    route_stores: dict[int, tuple[object, ResponseStore]] = {}
+
+    def store_for(request: Request) -> ResponseStore:
+        """The store keyed by what this request's route declares (see the module docstring)."""
+        route = request.scope.get("route")
+        if route is None:
+            return store
+        held = route_stores.get(id(route))
+        if held is None or held[0] is not route:
+            chosen = route_policy(policy, route)
+            routed = (
+                store
+                if chosen is policy
+                else ResponseStore(cache, chosen, what="cache_response", warn_uncached=False)
+            )
+            held = route_stores[id(route)] = (route, routed)
+        return held[1]
 
     def decorate(endpoint: Callable[..., Any]) -> Callable[..., Any]:
         signature, request_name = _signature(endpoint, identity)
@@ -263,15 +349,16 @@ def cache_response(
             headers = lower_pairs(request.scope.get("headers", ()))
             host = ", ".join(header_values(headers, "host"))
             paths = scope_path(request.scope)
-            key = scope_key(store, request.scope, headers, who, paths, host)
+            routed = store_for(request)
+            key = scope_key(routed, request.scope, headers, who, paths, host)
             if key is None:
                 return await call(args, kwargs)
-            generation_keys = store.generation_keys(host, paths[0], chosen_tags)
-            found, generations = await store.lookup(key, generation_keys)
+            generation_keys = routed.generation_keys(host, paths[0], chosen_tags)
+            found, generations = await routed.lookup(key, generation_keys)
             if_none_match = header_values(headers, "if-none-match")
             hit = "HIT" if x_cache else None
             if found is not None:
-                age = found.age(store.now())
+                age = found.age(routed.now())
                 if if_none_match and etag_matches(if_none_match, found.etag):
                     return _respond(
                         304, [*not_modified_headers(found.headers), ("age", age)], b"", x_cache=hit
@@ -285,7 +372,7 @@ def cache_response(
                 request.method == "HEAD"
                 or generations is None
                 or not isinstance(payload, bytes)
-                or len(payload) > policy.max_body_bytes
+                or len(payload) > routed.policy.max_body_bytes
             ):
                 return response
             response_headers = [
@@ -293,11 +380,11 @@ def cache_response(
                 for name, value in lower_pairs(response.raw_headers)
                 if name != "x-cache"
             ]
-            store_for = policy.storable_ttl(response.status_code, response_headers)
-            if store_for is None:
+            keep_for = routed.policy.storable_ttl(response.status_code, response_headers)
+            if keep_for is None:
                 return response
-            etag = await store.store(
-                key, generations, response.status_code, response_headers, payload, store_for
+            etag = await routed.store(
+                key, generations, response.status_code, response_headers, payload, keep_for
             )
             if "etag" not in response.headers:
                 response.headers["etag"] = etag
