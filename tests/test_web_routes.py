@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import httpx
 import pytest
 from aiohttp import web
-from fastapi import Cookie, Depends, FastAPI, Header, HTTPException, Request
+from fastapi import Body, Cookie, Depends, FastAPI, Header, HTTPException, Request
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel
 from starlette.applications import Starlette
@@ -279,6 +279,12 @@ async def test_headers_and_cookies_a_route_declares_are_keyed_over_uvicorn(
         hits["alias"] += 1
         return {"seen": shard}
 
+    @app.get("/body")
+    @cache_response(cache=cache)
+    async def body(query: Annotated[dict[str, str], Body()]) -> dict[str, str]:
+        hits["body"] += 1
+        return {"seen": query.get("q", "")}
+
     @app.get("/cookie")
     @cache_response(cache=cache, public_cookies=["theme"])
     async def cookie(theme: Annotated[str, Cookie()] = "") -> dict[str, str]:
@@ -303,6 +309,10 @@ async def test_headers_and_cookies_a_route_declares_are_keyed_over_uvicorn(
             await client.get("/direct", headers={"X-Tenant": "a", "Cookie": f"theme={t}"})
             for t in ("dark", "light")
         ]
+        bodies = [
+            (await client.request("GET", "/body", json={"q": q})).json()["seen"]
+            for q in ("a", "b", "a")
+        ]
         themes = [
             (await client.get("/cookie", headers={"Cookie": f"theme={t}"})).json()["seen"]
             for t in ("dark", "light", "dark")
@@ -310,6 +320,7 @@ async def test_headers_and_cookies_a_route_declares_are_keyed_over_uvicorn(
     # a public cookie the route does not declare still leaves the entry shared
     assert [r.json()["seen"] for r in ignored] == ["a", "a"] and hits["direct"] == 2
     assert "age" in ignored[1].headers
+    assert bodies == ["a", "b", "a"] and hits["body"] == 3  # no key covers a body: never cached
     assert themes == ["dark", "light", "dark"]  # declared: a credential here, not cached
     assert hits["cookie"] == 3
 

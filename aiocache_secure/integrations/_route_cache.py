@@ -22,7 +22,8 @@ On a FastAPI route the key also covers every request header the route declares, 
 endpoint or in any of its dependencies (``x_tenant: str = Header()``): a response that depends
 on such a header is never served to a request that sends another value. A declared cookie is
 never a public one on that route (it is a credential, keyed by identity). What a dependency
-reads from ``request.headers`` directly is not declared: name it in ``vary_headers``.
+reads from ``request.headers`` directly is not declared: name it in ``vary_headers``. A route
+that declares a body parameter is never cached (no key covers the body).
 """
 
 from __future__ import annotations
@@ -169,11 +170,13 @@ def _param_names(field: Any, *, header: bool) -> set[str]:
     return names
 
 
-def declared_reads(route: object) -> tuple[frozenset[str], frozenset[str]]:
+def declared_reads(route: object) -> tuple[frozenset[str], frozenset[str], bool]:
     """The request headers and cookies a FastAPI route declares as parameters, in its endpoint
-    and in every dependency below it (nothing for a plain Starlette route)."""
+    and in every dependency below it (nothing for a plain Starlette route), and whether any of
+    them reads the request body."""
     headers: set[str] = set()
     cookies: set[str] = set()
+    body = False
     pending = [getattr(route, "dependant", None)]
     seen: set[int] = set()
     while pending:
@@ -185,14 +188,18 @@ def declared_reads(route: object) -> tuple[frozenset[str], frozenset[str]]:
             headers |= _param_names(field, header=True)
         for field in getattr(dependant, "cookie_params", ()):
             cookies |= _param_names(field, header=False)
+        body = body or bool(getattr(dependant, "body_params", ()))
         pending.extend(getattr(dependant, "dependencies", ()))
-    return frozenset(headers), frozenset(cookies)
+    return frozenset(headers), frozenset(cookies), body
 
 
-def route_policy(policy: HttpPolicy, route: object) -> HttpPolicy:
+def route_policy(policy: HttpPolicy, route: object) -> HttpPolicy | None:
     """``policy`` for one route: its declared headers join the key (credential headers and
-    ``Cookie`` are keyed by identity already), its declared cookies are never public."""
-    headers, cookies = declared_reads(route)
+    ``Cookie`` are keyed by identity already), its declared cookies are never public. None when
+    the route reads a request body: no key covers it, so such a route is never cached."""
+    headers, cookies, body = declared_reads(route)
+    if body:
+        return None
     credentials = policy.credential_names
     vary = headers - credentials - {"cookie"} - set(policy.vary_headers)
     public = tuple(name for name in policy.public_cookies if name not in cookies)
@@ -285,10 +292,11 @@ def cache_response(
     )
     store = ResponseStore(cache, policy, what="cache_response", warn_uncached=identity is None)
     x_cache = x_cache_header
-    route_stores: dict[int, tuple[object, ResponseStore]] = {}
+    route_stores: dict[int, tuple[object, ResponseStore | None]] = {}
 
-    def store_for(request: Request) -> ResponseStore:
-        """The store keyed by what this request's route declares (see the module docstring)."""
+    def store_for(request: Request) -> ResponseStore | None:
+        """The store keyed by what this request's route declares (see the module docstring),
+        or None: this route is never cached."""
         route = request.scope.get("route")
         if route is None:
             return store
@@ -296,7 +304,9 @@ def cache_response(
         if held is None or held[0] is not route:
             chosen = route_policy(policy, route)
             routed = (
-                store
+                None
+                if chosen is None
+                else store
                 if chosen is policy
                 else ResponseStore(cache, chosen, what="cache_response", warn_uncached=False)
             )
@@ -350,8 +360,12 @@ def cache_response(
             host = ", ".join(header_values(headers, "host"))
             paths = scope_path(request.scope)
             routed = store_for(request)
-            key = scope_key(routed, request.scope, headers, who, paths, host)
-            if key is None:
+            key = (
+                None
+                if routed is None
+                else scope_key(routed, request.scope, headers, who, paths, host)
+            )
+            if routed is None or key is None:
                 return await call(args, kwargs)
             generation_keys = routed.generation_keys(host, paths[0], chosen_tags)
             found, generations = await routed.lookup(key, generation_keys)
