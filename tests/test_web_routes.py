@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import httpx
 import pytest
 from aiohttp import web
-from fastapi import Body, Cookie, Depends, FastAPI, Header, HTTPException, Request
+from fastapi import Body, Cookie, Depends, FastAPI, Header, HTTPException, Request, Security
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel
 from starlette.applications import Starlette
@@ -323,6 +323,66 @@ async def test_headers_and_cookies_a_route_declares_are_keyed_over_uvicorn(
     assert bodies == ["a", "b", "a"] and hits["body"] == 3  # no key covers a body: never cached
     assert themes == ["dark", "light", "dark"]  # declared: a credential here, not cached
     assert hits["cookie"] == 3
+
+
+API_KEYS = {"k1": "alice", "k1b": "alice", "k2": "bob"}
+
+
+@pytest.mark.parametrize("where", ["header", "cookie", "query"])
+async def test_api_key_schemes_are_credentials(
+    manager: CacheManager, hits: Counter[str], where: str
+) -> None:
+    """What FastAPI's API-key schemes read is a credential: one user's response is never served
+    to another, with or without an identity, and a query key never enters the cache key."""
+    from fastapi.security import APIKeyCookie, APIKeyHeader, APIKeyQuery
+
+    scheme = {
+        "header": APIKeyHeader(name="X-Secret"),
+        "cookie": APIKeyCookie(name="pass"),
+        "query": APIKeyQuery(name="key"),
+    }[where]
+
+    def user(key: str = Security(scheme)) -> str:  # noqa: B008 - local names, resolved late
+        if key not in API_KEYS:
+            raise HTTPException(status_code=403)
+        return API_KEYS[key]
+
+    cache = manager.namespace("pages", encrypt=True)  # encrypted: its keys can be listed
+    app = FastAPI()
+
+    @app.get("/anonymous")
+    @cache_response(cache=cache, public_cookies=["pass"])
+    async def anonymous(who: str = Depends(user)) -> dict[str, str]:  # noqa: B008
+        hits["anonymous"] += 1
+        return {"me": who}
+
+    @app.get("/identified")
+    @cache_response(cache=cache, identity=Depends(user), public_cookies=["pass"])
+    async def identified(who: str = Depends(user)) -> dict[str, str]:  # noqa: B008
+        hits["identified"] += 1
+        return {"me": who, "n": str(hits["identified"])}
+
+    def sent(path: str, key: str) -> dict[str, Any]:
+        if where == "header":
+            return {"url": path, "headers": {"X-Secret": key}}
+        if where == "cookie":
+            return {"url": path, "headers": {"Cookie": f"pass={key}"}}
+        return {"url": f"{path}?key={key}"}
+
+    async with asgi(app) as client:
+        plain = [(await client.get(**sent("/anonymous", k))).json()["me"] for k in API_KEYS]
+        named = [(await client.get(**sent("/identified", k))).json() for k in API_KEYS]
+    assert plain == ["alice", "alice", "bob"]
+    assert hits["anonymous"] == 3  # credentialed without an identity: never cached
+    # under an identity: alice's two keys share her entry, bob has his own
+    assert named == [
+        {"me": "alice", "n": "1"},
+        {"me": "alice", "n": "1"},
+        {"me": "bob", "n": "2"},
+    ]
+    stored = [key async for key, _ in cache.items()]
+    assert any("/identified" in key for key in stored)
+    assert not any("k1" in key or "k2" in key for key in stored)  # no raw key in a cache key
 
 
 async def test_starlette_endpoint(manager: CacheManager, hits: Counter[str]) -> None:

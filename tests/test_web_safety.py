@@ -179,6 +179,29 @@ async def test_no_caller_is_served_another_callers_response(
         assert hits["/me"] == 5
 
 
+@pytest.mark.parametrize("per_credential", [False, True])
+async def test_credential_query_parameters(
+    front: Front, manager: CacheManager, hits: Counter[str], per_credential: bool
+) -> None:
+    """A query parameter named by credential_query makes a request credentialed, like a
+    credential header, and never enters a key."""
+    cache = manager.namespace("pages", encrypt=True)  # encrypted: its keys can be listed
+    options = {"credential_query": ["api_key"], "per_credential": per_credential}
+    async with front(cache, **options) as client:
+        anonymous = await client.get("/me?page=1")
+        seen = [
+            await client.get(f"/me?page=1&api_key={user}") for user in ("alice", "bob", "alice")
+        ]
+    assert ["alice" in r.text for r in seen] == [True, False, True]
+    assert "bob" in seen[1].text and all(r.text != anonymous.text for r in seen)
+    if per_credential:
+        assert seen[2].headers["x-cache"] == "HIT" and hits["/me"] == 3
+    else:
+        assert all("x-cache" not in r.headers for r in seen) and hits["/me"] == 4
+    stored = [key async for key, _ in cache.items()]
+    assert stored and not any("alice" in key or "bob" in key for key in stored)
+
+
 async def test_public_cookies_share_the_anonymous_entry(
     front: Front, manager: CacheManager, hits: Counter[str]
 ) -> None:

@@ -171,6 +171,9 @@ class HttpPolicy:
     credential_headers: tuple[str, ...] = ()
     per_credential: bool = False
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    credential_query: tuple[str, ...] = ()
+    """Query parameters that carry credentials (``?api_key=``): they make a request
+    credentialed, and are left out of its key (the caller's identity or credential hash keys it)."""
     _vary: frozenset[str] = field(init=False, repr=False)
     _credential_headers: frozenset[str] = field(init=False, repr=False)
     _public: frozenset[str] = field(init=False, repr=False)
@@ -182,12 +185,14 @@ class HttpPolicy:
             self.session_cookies,
             self.public_cookies,
             self.credential_headers,
+            self.credential_query,
         ):
             if isinstance(names, str) or not all(isinstance(n, str) for n in names):
                 raise TypeError(
-                    "vary_headers, session_cookies, public_cookies and credential_headers "
-                    "are sequences of names"
+                    "vary_headers, session_cookies, public_cookies, credential_headers and "
+                    "credential_query are sequences of names"
                 )
+        object.__setattr__(self, "credential_query", tuple(self.credential_query))
         vary = tuple(sorted({name.strip().lower() for name in self.vary_headers}))
         if "*" in vary or "" in vary:
             raise ValueError("vary_headers holds header names")
@@ -222,9 +227,13 @@ class HttpPolicy:
 
     # -- requests -------------------------------------------------------------------------------
 
-    def credentials(self, headers: Headers) -> bytes | None:
+    def credentials(self, headers: Headers, query: str = "") -> bytes | None:
         """The request's credential material, canonical, or None when it carries none."""
         found: list[tuple[str, str]] = []
+        if self.credential_query and query:
+            for part in query.split("&"):
+                if _parameter_name(part) in self.credential_query:
+                    found.append(("query:" + _parameter_name(part), part.partition("=")[2]))
         for name, value in headers:
             if name in self._credential_headers:
                 found.append((name, value))
@@ -242,7 +251,7 @@ class HttpPolicy:
         return self.credentials(headers) is not None
 
     def caller(
-        self, headers: Headers, identity: str | None, secret: bytes
+        self, headers: Headers, identity: str | None, secret: bytes, query: str = ""
     ) -> list[str] | None | bool:
         """Who the key is for: ``["identity", id]``, ``["credential", keyed hash]``, ``[]``
         (anonymous), or False: this request must bypass the cache.
@@ -255,7 +264,7 @@ class HttpPolicy:
             if not isinstance(identity, str):
                 raise TypeError("identity must give a str or None")
             return ["identity", identity]
-        material = self.credentials(headers)
+        material = self.credentials(headers, query)
         if material is None:
             return []
         if not self.per_credential:
@@ -281,9 +290,15 @@ class HttpPolicy:
         route on it, so ``/a%2Fb`` and ``/a/b`` may reach different handlers and must never
         share an entry.
         """
-        who = self.caller(headers, identity, secret)
+        who = self.caller(headers, identity, secret, query)
         if who is False:
             return None
+        if self.credential_query and query:
+            query = "&".join(
+                part
+                for part in query.split("&")
+                if _parameter_name(part) not in self.credential_query
+            )
         varied: dict[str, list[str]] = {}
         wanted = self._vary
         for name, value in headers:

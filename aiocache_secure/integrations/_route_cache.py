@@ -23,7 +23,10 @@ endpoint or in any of its dependencies (``x_tenant: str = Header()``): a respons
 on such a header is never served to a request that sends another value. A declared cookie is
 never a public one on that route (it is a credential, keyed by identity). What a dependency
 reads from ``request.headers`` directly is not declared: name it in ``vary_headers``. A route
-that declares a body parameter is never cached (no key covers the body).
+that declares a body parameter is never cached (no key covers the body). What the route's
+API-key security schemes (``APIKeyHeader``, ``APIKeyCookie``, ``APIKeyQuery``) read is a
+credential there, like ``Authorization``: such requests are cached only under an identity (or
+per credential), and a query key never enters the cache key.
 """
 
 from __future__ import annotations
@@ -170,12 +173,36 @@ def _param_names(field: Any, *, header: bool) -> set[str]:
     return names
 
 
-def declared_reads(route: object) -> tuple[frozenset[str], frozenset[str], bool]:
-    """The request headers and cookies a FastAPI route declares as parameters, in its endpoint
-    and in every dependency below it (nothing for a plain Starlette route), and whether any of
-    them reads the request body."""
+@dataclasses.dataclass(frozen=True)
+class Reads:
+    """What a FastAPI route reads from a request besides its path and query: the headers and
+    cookies it declares as parameters, those its security schemes (``APIKeyHeader``,
+    ``APIKeyCookie``, ``APIKeyQuery``) take credentials from, and whether it reads a body."""
+
+    headers: frozenset[str] = frozenset()
+    cookies: frozenset[str] = frozenset()
+    credential_headers: frozenset[str] = frozenset()
+    credential_cookies: frozenset[str] = frozenset()
+    credential_query: frozenset[str] = frozenset()
+    body: bool = False
+
+
+def _scheme_source(call: object) -> tuple[str, str] | None:
+    """``(where, name)`` a FastAPI API-key security scheme reads its key from, else None."""
+    model = getattr(call, "model", None)
+    where = getattr(getattr(model, "in_", None), "value", getattr(model, "in_", None))
+    name = getattr(model, "name", None)
+    if isinstance(where, str) and isinstance(name, str) and name:
+        return where, name
+    return None
+
+
+def declared_reads(route: object) -> Reads:
+    """What ``route`` (its endpoint and every dependency below it) reads, as :class:`Reads`
+    (nothing for a plain Starlette route)."""
     headers: set[str] = set()
     cookies: set[str] = set()
+    credentials: dict[str, set[str]] = {"header": set(), "cookie": set(), "query": set()}
     body = False
     pending = [getattr(route, "dependant", None)]
     seen: set[int] = set()
@@ -189,24 +216,42 @@ def declared_reads(route: object) -> tuple[frozenset[str], frozenset[str], bool]
         for field in getattr(dependant, "cookie_params", ()):
             cookies |= _param_names(field, header=False)
         body = body or bool(getattr(dependant, "body_params", ()))
+        source = _scheme_source(getattr(dependant, "call", None))
+        if source is not None and source[0] in credentials:
+            credentials[source[0]].add(source[1])
         pending.extend(getattr(dependant, "dependencies", ()))
-    return frozenset(headers), frozenset(cookies), body
+    return Reads(
+        headers=frozenset(headers),
+        cookies=frozenset(cookies),
+        credential_headers=frozenset(name.lower() for name in credentials["header"]),
+        credential_cookies=frozenset(credentials["cookie"]),
+        credential_query=frozenset(credentials["query"]),
+        body=body,
+    )
 
 
 def route_policy(policy: HttpPolicy, route: object) -> HttpPolicy | None:
     """``policy`` for one route: its declared headers join the key (credential headers and
-    ``Cookie`` are keyed by identity already), its declared cookies are never public. None when
-    the route reads a request body: no key covers it, so such a route is never cached."""
-    headers, cookies, body = declared_reads(route)
-    if body:
+    ``Cookie`` are keyed by identity already), its declared cookies are never public, and what
+    its API-key schemes read is a credential. None when the route reads a request body: no key
+    covers it, so such a route is never cached."""
+    reads = declared_reads(route)
+    if reads.body:
         return None
-    credentials = policy.credential_names
-    vary = headers - credentials - {"cookie"} - set(policy.vary_headers)
-    public = tuple(name for name in policy.public_cookies if name not in cookies)
-    if not vary and public == policy.public_cookies:
+    extra_credentials = reads.credential_headers - policy.credential_names - {"cookie"}
+    credentials = policy.credential_names | extra_credentials
+    vary = reads.headers - credentials - {"cookie"} - set(policy.vary_headers)
+    kept_public = reads.cookies | reads.credential_cookies
+    public = tuple(name for name in policy.public_cookies if name not in kept_public)
+    query = tuple(sorted(reads.credential_query - set(policy.credential_query)))
+    if not vary and not extra_credentials and not query and public == policy.public_cookies:
         return policy
     return dataclasses.replace(
-        policy, vary_headers=(*policy.vary_headers, *sorted(vary)), public_cookies=public
+        policy,
+        vary_headers=(*policy.vary_headers, *sorted(vary)),
+        public_cookies=public,
+        credential_headers=(*policy.credential_headers, *sorted(extra_credentials)),
+        credential_query=(*policy.credential_query, *query),
     )
 
 
@@ -258,6 +303,7 @@ def cache_response(
     session_cookies: Sequence[str] = DEFAULT_SESSION_COOKIES,
     public_cookies: Sequence[str] = (),
     credential_headers: Sequence[str] = (),
+    credential_query: Sequence[str] = (),
     per_credential: bool = False,
     x_cache_header: bool = False,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
@@ -289,6 +335,7 @@ def cache_response(
         credential_headers=tuple(credential_headers),
         per_credential=per_credential,
         max_body_bytes=max_body_bytes,
+        credential_query=tuple(credential_query),
     )
     store = ResponseStore(cache, policy, what="cache_response", warn_uncached=identity is None)
     x_cache = x_cache_header

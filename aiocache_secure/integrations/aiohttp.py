@@ -93,6 +93,7 @@ class _Front:
         max_body_bytes: int,
         tags: Tags | None = None,
         warn_uncached: bool = True,
+        credential_query: Sequence[str] = (),
     ) -> None:
         if not isinstance(cache, Cache):
             raise TypeError("cache must be a namespace (CacheManager.namespace(...))")
@@ -108,6 +109,7 @@ class _Front:
             credential_headers=tuple(credential_headers),
             per_credential=per_credential,
             max_body_bytes=max_body_bytes,
+            credential_query=tuple(credential_query),
         )
         self.store = ResponseStore(
             cache, policy, what=what, warn_uncached=warn_uncached and identity is None
@@ -233,6 +235,7 @@ def cache_middleware(
     session_cookies: Sequence[str] = DEFAULT_SESSION_COOKIES,
     public_cookies: Sequence[str] = (),
     credential_headers: Sequence[str] = (),
+    credential_query: Sequence[str] = (),
     per_credential: bool = False,
     include: Sequence[str] | None = None,
     exclude: Sequence[str] = (),
@@ -253,6 +256,7 @@ def cache_middleware(
         session_cookies=session_cookies,
         public_cookies=public_cookies,
         credential_headers=credential_headers,
+        credential_query=credential_query,
         per_credential=per_credential,
         x_cache_header=x_cache_header,
         max_body_bytes=max_body_bytes,
@@ -305,6 +309,7 @@ def cache_response(
     session_cookies: Sequence[str] = DEFAULT_SESSION_COOKIES,
     public_cookies: Sequence[str] = (),
     credential_headers: Sequence[str] = (),
+    credential_query: Sequence[str] = (),
     per_credential: bool = False,
     x_cache_header: bool = False,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
@@ -325,6 +330,7 @@ def cache_response(
         session_cookies=session_cookies,
         public_cookies=public_cookies,
         credential_headers=credential_headers,
+        credential_query=credential_query,
         per_credential=per_credential,
         x_cache_header=x_cache_header,
         max_body_bytes=max_body_bytes,

@@ -94,7 +94,8 @@ class CacheMiddleware:
     ``ttl``: the longest an entry lives (a response's ``s-maxage``/``max-age`` can shorten it).
     ``identity(scope) -> str | None``: who the caller is. A credentialed request (any cookie
     outside ``public_cookies``, ``Authorization``, an API-key header or one of
-    ``credential_headers``) is cached under its identity when this returns a string, else under
+    ``credential_headers``, or a query parameter named by ``credential_query``) is cached under
+    its identity when this returns a string, else under
     a keyed hash of its credentials when ``per_credential`` is true, else not at all (the
     default; logged once at start-up).
     ``include``/``exclude``: path globs of the requests cached (default: all).
@@ -117,6 +118,7 @@ class CacheMiddleware:
         session_cookies: Sequence[str] = DEFAULT_SESSION_COOKIES,
         public_cookies: Sequence[str] = (),
         credential_headers: Sequence[str] = (),
+        credential_query: Sequence[str] = (),
         per_credential: bool = False,
         include: Sequence[str] | None = None,
         exclude: Sequence[str] = (),
@@ -137,6 +139,7 @@ class CacheMiddleware:
             credential_headers=tuple(credential_headers),
             per_credential=per_credential,
             max_body_bytes=max_body_bytes,
+            credential_query=tuple(credential_query),
         )
         self.rules = PathRules.of(include, exclude)
         self.store = ResponseStore(
