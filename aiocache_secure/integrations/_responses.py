@@ -30,6 +30,7 @@ is safe but shares no credentialed entry across processes.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 from collections import OrderedDict
@@ -112,12 +113,17 @@ async def invalidate_tags(cache: Cache, tags: Iterable[str]) -> None:
 
 
 class _Flight:
-    """One shared lookup: its result (None until read, or when the read was cancelled)."""
+    """One shared lookup: its result (None until read, or when the read was cancelled).
+
+    Under asyncio (every store that shares reads but files needs it) the event is asyncio's
+    own: a shared lookup is on the hot path of every hit, and AnyIO's event costs a runtime
+    detection on each creation. Each waiter waits on a future of its own either way, so a
+    cancelled waiter never cancels the others."""
 
     __slots__ = ("done", "result")
 
-    def __init__(self) -> None:
-        self.done = anyio.Event()
+    def __init__(self, native: bool) -> None:
+        self.done: asyncio.Event | anyio.Event = asyncio.Event() if native else anyio.Event()
         self.result: tuple[Stored | None, Generations | None] | None = None
 
 
@@ -210,10 +216,11 @@ class ResponseStore:
                 found, generations = flight.result
                 return found, None if generations is None else list(generations)
             return await self._read(key, generation_keys)  # the shared read was cancelled
-        flight = _Flight()
+        native = asyncio._get_running_loop() is not None
+        flight = _Flight(native)
         self._flights[wanted] = flight
-        try:
-            await anyio.lowlevel.checkpoint()  # the requests ready to run now join this read
+        try:  # the requests ready to run now join this read
+            await (asyncio.sleep(0) if native else anyio.lowlevel.checkpoint())
         finally:
             del self._flights[wanted]
         try:
