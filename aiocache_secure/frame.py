@@ -95,7 +95,7 @@ def unpack_any(frame: bytes) -> tuple[int, bytes, bytes, bytes]:
         raise IntegrityError
     expires_ms, key_len = HEAD.unpack_from(frame)
     if key_len & TAGGED:
-        return unpack_tagged(frame)
+        return _tagged(frame, expires_ms, key_len & ~TAGGED)
     end = HEADER + key_len
     if key_len > MAX_KEY_BYTES or len(frame) < end:
         raise IntegrityError
@@ -110,7 +110,11 @@ def unpack_tagged(frame: bytes) -> tuple[int, bytes, bytes, bytes]:
     expires_ms, key_len = HEAD.unpack_from(frame)
     if not key_len & TAGGED:
         raise IntegrityError
-    key_len &= ~TAGGED
+    return _tagged(frame, expires_ms, key_len & ~TAGGED)
+
+
+def _tagged(frame: bytes, expires_ms: int, key_len: int) -> tuple[int, bytes, bytes, bytes]:
+    """The rest of :func:`unpack_tagged`, once the header is read."""
     start = HEADER + key_len
     if key_len > MAX_KEY_BYTES or len(frame) <= start or not frame[start]:
         raise IntegrityError
