@@ -21,7 +21,7 @@ from starlette.routing import Route
 
 from aiocache_secure import Cache, CacheManager, Keyring, ManualClock
 from aiocache_secure.integrations import aiohttp as aiohttp_cache
-from aiocache_secure.integrations.asgi import InvalidationMiddleware
+from aiocache_secure.integrations.asgi import CacheMiddleware, InvalidationMiddleware
 from aiocache_secure.integrations.fastapi import (
     cache_lifespan,
     cache_response,
@@ -383,6 +383,80 @@ async def test_api_key_schemes_are_credentials(
     stored = [key async for key, _ in cache.items()]
     assert any("/identified" in key for key in stored)
     assert not any("k1" in key or "k2" in key for key in stored)  # no raw key in a cache key
+
+
+async def test_the_middleware_keys_on_what_any_route_reads_over_uvicorn(
+    manager: CacheManager, hits: Counter[str]
+) -> None:
+    """CacheMiddleware runs before routing, so it keys on what any route of the app reads:
+    declared headers (also of an included router) and what API-key schemes take credentials
+    from."""
+    from fastapi import APIRouter
+    from fastapi.security import APIKeyHeader
+
+    scheme = APIKeyHeader(name="X-Secret")
+
+    def user(key: str = Security(scheme)) -> str:  # noqa: B008 - local names, resolved late
+        if key not in API_KEYS:
+            raise HTTPException(status_code=403)
+        return API_KEYS[key]
+
+    app = FastAPI()
+    app.add_middleware(CacheMiddleware, cache=manager.namespace("pages"), per_credential=True)
+    router = APIRouter()
+
+    @app.get("/me")
+    async def me(who: str = Depends(user)) -> dict[str, str]:  # noqa: B008
+        hits["me"] += 1
+        return {"me": who}
+
+    @router.get("/tenant")
+    async def tenant(x_tenant: Annotated[str, Header()] = "") -> dict[str, str]:
+        hits["tenant"] += 1
+        return {"seen": x_tenant}
+
+    app.include_router(router)
+    async with uvicorn_client(app) as client:
+        mine = [(await client.get("/me", headers={"X-Secret": k})).json()["me"] for k in API_KEYS]
+        again = await client.get("/me", headers={"X-Secret": "k2"})
+        tenants = [
+            (await client.get("/tenant", headers={"X-Tenant": t})).json()["seen"]
+            for t in ("a", "b", "a")
+        ]
+    assert mine == ["alice", "alice", "bob"] and again.json() == {"me": "bob"}
+    assert hits["me"] == 3 and "age" in again.headers  # per credential: each key its entry
+    assert tenants == ["a", "b", "a"] and hits["tenant"] == 2
+
+
+async def test_a_routers_api_key_dependency_is_seen(
+    manager: CacheManager, hits: Counter[str]
+) -> None:
+    """An API-key check that comes from ``include_router(dependencies=...)`` counts too."""
+    from fastapi import APIRouter
+    from fastapi.security import APIKeyHeader
+
+    scheme = APIKeyHeader(name="X-Secret")
+
+    def user(key: str = Security(scheme)) -> str:  # noqa: B008 - local names, resolved late
+        if key not in API_KEYS:
+            raise HTTPException(status_code=403)
+        return API_KEYS[key]
+
+    keyed = APIRouter()
+
+    @keyed.get("/keyed")
+    @cache_response(cache=manager.namespace("pages"))
+    async def keyed_route() -> dict[str, int]:
+        hits["keyed"] += 1
+        return {"n": hits["keyed"]}
+
+    app = FastAPI()
+    app.include_router(keyed, dependencies=[Depends(user)])
+    async with asgi(app) as client:
+        seen = [(await client.get("/keyed", headers={"X-Secret": k})).json()["n"] for k in API_KEYS]
+        public = await client.get("/keyed")
+    assert seen == [1, 2, 3]  # credentialed, no identity: never cached, never shared
+    assert public.status_code in (401, 403)  # refused by the key check, never served
 
 
 async def test_starlette_endpoint(manager: CacheManager, hits: Counter[str]) -> None:

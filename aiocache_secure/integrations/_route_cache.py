@@ -31,7 +31,6 @@ per credential), and a query key never enters the cache key.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import inspect
 import typing
@@ -43,6 +42,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from ..cache import Cache
+from ._declared import declared_reads, with_reads
 from ._http import (
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_SESSION_COOKIES,
@@ -73,6 +73,7 @@ Identity = Callable[[Request], "str | None | Awaitable[str | None]"]
 Tags = Sequence[str] | Callable[[Request], Sequence[str]]
 _REQUEST: Final = "_aiocache_secure_request"
 _IDENTITY: Final = "_aiocache_secure_identity"
+_MAX_ROUTES: Final = 1024
 
 
 def _is_dependency(value: object) -> bool:
@@ -143,116 +144,6 @@ async def _render(request: Request, result: Any) -> Response:
         response_class(content) if status is None else response_class(content, status_code=status)
     )
     return response
-
-
-def _param_names(field: Any, *, header: bool) -> set[str]:
-    """Every request name a FastAPI parameter field may be read under (a header or cookie
-    model contributes each of its fields); headers in lower case, with FastAPI's
-    underscore-to-hyphen conversion added."""
-    infos: list[tuple[str, Any]] = [
-        (getattr(field, "name", ""), getattr(field, "field_info", None))
-    ]
-    annotation = getattr(infos[0][1], "annotation", None)
-    if isinstance(annotation, type):
-        model_fields = getattr(annotation, "model_fields", None)
-        if isinstance(model_fields, dict):
-            infos.extend(model_fields.items())
-    names: set[str] = set()
-    for name, info in infos:
-        for candidate in (
-            name,
-            getattr(info, "alias", None),
-            getattr(info, "validation_alias", None),
-        ):
-            if isinstance(candidate, str) and candidate:
-                names.add(candidate)
-    if header:
-        names = {name.lower() for name in names} | {
-            name.lower().replace("_", "-") for name in names
-        }
-    return names
-
-
-@dataclasses.dataclass(frozen=True)
-class Reads:
-    """What a FastAPI route reads from a request besides its path and query: the headers and
-    cookies it declares as parameters, those its security schemes (``APIKeyHeader``,
-    ``APIKeyCookie``, ``APIKeyQuery``) take credentials from, and whether it reads a body."""
-
-    headers: frozenset[str] = frozenset()
-    cookies: frozenset[str] = frozenset()
-    credential_headers: frozenset[str] = frozenset()
-    credential_cookies: frozenset[str] = frozenset()
-    credential_query: frozenset[str] = frozenset()
-    body: bool = False
-
-
-def _scheme_source(call: object) -> tuple[str, str] | None:
-    """``(where, name)`` a FastAPI API-key security scheme reads its key from, else None."""
-    model = getattr(call, "model", None)
-    where = getattr(getattr(model, "in_", None), "value", getattr(model, "in_", None))
-    name = getattr(model, "name", None)
-    if isinstance(where, str) and isinstance(name, str) and name:
-        return where, name
-    return None
-
-
-def declared_reads(route: object) -> Reads:
-    """What ``route`` (its endpoint and every dependency below it) reads, as :class:`Reads`
-    (nothing for a plain Starlette route)."""
-    headers: set[str] = set()
-    cookies: set[str] = set()
-    credentials: dict[str, set[str]] = {"header": set(), "cookie": set(), "query": set()}
-    body = False
-    pending = [getattr(route, "dependant", None)]
-    seen: set[int] = set()
-    while pending:
-        dependant = pending.pop()
-        if dependant is None or id(dependant) in seen:
-            continue
-        seen.add(id(dependant))
-        for field in getattr(dependant, "header_params", ()):
-            headers |= _param_names(field, header=True)
-        for field in getattr(dependant, "cookie_params", ()):
-            cookies |= _param_names(field, header=False)
-        body = body or bool(getattr(dependant, "body_params", ()))
-        source = _scheme_source(getattr(dependant, "call", None))
-        if source is not None and source[0] in credentials:
-            credentials[source[0]].add(source[1])
-        pending.extend(getattr(dependant, "dependencies", ()))
-    return Reads(
-        headers=frozenset(headers),
-        cookies=frozenset(cookies),
-        credential_headers=frozenset(name.lower() for name in credentials["header"]),
-        credential_cookies=frozenset(credentials["cookie"]),
-        credential_query=frozenset(credentials["query"]),
-        body=body,
-    )
-
-
-def route_policy(policy: HttpPolicy, route: object) -> HttpPolicy | None:
-    """``policy`` for one route: its declared headers join the key (credential headers and
-    ``Cookie`` are keyed by identity already), its declared cookies are never public, and what
-    its API-key schemes read is a credential. None when the route reads a request body: no key
-    covers it, so such a route is never cached."""
-    reads = declared_reads(route)
-    if reads.body:
-        return None
-    extra_credentials = reads.credential_headers - policy.credential_names - {"cookie"}
-    credentials = policy.credential_names | extra_credentials
-    vary = reads.headers - credentials - {"cookie"} - set(policy.vary_headers)
-    kept_public = reads.cookies | reads.credential_cookies
-    public = tuple(name for name in policy.public_cookies if name not in kept_public)
-    query = tuple(sorted(reads.credential_query - set(policy.credential_query)))
-    if not vary and not extra_credentials and not query and public == policy.public_cookies:
-        return policy
-    return dataclasses.replace(
-        policy,
-        vary_headers=(*policy.vary_headers, *sorted(vary)),
-        public_cookies=public,
-        credential_headers=(*policy.credential_headers, *sorted(extra_credentials)),
-        credential_query=(*policy.credential_query, *query),
-    )
 
 
 def _signature(endpoint: Callable[..., Any], identity: object) -> tuple[inspect.Signature, str]:
@@ -347,9 +238,13 @@ def cache_response(
         route = request.scope.get("route")
         if route is None:
             return store
+        getter = getattr(fastapi_routing, "_get_scope_effective_route_context", None)
+        context = getter(request.scope) if getter is not None else None
+        if getattr(context, "dependant", None) is not None:
+            route = context  # an included router's route: its dependant has the router's own
         held = route_stores.get(id(route))
         if held is None or held[0] is not route:
-            chosen = route_policy(policy, route)
+            chosen = with_reads(policy, declared_reads(route))
             routed = (
                 None
                 if chosen is None
@@ -357,6 +252,8 @@ def cache_response(
                 if chosen is policy
                 else ResponseStore(cache, chosen, what="cache_response", warn_uncached=False)
             )
+            if len(route_stores) >= _MAX_ROUTES:  # routes are few; bounded all the same
+                route_stores.clear()
             held = route_stores[id(route)] = (route, routed)
         return held[1]
 

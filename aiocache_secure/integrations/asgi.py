@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Any, Final
 
 from ..cache import Cache
+from ._declared import app_reads, with_reads
 from ._http import (
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_SESSION_COOKIES,
@@ -147,12 +148,27 @@ class CacheMiddleware:
         )
         self._identity = identity
         self._x_cache = x_cache_header
+        self._settled = False
+
+    def _settle(self, scope: Scope) -> None:
+        """Key on what any route of the wrapped app reads (:mod:`._declared`), once routes
+        exist: at the first request."""
+        self._settled = True
+        reads = app_reads(self.app) | app_reads(scope.get("app"))
+        policy = with_reads(self.policy, reads)
+        if policy is not None and policy is not self.policy:
+            self.policy = policy
+            self.store = ResponseStore(
+                self.cache, policy, what="CacheMiddleware", warn_uncached=False
+            )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         method = scope.get("method")
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        if not self._settled:
+            self._settle(scope)
         if method in UNSAFE_METHODS:
             await self.app(scope, receive, _Invalidator(self.store, scope, send))
             return
