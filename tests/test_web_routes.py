@@ -328,6 +328,20 @@ async def test_headers_and_cookies_a_route_declares_are_keyed_over_uvicorn(
 API_KEYS = {"k1": "alice", "k1b": "alice", "k2": "bob"}
 
 
+def key_holder(scheme: Any = None) -> Any:
+    """A dependency naming the holder of an API key (``X-Secret`` unless ``scheme`` says)."""
+    from fastapi.security import APIKeyHeader
+
+    chosen = APIKeyHeader(name="X-Secret") if scheme is None else scheme
+
+    def user(key: str = Security(chosen)) -> str:  # noqa: B008 - local names, resolved late
+        if key not in API_KEYS:
+            raise HTTPException(status_code=403)
+        return API_KEYS[key]
+
+    return user
+
+
 @pytest.mark.parametrize("where", ["header", "cookie", "query"])
 async def test_api_key_schemes_are_credentials(
     manager: CacheManager, hits: Counter[str], where: str
@@ -342,10 +356,7 @@ async def test_api_key_schemes_are_credentials(
         "query": APIKeyQuery(name="key"),
     }[where]
 
-    def user(key: str = Security(scheme)) -> str:  # noqa: B008 - local names, resolved late
-        if key not in API_KEYS:
-            raise HTTPException(status_code=403)
-        return API_KEYS[key]
+    user = key_holder(scheme)
 
     cache = manager.namespace("pages", encrypt=True)  # encrypted: its keys can be listed
     app = FastAPI()
@@ -392,14 +403,8 @@ async def test_the_middleware_keys_on_what_any_route_reads_over_uvicorn(
     declared headers (also of an included router) and what API-key schemes take credentials
     from."""
     from fastapi import APIRouter
-    from fastapi.security import APIKeyHeader
 
-    scheme = APIKeyHeader(name="X-Secret")
-
-    def user(key: str = Security(scheme)) -> str:  # noqa: B008 - local names, resolved late
-        if key not in API_KEYS:
-            raise HTTPException(status_code=403)
-        return API_KEYS[key]
+    user = key_holder()
 
     app = FastAPI()
     app.add_middleware(CacheMiddleware, cache=manager.namespace("pages"), per_credential=True)
@@ -433,14 +438,8 @@ async def test_a_routers_api_key_dependency_is_seen(
 ) -> None:
     """An API-key check that comes from ``include_router(dependencies=...)`` counts too."""
     from fastapi import APIRouter
-    from fastapi.security import APIKeyHeader
 
-    scheme = APIKeyHeader(name="X-Secret")
-
-    def user(key: str = Security(scheme)) -> str:  # noqa: B008 - local names, resolved late
-        if key not in API_KEYS:
-            raise HTTPException(status_code=403)
-        return API_KEYS[key]
+    user = key_holder()
 
     keyed = APIRouter()
 
