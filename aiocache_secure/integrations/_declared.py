@@ -127,12 +127,13 @@ def _included(node: object) -> list[object]:
     return list(found) if isinstance(found, list | tuple) else []
 
 
-def app_reads(app: object, *, depth: int = 8) -> Reads:
-    """What any route of ``app`` reads (the union of :func:`declared_reads` over its routes,
-    mounted and included ones too), for a front end that runs before routing. ``body`` is
-    left False: a front end before routing cannot tell which request reaches such a route."""
+def app_reads(*apps: object, depth: int = 8) -> Reads:
+    """What any route of ``apps`` reads (the union of :func:`declared_reads` over their routes,
+    mounted and included ones too, each read once), for a front end that runs before routing.
+    ``body`` is left False: a front end before routing cannot tell which request reaches such
+    a route."""
     total = Reads()
-    pending: list[tuple[object, int]] = [(app, 0)]
+    pending: list[tuple[object, int]] = [(app, 0) for app in apps if app is not None]
     seen: set[int] = set()
     while pending:
         node, level = pending.pop()

@@ -227,13 +227,27 @@ class HttpPolicy:
 
     # -- requests -------------------------------------------------------------------------------
 
-    def credentials(self, headers: Headers, query: str = "") -> bytes | None:
-        """The request's credential material, canonical, or None when it carries none."""
+    def split_query(self, query: str) -> tuple[list[tuple[str, str]], str]:
+        """The credentials a query carries (the parameters named by ``credential_query``, as
+        ``("query:" + name, value)``) and the query without them."""
+        if not self.credential_query or not query:
+            return [], query
         found: list[tuple[str, str]] = []
-        if self.credential_query and query:
-            for part in query.split("&"):
-                if _parameter_name(part) in self.credential_query:
-                    found.append(("query:" + _parameter_name(part), part.partition("=")[2]))
+        kept: list[str] = []
+        for part in query.split("&"):
+            name = _parameter_name(part)
+            if name in self.credential_query:
+                found.append(("query:" + name, part.partition("=")[2]))
+            else:
+                kept.append(part)
+        return found, "&".join(kept)
+
+    def credentials(
+        self, headers: Headers, query_credentials: Sequence[tuple[str, str]] = ()
+    ) -> bytes | None:
+        """The request's credential material, canonical, or None when it carries none.
+        ``query_credentials``: what :meth:`split_query` found in its query."""
+        found: list[tuple[str, str]] = list(query_credentials)
         for name, value in headers:
             if name in self._credential_headers:
                 found.append((name, value))
@@ -251,7 +265,11 @@ class HttpPolicy:
         return self.credentials(headers) is not None
 
     def caller(
-        self, headers: Headers, identity: str | None, secret: bytes, query: str = ""
+        self,
+        headers: Headers,
+        identity: str | None,
+        secret: bytes,
+        query_credentials: Sequence[tuple[str, str]] = (),
     ) -> list[str] | None | bool:
         """Who the key is for: ``["identity", id]``, ``["credential", keyed hash]``, ``[]``
         (anonymous), or False: this request must bypass the cache.
@@ -264,7 +282,7 @@ class HttpPolicy:
             if not isinstance(identity, str):
                 raise TypeError("identity must give a str or None")
             return ["identity", identity]
-        material = self.credentials(headers, query)
+        material = self.credentials(headers, query_credentials)
         if material is None:
             return []
         if not self.per_credential:
@@ -290,15 +308,10 @@ class HttpPolicy:
         route on it, so ``/a%2Fb`` and ``/a/b`` may reach different handlers and must never
         share an entry.
         """
-        who = self.caller(headers, identity, secret, query)
+        query_credentials, query = self.split_query(query)
+        who = self.caller(headers, identity, secret, query_credentials)
         if who is False:
             return None
-        if self.credential_query and query:
-            query = "&".join(
-                part
-                for part in query.split("&")
-                if _parameter_name(part) not in self.credential_query
-            )
         varied: dict[str, list[str]] = {}
         wanted = self._vary
         for name, value in headers:

@@ -67,6 +67,12 @@ except ImportError:  # pragma: no cover - Starlette without FastAPI
     fastapi_params = fastapi_routing = None  # type: ignore[assignment]
     jsonable_encoder = None  # type: ignore[assignment]
 
+# The route as FastAPI (0.165+) serves it from an included router, with that router's own
+# dependencies and response settings; None where FastAPI has no such context.
+_effective_context: Callable[[Any], Any] | None = getattr(
+    fastapi_routing, "_get_scope_effective_route_context", None
+)
+
 __all__ = ["cache_response"]
 
 Identity = Callable[[Request], "str | None | Awaitable[str | None]"]
@@ -123,8 +129,7 @@ async def _render(request: Request, result: Any) -> Response:
     if fastapi_routing is None or not isinstance(route, fastapi_routing.APIRoute):
         encoded = result if jsonable_encoder is None else jsonable_encoder(result)
         return JSONResponse(encoded)
-    getter = getattr(fastapi_routing, "_get_scope_effective_route_context", None)
-    context = getter(request.scope) if getter is not None else None
+    context = _effective_context(request.scope) if _effective_context is not None else None
     source: Any = context if hasattr(context, "response_class") else route
     content = await fastapi_routing.serialize_response(
         field=source.response_field,
@@ -238,20 +243,17 @@ def cache_response(
         route = request.scope.get("route")
         if route is None:
             return store
-        getter = getattr(fastapi_routing, "_get_scope_effective_route_context", None)
-        context = getter(request.scope) if getter is not None else None
+        context = _effective_context(request.scope) if _effective_context is not None else None
         if getattr(context, "dependant", None) is not None:
             route = context  # an included router's route: its dependant has the router's own
         held = route_stores.get(id(route))
         if held is None or held[0] is not route:
             chosen = with_reads(policy, declared_reads(route))
-            routed = (
-                None
-                if chosen is None
-                else store
-                if chosen is policy
-                else ResponseStore(cache, chosen, what="cache_response", warn_uncached=False)
-            )
+            routed: ResponseStore | None = store
+            if chosen is None:
+                routed = None  # the route reads a body: never cached
+            elif chosen is not policy:
+                routed = ResponseStore(cache, chosen, what="cache_response", warn_uncached=False)
             if len(route_stores) >= _MAX_ROUTES:  # routes are few; bounded all the same
                 route_stores.clear()
             held = route_stores[id(route)] = (route, routed)
@@ -304,12 +306,10 @@ def cache_response(
             host = ", ".join(header_values(headers, "host"))
             paths = scope_path(request.scope)
             routed = store_for(request)
-            key = (
-                None
-                if routed is None
-                else scope_key(routed, request.scope, headers, who, paths, host)
-            )
-            if routed is None or key is None:
+            if routed is None:
+                return await call(args, kwargs)
+            key = scope_key(routed, request.scope, headers, who, paths, host)
+            if key is None:
                 return await call(args, kwargs)
             generation_keys = routed.generation_keys(host, paths[0], chosen_tags)
             found, generations = await routed.lookup(key, generation_keys)

@@ -154,7 +154,7 @@ class CacheMiddleware:
         """Key on what any route of the wrapped app reads (:mod:`._declared`), once routes
         exist: at the first request."""
         self._settled = True
-        reads = app_reads(self.app) | app_reads(scope.get("app"))
+        reads = app_reads(self.app, scope.get("app"))
         policy = with_reads(self.policy, reads)
         if policy is not None and policy is not self.policy:
             self.policy = policy
